@@ -1,0 +1,432 @@
+#include "log/log.h"
+
+#include <algorithm>
+#include <cassert>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace qmgr::log {
+
+Log::Log(FileSystem* fs, std::string dir, LogOptions options)
+    : fs_(fs), dir_(std::move(dir)), options_(std::move(options)) {}
+
+absl::StatusOr<std::unique_ptr<Log>> Log::Open(FileSystem* fs, std::string dir,
+                                               LogOptions options) {
+  if (options.segment_bytes < kSegmentBytesMin || options.segment_bytes > kSegmentBytesMax ||
+      options.segment_bytes % kBlockBytes != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("segment size ", options.segment_bytes, " must be a multiple of ",
+                     kBlockBytes, " in [", kSegmentBytesMin, ", ", kSegmentBytesMax, "]"));
+  }
+  if (options.first_lsn_if_new % kBlockBytes != 0) {
+    return absl::InvalidArgumentError("first LSN of a new log must be a multiple of 4096");
+  }
+  if (options.segments_ahead < 0) {
+    return absl::InvalidArgumentError("segments_ahead must not be negative");
+  }
+  std::unique_ptr<Log> log(new Log(fs, std::move(dir), std::move(options)));
+  if (absl::Status s = log->Recover(); !s.ok()) return s;
+  log->writer_ = std::thread([raw = log.get()] { raw->WriterLoop(); });
+  log->allocator_ = std::thread([raw = log.get()] { raw->AllocatorLoop(); });
+  return log;
+}
+
+Log::~Log() { Close().IgnoreError(); }
+
+absl::Status Log::Recover() {
+  if (options_.create_if_missing) {
+    if (absl::Status s = fs_->CreateDir(dir_); !s.ok()) return s;
+  }
+  absl::StatusOr<std::vector<std::string>> names = fs_->ListDir(dir_);
+  if (!names.ok()) return names.status();
+  for (const std::string& name : *names) {
+    if (absl::EndsWith(name, ".qlog.tmp")) {  // an interrupted preallocation
+      if (absl::Status s = fs_->Remove(JoinPath(dir_, name)); !s.ok()) return s;
+    }
+  }
+  const LogId* expected = options_.expected_log_id ? &*options_.expected_log_id : nullptr;
+  absl::StatusOr<std::vector<SegmentFile>> segments = ListSegments(fs_, dir_, expected);
+  if (!segments.ok()) return segments.status();
+
+  if (segments->empty()) {
+    if (expected != nullptr) {
+      return absl::NotFoundError(absl::StrCat("log directory ", dir_, " holds no segments, but log ",
+                                              expected->ToString(), " is expected"));
+    }
+    if (!options_.create_if_missing) {
+      return absl::NotFoundError(absl::StrCat("log directory ", dir_, " holds no segments"));
+    }
+    const SegmentHeader header{LogId::Random(), options_.first_lsn_if_new,
+                               options_.segment_bytes};
+    if (absl::Status s = CreateSegment(fs_, dir_, header); !s.ok()) return s;
+    segments->push_back({JoinPath(dir_, SegmentFileName(header.first_lsn)), header});
+    report_.created = true;
+  }
+
+  LogScanner scanner(fs_, *segments, 0);
+  Batch batch;
+  Lsn last_batch_lsn = kNoLsn;
+  while (true) {
+    absl::StatusOr<bool> more = scanner.Next(&batch);
+    if (!more.ok()) return more.status();
+    if (!*more) break;
+    last_batch_lsn = batch.lsn;
+  }
+  report_.tail = scanner.tail();
+  if (report_.tail.kind == TailKind::kCorrupt && !options_.truncate_at_corruption) {
+    return absl::DataLossError(
+        absl::StrCat(report_.tail.ToString(),
+                     "; refusing to open (truncating there would lose those records)"));
+  }
+  if (report_.tail.kind != TailKind::kClean) {
+    if (absl::Status s = ZeroRange(*segments, report_.tail.damage_lsn,
+                                   report_.tail.garbage_end_lsn);
+        !s.ok()) {
+      return s;
+    }
+    report_.truncated = true;
+  }
+
+  report_.log_id = segments->front().header.log_id;
+  report_.first_lsn = segments->front().header.first_lsn;
+  report_.end_lsn = report_.tail.end_lsn;
+  report_.segments = segments->size();
+  absl::MutexLock lock(&mu_);
+  for (const SegmentFile& segment : *segments) segment_paths_[segment.header.first_lsn] = segment;
+  first_lsn_ = report_.first_lsn;
+  durable_lsn_ = report_.end_lsn;
+  next_batch_lsn_ = AlignUp(report_.end_lsn);
+  last_batch_lsn_ = last_batch_lsn;
+  prepared_end_ = segments->back().header.end_lsn();
+  record_payload_bytes_max_ = RecordPayloadBytesMax(options_.segment_bytes);
+  for (const SegmentFile& segment : *segments) {
+    record_payload_bytes_max_ =
+        std::min(record_payload_bytes_max_, RecordPayloadBytesMax(segment.header.segment_bytes));
+  }
+  needed_end_ = SegmentEnd(next_batch_lsn_) + options_.segments_ahead * body_bytes();
+  return absl::OkStatus();
+}
+
+absl::Status Log::ZeroRange(const std::vector<SegmentFile>& segments, Lsn from, Lsn to) {
+  constexpr uint64_t kChunkBytes = 1 << 20;
+  std::string chunk(kChunkBytes, '\0');
+  const std::string zeros(kChunkBytes, '\0');
+  for (const SegmentFile& segment : segments) {
+    const Lsn begin = std::max(from, segment.header.first_lsn);
+    const Lsn end = std::min(to, segment.header.end_lsn());
+    if (begin >= end) continue;
+    absl::StatusOr<std::unique_ptr<File>> file = fs_->Open(segment.path, OpenMode::kReadWrite);
+    if (!file.ok()) return file.status();
+    for (Lsn at = begin; at < end; at += kChunkBytes) {
+      const uint64_t n = std::min(kChunkBytes, end - at);
+      const uint64_t offset = segment.header.FileOffset(at);
+      absl::StatusOr<size_t> got = (*file)->Read(offset, n, chunk.data());
+      if (!got.ok()) return got.status();
+      if (std::all_of(chunk.data(), chunk.data() + *got, [](char c) { return c == 0; })) continue;
+      if (absl::Status s = (*file)->Write(offset, absl::string_view(zeros.data(), n)); !s.ok()) {
+        return s;
+      }
+    }
+    if (absl::Status s = (*file)->Sync(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+uint64_t Log::body_bytes() const { return options_.segment_bytes - kSegmentHeaderBytes; }
+
+Lsn Log::SegmentEnd(Lsn lsn) const {
+  auto it = segment_paths_.upper_bound(lsn);
+  if (it != segment_paths_.begin()) {
+    --it;
+    if (it->second.header.Contains(lsn)) return it->second.header.end_lsn();
+  }
+  assert(lsn >= prepared_end_);
+  return prepared_end_ + ((lsn - prepared_end_) / body_bytes() + 1) * body_bytes();
+}
+
+absl::StatusOr<Lsn> Log::Append(const qmgr::v1::LogRecord& record) {
+  const int type = record.body_case();
+  if (type == qmgr::v1::LogRecord::BODY_NOT_SET) {
+    return absl::InvalidArgumentError("log record has no body");
+  }
+  std::string payload;
+  if (!record.SerializeToString(&payload)) {
+    return absl::InvalidArgumentError("log record does not serialize");
+  }
+  return Append(static_cast<uint8_t>(type), payload);
+}
+
+absl::StatusOr<Lsn> Log::Append(uint8_t type, absl::string_view payload) {
+  if (type == 0) return absl::InvalidArgumentError("record type 0 is reserved");
+  const uint64_t size = kRecordHeaderBytes + payload.size();
+  absl::MutexLock lock(&mu_);
+  if (payload.size() > record_payload_bytes_max_) {
+    return absl::InvalidArgumentError(absl::StrCat("log record of ", payload.size(),
+                                                   " bytes exceeds the log's maximum of ",
+                                                   record_payload_bytes_max_));
+  }
+  if (!failed_.ok()) return failed_;
+  if (closing_) return absl::FailedPreconditionError("the system log is closed");
+
+  // Place the record: in the open batch if it fits its segment, else in a new
+  // batch at the next block boundary, or at the next segment's start.
+  bool new_batch = open_batch_.bytes.empty();
+  bool seal = false;
+  Lsn batch_lsn = new_batch ? next_batch_lsn_ : open_batch_.lsn;
+  if (!new_batch && open_batch_.end_lsn() + size > SegmentEnd(open_batch_.lsn)) {
+    seal = new_batch = true;
+    batch_lsn = SegmentEnd(open_batch_.lsn);
+  } else if (new_batch && batch_lsn + kBatchHeaderBytes + size > SegmentEnd(batch_lsn)) {
+    batch_lsn = SegmentEnd(batch_lsn);
+  }
+  if (new_batch && batch_lsn >= prepared_end_ && !allocation_error_.ok()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("system log full: cannot preallocate the segment at LSN ", prepared_end_,
+                     ": ", allocation_error_.message()));
+  }
+  if (seal) {
+    sealed_.push_back(std::move(open_batch_));
+    open_batch_ = PendingBatch{};
+  }
+  if (new_batch) {
+    open_batch_.lsn = batch_lsn;
+    open_batch_.prev_lsn = last_batch_lsn_;
+    open_batch_.bytes.assign(kBatchHeaderBytes, '\0');
+    last_batch_lsn_ = batch_lsn;
+    next_batch_lsn_ = batch_lsn;
+    needed_end_ = std::max(needed_end_, SegmentEnd(batch_lsn) +
+                                            options_.segments_ahead * body_bytes());
+  }
+  const Lsn lsn = open_batch_.end_lsn();
+  std::string& bytes = open_batch_.bytes;
+  const size_t at = bytes.size();
+  bytes.resize(at + size);
+  char* p = bytes.data() + at;
+  PutFixed32(p + kRecordLengthOffset, static_cast<uint32_t>(payload.size()));
+  p[kRecordTypeOffset] = static_cast<char>(type);
+  std::memcpy(p + kRecordHeaderBytes, payload.data(), payload.size());
+  PutFixed64(p + kRecordChecksumOffset,
+             Checksum(lsn, absl::string_view(p + kRecordLengthOffset, size - kRecordLengthOffset)));
+  ++open_batch_.record_count;
+  ++stats_.appends;
+  stats_.append_bytes += size;
+  return lsn;
+}
+
+absl::Status Log::WaitDurable(Lsn lsn) {
+  absl::MutexLock lock(&mu_);
+  auto done = [this, lsn]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return durable_lsn_ > lsn || !failed_.ok() || closed_;
+  };
+  mu_.Await(absl::Condition(&done));
+  if (durable_lsn_ > lsn) return absl::OkStatus();
+  if (!failed_.ok()) return failed_;
+  return absl::FailedPreconditionError(
+      absl::StrCat("the system log closed before LSN ", lsn, " was durable"));
+}
+
+absl::StatusOr<Lsn> Log::AppendDurable(const qmgr::v1::LogRecord& record) {
+  absl::StatusOr<Lsn> lsn = Append(record);
+  if (!lsn.ok()) return lsn;
+  if (absl::Status s = WaitDurable(*lsn); !s.ok()) return s;
+  return lsn;
+}
+
+Lsn Log::DurableLsn() const {
+  absl::MutexLock lock(&mu_);
+  return durable_lsn_;
+}
+
+Lsn Log::NextLsn() const {
+  absl::MutexLock lock(&mu_);
+  return open_batch_.bytes.empty() ? next_batch_lsn_ : open_batch_.end_lsn();
+}
+
+Lsn Log::FirstLsn() const {
+  absl::MutexLock lock(&mu_);
+  return first_lsn_;
+}
+
+LogStats Log::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+void Log::WriterLoop() {
+  while (true) {
+    std::vector<PendingBatch> batches;
+    Lsn durable_before = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return !sealed_.empty() || !open_batch_.bytes.empty() || closing_ || !failed_.ok();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (!failed_.ok() || (sealed_.empty() && open_batch_.bytes.empty())) return;
+      batches = std::move(sealed_);
+      sealed_.clear();
+      if (!open_batch_.bytes.empty()) {
+        next_batch_lsn_ = AlignUp(open_batch_.end_lsn());
+        batches.push_back(std::move(open_batch_));
+        open_batch_ = PendingBatch{};
+      }
+      durable_before = durable_lsn_;
+    }
+    uint64_t syncs = 0;
+    const absl::Status status = WriteBatches(batches, durable_before, &syncs);
+    absl::MutexLock lock(&mu_);
+    stats_.commit_syncs += syncs;
+    if (!status.ok()) {
+      failed_ = absl::UnavailableError(absl::StrCat(
+          "system log write failed, intake stopped until restart (records from LSN ",
+          batches.front().lsn, " may or may not be on disk): ", status.message()));
+      return;
+    }
+    ++stats_.commits;
+    for (const PendingBatch& batch : batches) stats_.written_bytes += batch.bytes.size();
+    durable_lsn_ = batches.back().end_lsn();
+  }
+}
+
+absl::Status Log::WriteBatches(std::vector<PendingBatch>& batches, Lsn durable_before,
+                               uint64_t* syncs) {
+  for (PendingBatch& batch : batches) {
+    char* h = batch.bytes.data();
+    PutFixed64(h + kBatchPrevLsnOffset, batch.prev_lsn);
+    PutFixed64(h + kBatchDurableLsnOffset, durable_before);
+    PutFixed32(h + kBatchRecordsBytesOffset,
+               static_cast<uint32_t>(batch.bytes.size() - kBatchHeaderBytes));
+    PutFixed32(h + kBatchRecordCountOffset, batch.record_count);
+    PutFixed64(h + kBatchChecksumOffset,
+               Checksum(batch.lsn, absl::string_view(h + kBatchPrevLsnOffset,
+                                                    kBatchHeaderBytes - kBatchPrevLsnOffset)));
+    absl::StatusOr<File*> file = SegmentForWrite(batch.lsn, syncs);
+    if (!file.ok()) return file.status();
+    const uint64_t offset = write_segment_.FileOffset(batch.lsn);
+    for (int attempt = 0;; ++attempt) {
+      absl::Status s = (*file)->Write(offset, batch.bytes);
+      if (s.ok()) break;
+      if (!absl::IsResourceExhausted(s) || attempt == options_.enospc_write_retries) return s;
+      std::this_thread::sleep_for(options_.enospc_retry_delay);
+    }
+    write_file_dirty_ = true;
+  }
+  return SyncWriteFile(syncs);
+}
+
+absl::Status Log::SyncWriteFile(uint64_t* syncs) {
+  if (!write_file_dirty_) return absl::OkStatus();
+  ++*syncs;
+  absl::Status s = write_file_->Sync();
+  // After a failed fdatasync this descriptor is never synced again: the
+  // writer stops, and only a reopen (which rereads the disk) goes on.
+  if (s.ok()) write_file_dirty_ = false;
+  return s;
+}
+
+absl::StatusOr<File*> Log::SegmentForWrite(Lsn lsn, uint64_t* syncs) {
+  if (write_file_ != nullptr && write_segment_.Contains(lsn)) return write_file_.get();
+  if (write_file_ != nullptr) {
+    if (absl::Status s = SyncWriteFile(syncs); !s.ok()) return s;
+    write_file_.reset();
+  }
+  SegmentFile segment;
+  {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this, lsn]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return prepared_end_ > lsn || (closing_ && !allocation_error_.ok());
+    };
+    mu_.Await(absl::Condition(&ready));
+    if (prepared_end_ <= lsn) return allocation_error_;
+    auto it = std::prev(segment_paths_.upper_bound(lsn));
+    assert(it->second.header.Contains(lsn));
+    segment = it->second;
+  }
+  absl::StatusOr<std::unique_ptr<File>> file = fs_->Open(segment.path, OpenMode::kReadWrite);
+  if (!file.ok()) return file.status();
+  write_file_ = *std::move(file);
+  write_segment_ = segment.header;
+  return write_file_.get();
+}
+
+void Log::AllocatorLoop() {
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    auto work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stop_allocator_ || prepared_end_ < needed_end_;
+    };
+    mu_.Await(absl::Condition(&work));
+    if (stop_allocator_) return;
+    const SegmentHeader header{report_.log_id, prepared_end_, options_.segment_bytes};
+    mu_.Unlock();
+    const absl::Status status = CreateSegment(fs_, dir_, header);
+    mu_.Lock();
+    if (status.ok()) {
+      segment_paths_[header.first_lsn] = {JoinPath(dir_, SegmentFileName(header.first_lsn)),
+                                          header};
+      prepared_end_ = header.end_lsn();
+      allocation_error_ = absl::OkStatus();
+      ++stats_.segments_created;
+      continue;
+    }
+    allocation_error_ = status;
+    auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_allocator_; };
+    mu_.AwaitWithTimeout(absl::Condition(&stop),
+                         absl::FromChrono(options_.allocation_retry_interval));
+  }
+}
+
+absl::Status Log::RetireBefore(Lsn lsn) {
+  std::vector<std::string> paths;
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return absl::FailedPreconditionError("the system log is closed");
+    const Lsn limit = std::min(lsn, durable_lsn_);
+    for (auto it = segment_paths_.begin();
+         it != segment_paths_.end() && it->second.header.end_lsn() <= limit &&
+         std::next(it) != segment_paths_.end();) {
+      paths.push_back(it->second.path);
+      it = segment_paths_.erase(it);
+    }
+    first_lsn_ = segment_paths_.begin()->first;
+    stats_.segments_retired += paths.size();
+  }
+  if (paths.empty()) return absl::OkStatus();
+  if (!options_.archive_dir.empty()) {
+    if (absl::Status s = fs_->CreateDir(options_.archive_dir); !s.ok()) return s;
+  }
+  for (const std::string& path : paths) {
+    absl::Status s;
+    if (options_.archive_dir.empty()) {
+      s = fs_->Remove(path);
+    } else {
+      s = fs_->Rename(path, JoinPath(options_.archive_dir, path.substr(path.rfind('/') + 1)));
+    }
+    if (!s.ok()) return s;
+  }
+  if (!options_.archive_dir.empty()) {
+    if (absl::Status s = fs_->SyncDir(options_.archive_dir); !s.ok()) return s;
+  }
+  return fs_->SyncDir(dir_);
+}
+
+absl::Status Log::Close() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return failed_;
+    closing_ = true;
+  }
+  if (writer_.joinable()) writer_.join();
+  {
+    absl::MutexLock lock(&mu_);
+    stop_allocator_ = true;
+  }
+  if (allocator_.joinable()) allocator_.join();
+  write_file_.reset();
+  absl::MutexLock lock(&mu_);
+  closed_ = true;
+  return failed_;
+}
+
+}  // namespace qmgr::log
