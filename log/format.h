@@ -44,13 +44,14 @@
 #ifndef QMGR_LOG_FORMAT_H_
 #define QMGR_LOG_FORMAT_H_
 
+#include <xxhash.h>
+
 #include <array>
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include "absl/strings/string_view.h"
 
-#include <xxhash.h>
+#include "absl/strings/string_view.h"
 
 namespace qmgr::log {
 

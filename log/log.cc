@@ -15,9 +15,9 @@ absl::StatusOr<std::unique_ptr<Log>> Log::Open(FileSystem* fs, std::string dir,
                                                LogOptions options) {
   if (options.segment_bytes < kSegmentBytesMin || options.segment_bytes > kSegmentBytesMax ||
       options.segment_bytes % kBlockBytes != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("segment size ", options.segment_bytes, " must be a multiple of ",
-                     kBlockBytes, " in [", kSegmentBytesMin, ", ", kSegmentBytesMax, "]"));
+    return absl::InvalidArgumentError(absl::StrCat("segment size ", options.segment_bytes,
+                                                   " must be a multiple of ", kBlockBytes, " in [",
+                                                   kSegmentBytesMin, ", ", kSegmentBytesMax, "]"));
   }
   if (options.first_lsn_if_new % kBlockBytes != 0) {
     return absl::InvalidArgumentError("first LSN of a new log must be a multiple of 4096");
@@ -51,14 +51,14 @@ absl::Status Log::Recover() {
 
   if (segments->empty()) {
     if (expected != nullptr) {
-      return absl::NotFoundError(absl::StrCat("log directory ", dir_, " holds no segments, but log ",
-                                              expected->ToString(), " is expected"));
+      return absl::NotFoundError(absl::StrCat("log directory ", dir_,
+                                              " holds no segments, but log ", expected->ToString(),
+                                              " is expected"));
     }
     if (!options_.create_if_missing) {
       return absl::NotFoundError(absl::StrCat("log directory ", dir_, " holds no segments"));
     }
-    const SegmentHeader header{LogId::Random(), options_.first_lsn_if_new,
-                               options_.segment_bytes};
+    const SegmentHeader header{LogId::Random(), options_.first_lsn_if_new, options_.segment_bytes};
     if (absl::Status s = CreateSegment(fs_, dir_, header); !s.ok()) return s;
     segments->push_back({JoinPath(dir_, SegmentFileName(header.first_lsn)), header});
     report_.created = true;
@@ -75,13 +75,12 @@ absl::Status Log::Recover() {
   }
   report_.tail = scanner.tail();
   if (report_.tail.kind == TailKind::kCorrupt && !options_.truncate_at_corruption) {
-    return absl::DataLossError(
-        absl::StrCat(report_.tail.ToString(),
-                     "; refusing to open (truncating there would lose those records)"));
+    return absl::DataLossError(absl::StrCat(
+        report_.tail.ToString(), "; refusing to open (truncating there would lose those records)"));
   }
   if (report_.tail.kind != TailKind::kClean) {
-    if (absl::Status s = ZeroRange(*segments, report_.tail.damage_lsn,
-                                   report_.tail.garbage_end_lsn);
+    if (absl::Status s =
+            ZeroRange(*segments, report_.tail.damage_lsn, report_.tail.garbage_end_lsn);
         !s.ok()) {
       return s;
     }
@@ -105,6 +104,18 @@ absl::Status Log::Recover() {
         std::min(record_payload_bytes_max_, RecordPayloadBytesMax(segment.header.segment_bytes));
   }
   needed_end_ = SegmentEnd(next_batch_lsn_) + options_.segments_ahead * body_bytes();
+  // Preallocate before taking traffic. Only the segment appends go to first
+  // is required; a full disk for the ones ahead is retried by the allocator.
+  while (prepared_end_ < needed_end_) {
+    const SegmentHeader header{report_.log_id, prepared_end_, options_.segment_bytes};
+    if (absl::Status s = CreateSegment(fs_, dir_, header); !s.ok()) {
+      if (prepared_end_ <= next_batch_lsn_) return s;
+      allocation_error_ = s;
+      break;
+    }
+    AddPreparedSegment(header);
+    ++report_.segments;
+  }
   return absl::OkStatus();
 }
 
@@ -131,6 +142,13 @@ absl::Status Log::ZeroRange(const std::vector<SegmentFile>& segments, Lsn from, 
     if (absl::Status s = (*file)->Sync(); !s.ok()) return s;
   }
   return absl::OkStatus();
+}
+
+void Log::AddPreparedSegment(const SegmentHeader& header) {
+  assert(header.first_lsn == prepared_end_);
+  segment_paths_[header.first_lsn] = {JoinPath(dir_, SegmentFileName(header.first_lsn)), header};
+  prepared_end_ = header.end_lsn();
+  ++stats_.segments_created;
 }
 
 uint64_t Log::body_bytes() const { return options_.segment_bytes - kSegmentHeaderBytes; }
@@ -182,8 +200,8 @@ absl::StatusOr<Lsn> Log::Append(uint8_t type, absl::string_view payload) {
   }
   if (new_batch && batch_lsn >= prepared_end_ && !allocation_error_.ok()) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("system log full: cannot preallocate the segment at LSN ", prepared_end_,
-                     ": ", allocation_error_.message()));
+        absl::StrCat("system log full: cannot preallocate the segment at LSN ", prepared_end_, ": ",
+                     allocation_error_.message()));
   }
   if (seal) {
     sealed_.push_back(std::move(open_batch_));
@@ -195,8 +213,8 @@ absl::StatusOr<Lsn> Log::Append(uint8_t type, absl::string_view payload) {
     open_batch_.bytes.assign(kBatchHeaderBytes, '\0');
     last_batch_lsn_ = batch_lsn;
     next_batch_lsn_ = batch_lsn;
-    needed_end_ = std::max(needed_end_, SegmentEnd(batch_lsn) +
-                                            options_.segments_ahead * body_bytes());
+    needed_end_ =
+        std::max(needed_end_, SegmentEnd(batch_lsn) + options_.segments_ahead * body_bytes());
   }
   const Lsn lsn = open_batch_.end_lsn();
   std::string& bytes = open_batch_.bytes;
@@ -278,9 +296,9 @@ void Log::WriterLoop() {
     absl::MutexLock lock(&mu_);
     stats_.commit_syncs += syncs;
     if (!status.ok()) {
-      failed_ = absl::UnavailableError(absl::StrCat(
-          "system log write failed, intake stopped until restart (records from LSN ",
-          batches.front().lsn, " may or may not be on disk): ", status.message()));
+      failed_ = absl::UnavailableError(
+          absl::StrCat("system log write failed, intake stopped until restart (records from LSN ",
+                       batches.front().lsn, " may or may not be on disk): ", status.message()));
       return;
     }
     ++stats_.commits;
@@ -300,7 +318,7 @@ absl::Status Log::WriteBatches(std::vector<PendingBatch>& batches, Lsn durable_b
     PutFixed32(h + kBatchRecordCountOffset, batch.record_count);
     PutFixed64(h + kBatchChecksumOffset,
                Checksum(batch.lsn, absl::string_view(h + kBatchPrevLsnOffset,
-                                                    kBatchHeaderBytes - kBatchPrevLsnOffset)));
+                                                     kBatchHeaderBytes - kBatchPrevLsnOffset)));
     absl::StatusOr<File*> file = SegmentForWrite(batch.lsn, syncs);
     if (!file.ok()) return file.status();
     const uint64_t offset = write_segment_.FileOffset(batch.lsn);
@@ -363,11 +381,8 @@ void Log::AllocatorLoop() {
     const absl::Status status = CreateSegment(fs_, dir_, header);
     mu_.Lock();
     if (status.ok()) {
-      segment_paths_[header.first_lsn] = {JoinPath(dir_, SegmentFileName(header.first_lsn)),
-                                          header};
-      prepared_end_ = header.end_lsn();
+      AddPreparedSegment(header);
       allocation_error_ = absl::OkStatus();
-      ++stats_.segments_created;
       continue;
     }
     allocation_error_ = status;
@@ -383,9 +398,9 @@ absl::Status Log::RetireBefore(Lsn lsn) {
     absl::MutexLock lock(&mu_);
     if (closed_) return absl::FailedPreconditionError("the system log is closed");
     const Lsn limit = std::min(lsn, durable_lsn_);
-    for (auto it = segment_paths_.begin();
-         it != segment_paths_.end() && it->second.header.end_lsn() <= limit &&
-         std::next(it) != segment_paths_.end();) {
+    for (auto it = segment_paths_.begin(); it != segment_paths_.end() &&
+                                           it->second.header.end_lsn() <= limit &&
+                                           std::next(it) != segment_paths_.end();) {
       paths.push_back(it->second.path);
       it = segment_paths_.erase(it);
     }

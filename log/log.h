@@ -149,6 +149,7 @@ class Log {
   // End of the segment holding `lsn`, whether it exists yet or not.
   Lsn SegmentEnd(Lsn lsn) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t body_bytes() const;
+  void AddPreparedSegment(const SegmentHeader& header) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   FileSystem* const fs_;
   const std::string dir_;
@@ -159,12 +160,12 @@ class Log {
   mutable absl::Mutex mu_;
   PendingBatch open_batch_ ABSL_GUARDED_BY(mu_);
   std::vector<PendingBatch> sealed_ ABSL_GUARDED_BY(mu_);  // full segments' batches
-  Lsn next_batch_lsn_ ABSL_GUARDED_BY(mu_) = 0;  // where a new batch starts
+  Lsn next_batch_lsn_ ABSL_GUARDED_BY(mu_) = 0;            // where a new batch starts
   Lsn last_batch_lsn_ ABSL_GUARDED_BY(mu_) = kNoLsn;
   Lsn durable_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   Lsn first_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status failed_ ABSL_GUARDED_BY(mu_);
-  bool closing_ ABSL_GUARDED_BY(mu_) = false;  // the writer drains, then stops
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;         // the writer drains, then stops
   bool stop_allocator_ ABSL_GUARDED_BY(mu_) = false;  // after the writer stopped
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   // Segments exist (preallocated) for every LSN below prepared_end_; the

@@ -29,12 +29,11 @@ std::string LogTail::ToString() const {
                           garbage_end_lsn - damage_lsn,
                           " bytes of unacknowledged writes; the log ends at LSN ", end_lsn);
     case TailKind::kCorrupt:
-      return absl::StrCat("log corruption at LSN ", damage_lsn, " (segment ", damage_segment,
-                          ", offset ", damage_file_offset, "): ", damage_reason,
-                          "; the batch at LSN ", claimed_by_lsn, " says everything below LSN ",
-                          claimed_durable_lsn, " was durable; beyond the damage ", lost_batches,
-                          " valid batches hold ", lost_records, " records up to LSN ",
-                          lost_end_lsn);
+      return absl::StrCat(
+          "log corruption at LSN ", damage_lsn, " (segment ", damage_segment, ", offset ",
+          damage_file_offset, "): ", damage_reason, "; the batch at LSN ", claimed_by_lsn,
+          " says everything below LSN ", claimed_durable_lsn, " was durable; beyond the damage ",
+          lost_batches, " valid batches hold ", lost_records, " records up to LSN ", lost_end_lsn);
   }
   return "?";
 }
@@ -55,7 +54,7 @@ absl::Status ForEachRecord(Lsn records_lsn, absl::string_view records, uint32_t 
           absl::StrCat("record at LSN ", lsn, " has length ", length, " beyond its batch"));
     }
     const absl::string_view covered(p + kRecordLengthOffset,
-                                   kRecordHeaderBytes - kRecordLengthOffset + length);
+                                    kRecordHeaderBytes - kRecordLengthOffset + length);
     if (GetFixed64(p + kRecordChecksumOffset) != Checksum(lsn, covered)) {
       return absl::DataLossError(absl::StrCat("record at LSN ", lsn, " checksum mismatch"));
     }
@@ -90,7 +89,8 @@ LogScanner::LogScanner(FileSystem* fs, std::vector<SegmentFile> segments, Lsn fr
 
 absl::StatusOr<File*> LogScanner::FileOf(size_t segment) {
   if (files_[segment] == nullptr) {
-    absl::StatusOr<std::unique_ptr<File>> file = fs_->Open(segments_[segment].path, OpenMode::kRead);
+    absl::StatusOr<std::unique_ptr<File>> file =
+        fs_->Open(segments_[segment].path, OpenMode::kRead);
     if (!file.ok()) return file.status();
     files_[segment] = *std::move(file);
   }
@@ -113,7 +113,7 @@ absl::StatusOr<LogScanner::Probe> LogScanner::ReadBatch(size_t segment, Lsn lsn,
   if (std::all_of(head, head + sizeof(head), [](char c) { return c == 0; })) return Probe::kZero;
   if (GetFixed64(head + kBatchChecksumOffset) !=
       Checksum(lsn, absl::string_view(head + kBatchPrevLsnOffset,
-                                     kBatchHeaderBytes - kBatchPrevLsnOffset))) {
+                                      kBatchHeaderBytes - kBatchPrevLsnOffset))) {
     *reason = "batch header checksum mismatch";
     return Probe::kInvalid;
   }
@@ -133,8 +133,7 @@ absl::StatusOr<LogScanner::Probe> LogScanner::ReadBatch(size_t segment, Lsn lsn,
     return Probe::kInvalid;
   }
   batch->records.resize(records_bytes);
-  n = (*file)->Read(header.FileOffset(batch->records_lsn()), records_bytes,
-                    batch->records.data());
+  n = (*file)->Read(header.FileOffset(batch->records_lsn()), records_bytes, batch->records.data());
   if (!n.ok()) return n.status();
   if (*n != records_bytes) {
     *reason = "segment file shorter than its header says";
@@ -167,7 +166,8 @@ absl::StatusOr<bool> LogScanner::Next(Batch* batch) {
     std::string reason;
     absl::StatusOr<Probe> probe = ReadBatch(segment_, next_lsn_, batch, &reason);
     if (!probe.ok()) return probe.status();
-    if (*probe == Probe::kValid && last_batch_lsn_ != kNoLsn && batch->prev_lsn != last_batch_lsn_) {
+    if (*probe == Probe::kValid && last_batch_lsn_ != kNoLsn &&
+        batch->prev_lsn != last_batch_lsn_) {
       *probe = Probe::kInvalid;
       reason = absl::StrCat("batch names LSN ", batch->prev_lsn, " as its predecessor, not ",
                             last_batch_lsn_);
@@ -244,9 +244,9 @@ absl::Status LogScanner::ScanBeyond(size_t first_segment, Lsn lsn) {
         const Lsn block_lsn = at + block;
         tail_.garbage_end_lsn = std::max(tail_.garbage_end_lsn, block_lsn + kBlockBytes);
         if (len < kBatchHeaderBytes ||
-            GetFixed64(p) != Checksum(block_lsn, absl::string_view(p + kBatchPrevLsnOffset,
-                                                                  kBatchHeaderBytes -
-                                                                      kBatchPrevLsnOffset))) {
+            GetFixed64(p) !=
+                Checksum(block_lsn, absl::string_view(p + kBatchPrevLsnOffset,
+                                                      kBatchHeaderBytes - kBatchPrevLsnOffset))) {
           continue;
         }
         const Lsn durable = GetFixed64(p + kBatchDurableLsnOffset);
@@ -268,8 +268,7 @@ absl::Status LogScanner::ScanBeyond(size_t first_segment, Lsn lsn) {
   return absl::OkStatus();
 }
 
-LogReader::LogReader(FileSystem* fs, std::vector<SegmentFile> segments, Lsn from_lsn,
-                     Lsn stop_lsn)
+LogReader::LogReader(FileSystem* fs, std::vector<SegmentFile> segments, Lsn from_lsn, Lsn stop_lsn)
     : scanner_(fs, std::move(segments), from_lsn, stop_lsn), from_lsn_(from_lsn) {}
 
 absl::StatusOr<std::unique_ptr<LogReader>> LogReader::Open(FileSystem* fs, const std::string& dir,

@@ -56,8 +56,7 @@ std::string EncodeSegmentHeader(const SegmentHeader& header) {
   std::memcpy(p + kSegmentLogIdOffset, header.log_id.bytes.data(), kLogIdBytes);
   PutFixed64(p + kSegmentFirstLsnOffset, header.first_lsn);
   PutFixed64(p + kSegmentBytesOffset, header.segment_bytes);
-  PutFixed64(p + kSegmentChecksumOffset,
-             Checksum(0, absl::string_view(p, kSegmentChecksumOffset)));
+  PutFixed64(p + kSegmentChecksumOffset, Checksum(0, absl::string_view(p, kSegmentChecksumOffset)));
   return block;
 }
 
@@ -153,10 +152,10 @@ absl::StatusOr<std::vector<SegmentFile>> ListSegments(FileSystem* fs, const std:
                        ", expected log ", want.ToString(), ": refusing a foreign log"));
     }
     if (i > 0 && segments[i - 1].header.end_lsn() != s.header.first_lsn) {
-      return absl::DataLossError(absl::StrCat(
-          "log has a gap or overlap: ", segments[i - 1].path, " ends at LSN ",
-          segments[i - 1].header.end_lsn(), " but the next segment ", s.path, " starts at LSN ",
-          s.header.first_lsn));
+      return absl::DataLossError(absl::StrCat("log has a gap or overlap: ", segments[i - 1].path,
+                                              " ends at LSN ", segments[i - 1].header.end_lsn(),
+                                              " but the next segment ", s.path, " starts at LSN ",
+                                              s.header.first_lsn));
     }
   }
   return segments;
