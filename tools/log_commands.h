@@ -1,0 +1,43 @@
+// `qmgrctl log print|stats|verify`: offline, read-only views of a log
+// directory. Each returns the process exit code (kExit*), having written its
+// report to `out` and any error to `err`.
+#ifndef QMGR_TOOLS_LOG_COMMANDS_H_
+#define QMGR_TOOLS_LOG_COMMANDS_H_
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "log/format.h"
+
+namespace qmgr::tools {
+
+// Exit codes of qmgrctl (documented in docs/qmgrctl.md).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitTornTail = 1;    // verify: unacknowledged bytes at the end
+inline constexpr int kExitCorrupt = 2;     // damage to durable records
+inline constexpr int kExitUnreadable = 3;  // no log there, foreign files, I/O errors
+inline constexpr int kExitUsage = 64;      // bad arguments (EX_USAGE)
+
+struct LogPrintOptions {
+  log::Lsn from_lsn = 0;
+  log::Lsn to_lsn = log::kNoLsn;  // inclusive
+  std::vector<uint8_t> types;     // empty: every type
+  bool json = false;
+  bool full = false;  // whole bytes fields instead of abbreviated ones
+};
+
+int LogPrint(const std::string& log_dir, const LogPrintOptions& options, std::ostream& out,
+             std::ostream& err);
+int LogStats(const std::string& log_dir, bool json, std::ostream& out, std::ostream& err);
+int LogVerify(const std::string& log_dir, bool json, std::ostream& out, std::ostream& err);
+
+// A record type by name (ENQUEUE, syncpoint, ...) or number; 0 if unknown.
+uint8_t RecordTypeByName(const std::string& name);
+// The type's name as DESIGN.md spells it (ENQUEUE, SYNCPOINT, ...).
+std::string RecordTypeName(uint8_t type);
+
+}  // namespace qmgr::tools
+
+#endif  // QMGR_TOOLS_LOG_COMMANDS_H_
