@@ -91,9 +91,9 @@ inline constexpr size_t kRecordTypeOffset = 12;
 inline constexpr size_t kRecordHeaderBytes = 13;
 
 // Limits (docs/log-format.md derives each).
-// A payload is read into memory whole; 16 MiB bounds what a damaged length
-// field can make a reader allocate, and the engine's per-unit limits keep
-// every record under it.
+// A record is handed to its reader whole, in memory: 16 MiB bounds one
+// record (the engine's per-unit limits keep every record under it). A batch's
+// size is bounded by its segment and protected by the batch header checksum.
 inline constexpr uint32_t kRecordPayloadBytesMax = 16u << 20;
 // A segment holds its header block and at least one block of body.
 inline constexpr uint64_t kSegmentBytesMin = 2 * kBlockBytes;

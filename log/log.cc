@@ -184,24 +184,40 @@ absl::StatusOr<Lsn> Log::Append(uint8_t type, absl::string_view payload) {
                                                    " bytes exceeds the log's maximum of ",
                                                    record_payload_bytes_max_));
   }
-  if (!failed_.ok()) return failed_;
-  if (closing_) return absl::FailedPreconditionError("the system log is closed");
-
   // Place the record: in the open batch if it fits its segment, else in a new
-  // batch at the next block boundary, or at the next segment's start.
-  bool new_batch = open_batch_.bytes.empty();
+  // batch at the next block boundary, or at the next segment's start. A new
+  // batch needs its segment preallocated; when the allocator is behind, wait
+  // for its attempt (never for durability), so a full disk refuses the record
+  // here with nothing assigned, instead of stranding it in an unwritable batch.
+  bool new_batch = false;
   bool seal = false;
-  Lsn batch_lsn = new_batch ? next_batch_lsn_ : open_batch_.lsn;
-  if (!new_batch && open_batch_.end_lsn() + size > SegmentEnd(open_batch_.lsn)) {
-    seal = new_batch = true;
-    batch_lsn = SegmentEnd(open_batch_.lsn);
-  } else if (new_batch && batch_lsn + kBatchHeaderBytes + size > SegmentEnd(batch_lsn)) {
-    batch_lsn = SegmentEnd(batch_lsn);
-  }
-  if (new_batch && batch_lsn >= prepared_end_ && !allocation_error_.ok()) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("system log full: cannot preallocate the segment at LSN ", prepared_end_, ": ",
-                     allocation_error_.message()));
+  Lsn batch_lsn = 0;
+  while (true) {
+    if (!failed_.ok()) return failed_;
+    if (closing_) return absl::FailedPreconditionError("the system log is closed");
+    new_batch = open_batch_.bytes.empty();
+    seal = false;
+    batch_lsn = new_batch ? next_batch_lsn_ : open_batch_.lsn;
+    if (!new_batch && open_batch_.end_lsn() + size > SegmentEnd(open_batch_.lsn)) {
+      seal = new_batch = true;
+      batch_lsn = SegmentEnd(open_batch_.lsn);
+    } else if (new_batch && batch_lsn + kBatchHeaderBytes + size > SegmentEnd(batch_lsn)) {
+      batch_lsn = SegmentEnd(batch_lsn);
+    }
+    if (!new_batch || batch_lsn < prepared_end_) break;
+    if (!allocation_error_.ok()) {
+      // ENOSPC keeps its ResourceExhausted; other causes keep their own code.
+      return absl::Status(allocation_error_.code(),
+                          absl::StrCat("system log cannot preallocate the segment at LSN ",
+                                       prepared_end_, ": ", allocation_error_.message()));
+    }
+    needed_end_ =
+        std::max(needed_end_, SegmentEnd(batch_lsn) + options_.segments_ahead * body_bytes());
+    const Lsn prepared = prepared_end_;
+    auto allocator_moved = [this, prepared]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return prepared_end_ != prepared || !allocation_error_.ok() || !failed_.ok() || closing_;
+    };
+    mu_.Await(absl::Condition(&allocator_moved));
   }
   if (seal) {
     sealed_.push_back(std::move(open_batch_));
@@ -296,6 +312,8 @@ void Log::WriterLoop() {
     absl::MutexLock lock(&mu_);
     stats_.commit_syncs += syncs;
     if (!status.ok()) {
+      // A group that spans segments may have made its first part durable.
+      durable_lsn_ = std::max(durable_lsn_, synced_end_);
       failed_ = absl::UnavailableError(
           absl::StrCat("system log write failed, intake stopped until restart (records from LSN ",
                        batches.front().lsn, " may or may not be on disk): ", status.message()));
@@ -329,6 +347,7 @@ absl::Status Log::WriteBatches(std::vector<PendingBatch>& batches, Lsn durable_b
       std::this_thread::sleep_for(options_.enospc_retry_delay);
     }
     write_file_dirty_ = true;
+    write_file_end_ = batch.end_lsn();
   }
   return SyncWriteFile(syncs);
 }
@@ -339,7 +358,10 @@ absl::Status Log::SyncWriteFile(uint64_t* syncs) {
   absl::Status s = write_file_->Sync();
   // After a failed fdatasync this descriptor is never synced again: the
   // writer stops, and only a reopen (which rereads the disk) goes on.
-  if (s.ok()) write_file_dirty_ = false;
+  if (s.ok()) {
+    write_file_dirty_ = false;
+    synced_end_ = write_file_end_;
+  }
   return s;
 }
 
@@ -352,11 +374,7 @@ absl::StatusOr<File*> Log::SegmentForWrite(Lsn lsn, uint64_t* syncs) {
   SegmentFile segment;
   {
     absl::MutexLock lock(&mu_);
-    auto ready = [this, lsn]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return prepared_end_ > lsn || (closing_ && !allocation_error_.ok());
-    };
-    mu_.Await(absl::Condition(&ready));
-    if (prepared_end_ <= lsn) return allocation_error_;
+    assert(prepared_end_ > lsn && "Append places batches in preallocated segments only");
     auto it = std::prev(segment_paths_.upper_bound(lsn));
     assert(it->second.header.Contains(lsn));
     segment = it->second;

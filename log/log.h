@@ -180,6 +180,8 @@ class Log {
   SegmentHeader write_segment_;
   std::unique_ptr<File> write_file_;
   bool write_file_dirty_ = false;
+  Lsn write_file_end_ = 0;  // end of the last batch written to write_file_
+  Lsn synced_end_ = 0;      // end of the last batch made durable
 
   std::thread writer_;
   std::thread allocator_;

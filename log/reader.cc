@@ -176,16 +176,22 @@ absl::StatusOr<bool> LogScanner::Next(Batch* batch) {
       // The writer moves to the next segment when a record does not fit this
       // one; the next segment's first batch then names our last as its
       // predecessor.
-      std::string ignored;
+      std::string next_reason;
       Batch next;
       const Lsn next_first = segments_[segment_ + 1].header.first_lsn;
-      absl::StatusOr<Probe> continued = ReadBatch(segment_ + 1, next_first, &next, &ignored);
+      absl::StatusOr<Probe> continued = ReadBatch(segment_ + 1, next_first, &next, &next_reason);
       if (!continued.ok()) return continued.status();
       if (*continued == Probe::kValid && next.prev_lsn == last_batch_lsn_ &&
           next_first < stop_lsn_) {
         ++segment_;
         *probe = Probe::kValid;
         *batch = std::move(next);
+      } else if (*probe == Probe::kZero && *continued == Probe::kInvalid) {
+        // Nothing here, damage there: name the damage, not the zeros.
+        ++segment_;
+        next_lsn_ = next_first;
+        *probe = Probe::kInvalid;
+        reason = std::move(next_reason);
       }
     }
     if (*probe != Probe::kValid) {
