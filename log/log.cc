@@ -250,10 +250,10 @@ absl::StatusOr<Lsn> Log::Append(uint8_t type, absl::string_view payload) {
 
 absl::Status Log::WaitDurable(Lsn lsn) {
   absl::MutexLock lock(&mu_);
-  auto done = [this, lsn]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return durable_lsn_ > lsn || !failed_.ok() || closed_;
-  };
-  mu_.Await(absl::Condition(&done));
+  // A condition variable, not mu_.Await: an Await condition is evaluated at
+  // every unlock of mu_, which with many waiters makes each Append pay for
+  // all of them.
+  while (durable_lsn_ <= lsn && failed_.ok() && !closed_) durable_cv_.Wait(&mu_);
   if (durable_lsn_ > lsn) return absl::OkStatus();
   if (!failed_.ok()) return failed_;
   return absl::FailedPreconditionError(
@@ -317,11 +317,13 @@ void Log::WriterLoop() {
       failed_ = absl::UnavailableError(
           absl::StrCat("system log write failed, intake stopped until restart (records from LSN ",
                        batches.front().lsn, " may or may not be on disk): ", status.message()));
+      durable_cv_.SignalAll();
       return;
     }
     ++stats_.commits;
     for (const PendingBatch& batch : batches) stats_.written_bytes += batch.bytes.size();
     durable_lsn_ = batches.back().end_lsn();
+    durable_cv_.SignalAll();
   }
 }
 
@@ -459,6 +461,7 @@ absl::Status Log::Close() {
   write_file_.reset();
   absl::MutexLock lock(&mu_);
   closed_ = true;
+  durable_cv_.SignalAll();
   return failed_;
 }
 

@@ -163,6 +163,7 @@ class Log {
   Lsn next_batch_lsn_ ABSL_GUARDED_BY(mu_) = 0;            // where a new batch starts
   Lsn last_batch_lsn_ ABSL_GUARDED_BY(mu_) = kNoLsn;
   Lsn durable_lsn_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::CondVar durable_cv_;  // signalled when durable_lsn_, failed_ or closed_ change
   Lsn first_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status failed_ ABSL_GUARDED_BY(mu_);
   bool closing_ ABSL_GUARDED_BY(mu_) = false;         // the writer drains, then stops
