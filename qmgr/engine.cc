@@ -1,0 +1,832 @@
+#include "qmgr/engine.h"
+
+#include <algorithm>
+#include <cassert>
+
+#include "absl/strings/str_cat.h"
+
+namespace qmgr {
+
+using qmgr::v1::LogRecord;
+
+bool IsValidQueueName(absl::string_view name) {
+  if (name.empty() || name.size() > 48) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  });
+}
+
+namespace {
+
+bool IsDeferred(MessageClass cls) {
+  return cls == qmgr::v1::RESPONSE || cls == qmgr::v1::CONVERSATIONAL || cls == qmgr::v1::FASTPATH;
+}
+
+}  // namespace
+
+struct Engine::Message {
+  qmgr::v1::Message m;  // with its payload
+  // A log record holds it (ENQUEUE, or a SYNCPOINT that inserted or hardened
+  // it): a restart restores it, so taking and dropping it must be logged too.
+  bool logged = false;
+};
+
+struct Engine::Queue {
+  std::string name;
+  qmgr::v1::QueueAttributes attributes;
+  std::deque<std::unique_ptr<Message>> visible;  // commit order
+  uint64_t taken = 0;                            // held by open units
+  uint64_t expired_discarded = 0;
+  uint64_t backout_moved_in = 0;
+  bool deleted = false;
+  absl::CondVar available;  // a message became visible, or the queue was deleted
+
+  uint64_t depth_max() const { return attributes.max_depth(); }
+};
+
+struct Engine::Unit {
+  UowId id = 0;
+  std::vector<std::unique_ptr<Message>> taken;     // in Get order
+  std::vector<std::unique_ptr<Message>> inserted;  // visible at the sync point
+  uint64_t sync_point_bytes = 0;                   // payload the SYNCPOINT must carry
+  absl::Time last_used;
+  int busy = 0;  // calls inside the engine now (a waiting Get): never idle
+
+  uint64_t messages() const { return taken.size() + inserted.size(); }
+};
+
+Engine::Engine(log::Log* log, EngineOptions options) : log_(log), options_(std::move(options)) {
+  assert(options_.first_free_id > 0 && options_.id_block > 1);
+  next_id_ = block_end_ = next_block_end_ = options_.first_free_id;
+  if (options_.reaper_interval > absl::ZeroDuration()) {
+    reaper_ = std::thread([this] { ReaperLoop(); });
+  }
+}
+
+Engine::~Engine() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (reaper_.joinable()) reaper_.join();
+}
+
+// ---- Queue definitions ---------------------------------------------------
+
+namespace {
+
+absl::Status ValidateAttributes(const std::string& name, const qmgr::v1::QueueAttributes& a) {
+  if (!IsValidQueueName(name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("queue name '", name, "' must be 1..48 characters of [A-Za-z0-9._-]"));
+  }
+  if (!qmgr::v1::MessageClass_IsValid(a.default_class())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("default class ", a.default_class(), " is unknown"));
+  }
+  if (!a.backout_queue().empty() && !IsValidQueueName(a.backout_queue())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("backout queue name '", a.backout_queue(), "' is not a valid queue name"));
+  }
+  if (a.backout_queue() == name) {
+    return absl::InvalidArgumentError("a queue cannot be its own backout queue");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Engine::DefineQueue(const std::string& name,
+                                 const qmgr::v1::QueueAttributes& attributes) {
+  if (absl::Status s = ValidateAttributes(name, attributes); !s.ok()) return s;
+  absl::StatusOr<log::Lsn> lsn;
+  {
+    absl::MutexLock lock(&mu_);
+    if (queues_.count(name)) {
+      return absl::AlreadyExistsError(absl::StrCat("queue '", name, "' is already defined"));
+    }
+    LogRecord record;
+    record.mutable_queue_define()->set_queue(name);
+    *record.mutable_queue_define()->mutable_attributes() = attributes;
+    lsn = log_->Append(record);
+    if (!lsn.ok()) return lsn.status();
+    auto queue = std::make_shared<Queue>();
+    queue->name = name;
+    queue->attributes = attributes;
+    queues_[name] = std::move(queue);
+  }
+  return WaitDurable(*lsn);
+}
+
+absl::Status Engine::AlterQueue(const std::string& name,
+                                const qmgr::v1::QueueAttributes& attributes) {
+  if (absl::Status s = ValidateAttributes(name, attributes); !s.ok()) return s;
+  absl::StatusOr<log::Lsn> lsn;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = queues_.find(name);
+    if (it == queues_.end()) {
+      return absl::NotFoundError(absl::StrCat("queue '", name, "' is not defined"));
+    }
+    LogRecord record;
+    record.mutable_queue_alter()->set_queue(name);
+    *record.mutable_queue_alter()->mutable_attributes() = attributes;
+    lsn = log_->Append(record);
+    if (!lsn.ok()) return lsn.status();
+    it->second->attributes = attributes;
+    it->second->available.SignalAll();  // get-inhibit may have been lifted
+  }
+  return WaitDurable(*lsn);
+}
+
+absl::Status Engine::DeleteQueue(const std::string& name, bool purge) {
+  absl::StatusOr<log::Lsn> lsn;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = queues_.find(name);
+    if (it == queues_.end()) {
+      return absl::NotFoundError(absl::StrCat("queue '", name, "' is not defined"));
+    }
+    Queue& queue = *it->second;
+    if (queue.taken > 0) {
+      return absl::FailedPreconditionError(absl::StrCat("queue '", name, "' has ", queue.taken,
+                                                        " messages taken by open units of work"));
+    }
+    if (!queue.visible.empty() && !purge) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "queue '", name, "' holds ", queue.visible.size(), " messages; delete with purge"));
+    }
+    LogRecord record;
+    record.mutable_queue_delete()->set_queue(name);
+    record.mutable_queue_delete()->set_purged(purge);
+    record.mutable_queue_delete()->set_purged_messages(queue.visible.size());
+    lsn = log_->Append(record);
+    if (!lsn.ok()) return lsn.status();
+    queue.deleted = true;
+    queue.available.SignalAll();
+    // Waiting Gets hold no reference: they look the queue up again by name.
+    queues_.erase(it);
+  }
+  return WaitDurable(*lsn);
+}
+
+absl::StatusOr<QueueStatus> Engine::DisplayQueue(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  auto it = queues_.find(name);
+  if (it == queues_.end()) {
+    return absl::NotFoundError(absl::StrCat("queue '", name, "' is not defined"));
+  }
+  const Queue& q = *it->second;
+  return QueueStatus{q.name,  q.attributes,        q.visible.size(),
+                     q.taken, q.expired_discarded, q.backout_moved_in};
+}
+
+std::vector<QueueStatus> Engine::DisplayQueues() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<QueueStatus> out;
+  for (const auto& [name, q] : queues_) {
+    out.push_back({q->name, q->attributes, q->visible.size(), q->taken, q->expired_discarded,
+                   q->backout_moved_in});
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<qmgr::v1::Message>> Engine::Browse(const std::string& name,
+                                                              size_t max_messages) const {
+  absl::MutexLock lock(&mu_);
+  auto it = queues_.find(name);
+  if (it == queues_.end()) {
+    return absl::NotFoundError(absl::StrCat("queue '", name, "' is not defined"));
+  }
+  std::vector<qmgr::v1::Message> out;
+  for (const auto& message : it->second->visible) {
+    if (out.size() == max_messages) break;
+    out.push_back(message->m);
+  }
+  return out;
+}
+
+// ---- Producers -------------------------------------------------------------
+
+absl::Status Engine::ValidateSpec(const MessageSpec& spec, Queue** queue, MessageClass* cls) {
+  auto it = queues_.find(spec.queue);
+  if (it == queues_.end()) {
+    return absl::NotFoundError(absl::StrCat("queue '", spec.queue, "' is not defined"));
+  }
+  *queue = it->second.get();
+  const qmgr::v1::QueueAttributes& a = (*queue)->attributes;
+  if (a.put_inhibited()) {
+    return WithReason(
+        absl::FailedPreconditionError(absl::StrCat("queue '", spec.queue, "' is put-inhibited")),
+        reason::kPutInhibited);
+  }
+  const uint64_t size_max =
+      a.max_message_bytes() > 0 ? a.max_message_bytes() : options_.default_max_message_bytes;
+  if (spec.payload.size() > size_max) {
+    return absl::InvalidArgumentError(absl::StrCat("message of ", spec.payload.size(),
+                                                   " bytes exceeds the max message size of queue '",
+                                                   spec.queue, "' (", size_max, " bytes)"));
+  }
+  *cls = spec.message_class;
+  if (!qmgr::v1::MessageClass_IsValid(*cls)) {
+    return absl::InvalidArgumentError(absl::StrCat("message class ", *cls, " is unknown"));
+  }
+  if (*cls == qmgr::v1::MESSAGE_CLASS_UNSPECIFIED) *cls = a.default_class();
+  if (*cls == qmgr::v1::MESSAGE_CLASS_UNSPECIFIED) *cls = qmgr::v1::RECOVERABLE;
+  if (spec.expiry_time_us != 0 && spec.expiry_time_us <= options_.clock->NowMicros()) {
+    return absl::InvalidArgumentError("message expiry time is in the past");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::CheckSessionInput(const MessageSpec& spec, MessageClass cls,
+                                       uint64_t expected_seq) {
+  if (spec.origin_session.empty()) {
+    if (IsDeferred(cls)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(qmgr::v1::MessageClass_Name(cls), " input requires an origin session"));
+    }
+    if (spec.input_seq != 0) {
+      return absl::InvalidArgumentError("an input number requires an origin session");
+    }
+    return absl::OkStatus();
+  }
+  if (!IsValidQueueName(spec.origin_session)) {
+    return absl::InvalidArgumentError(absl::StrCat("session name '", spec.origin_session,
+                                                   "' must be 1..48 characters of [A-Za-z0-9._-]"));
+  }
+  if (cls == qmgr::v1::IRRECOVERABLE && spec.input_seq != 0) {
+    return absl::InvalidArgumentError("IRRECOVERABLE input is not numbered");
+  }
+  Session& s = sessions_[spec.origin_session];
+  if (s.outstanding_seq != 0) {
+    return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                          "session '", spec.origin_session, "' has input ", s.outstanding_seq,
+                          " outstanding (response mode): wait for its reply")),
+                      reason::kResponseOutstanding);
+  }
+  if (cls == qmgr::v1::IRRECOVERABLE) return absl::OkStatus();
+  if (spec.input_seq == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(qmgr::v1::MessageClass_Name(cls),
+                                                   " input from a session needs its input number"));
+  }
+  if (expected_seq == 0) expected_seq = s.in_seq + 1;
+  if (spec.input_seq < expected_seq) {
+    return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                          "input ", spec.input_seq, " of session '", spec.origin_session,
+                          "' is already hardened (expected ", expected_seq, ")")),
+                      reason::kAlreadyHardened);
+  }
+  if (spec.input_seq != expected_seq) {
+    return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                          "input ", spec.input_seq, " of session '", spec.origin_session,
+                          "' leaves a gap: expected ", expected_seq)),
+                      reason::kSequenceGap);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> Engine::NextId(log::Lsn* reserve_lsn) {
+  const auto reserve = [this](uint64_t first) -> absl::StatusOr<log::Lsn> {
+    LogRecord record;
+    record.mutable_id_reserve()->set_first_id(first);
+    record.mutable_id_reserve()->set_count(options_.id_block);
+    return log_->Append(record);
+  };
+  if (next_id_ == block_end_) {
+    if (next_block_end_ > block_end_) {
+      block_lsn_ = next_block_lsn_;
+    } else {
+      absl::StatusOr<log::Lsn> lsn = reserve(block_end_);
+      if (!lsn.ok()) return lsn.status();
+      block_lsn_ = *lsn;
+      next_block_end_ = block_end_ + options_.id_block;
+    }
+    block_end_ = next_block_end_;
+  }
+  // Reserve the next block half-way through this one, so that it is durable
+  // long before an unlogged message needs an id from it.
+  if (next_block_end_ == block_end_ && block_end_ - next_id_ <= options_.id_block / 2) {
+    absl::StatusOr<log::Lsn> lsn = reserve(block_end_);
+    if (!lsn.ok()) return lsn.status();
+    next_block_lsn_ = *lsn;
+    next_block_end_ = block_end_ + options_.id_block;
+  }
+  *reserve_lsn = block_lsn_;
+  return next_id_++;
+}
+
+std::unique_ptr<Engine::Message> Engine::MakeMessage(const MessageSpec& spec, MessageClass cls,
+                                                     uint64_t id) {
+  auto message = std::make_unique<Message>();
+  qmgr::v1::Message& m = message->m;
+  m.set_id(id);
+  m.set_queue(spec.queue);
+  m.set_class_(cls);
+  m.set_payload(spec.payload);
+  m.set_enqueue_time_us(options_.clock->NowMicros());
+  m.set_origin_session(spec.origin_session);
+  m.set_input_seq(spec.input_seq);
+  m.set_correlation_id(spec.correlation_id);
+  m.set_reply_to(spec.reply_to);
+  m.set_expiry_time_us(spec.expiry_time_us);
+  return message;
+}
+
+void Engine::MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at_head) {
+  if (at_head) {
+    queue->visible.push_front(std::move(message));
+  } else {
+    queue->visible.push_back(std::move(message));
+  }
+  queue->available.Signal();
+}
+
+absl::StatusOr<EnqueueResult> Engine::Enqueue(const MessageSpec& spec) {
+  absl::StatusOr<std::vector<EnqueueResult>> results = EnqueueMany({spec});
+  if (!results.ok()) return results.status();
+  return results->front();
+}
+
+absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueBatch(
+    const std::vector<MessageSpec>& specs) {
+  if (specs.empty()) return absl::InvalidArgumentError("an empty batch");
+  return EnqueueMany(specs);
+}
+
+absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(
+    const std::vector<MessageSpec>& specs) {
+  std::vector<EnqueueResult> results(specs.size());
+  log::Lsn wait_lsn = log::kNoLsn;
+  {
+    absl::MutexLock lock(&mu_);
+    // Validate everything first: all or nothing.
+    std::vector<Queue*> queues(specs.size());
+    std::vector<MessageClass> classes(specs.size());
+    std::map<Queue*, uint64_t> added;
+    struct BatchSession {
+      uint64_t next_seq = 0;  // 0: no numbered input yet
+      bool deferred = false;
+    };
+    std::map<std::string, BatchSession> batch_sessions;  // inputs of sessions in this batch
+    uint64_t record_bytes = 0;
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const MessageSpec& spec = specs[i];
+      if (absl::Status s = ValidateSpec(spec, &queues[i], &classes[i]); !s.ok()) return s;
+      if (!spec.origin_session.empty()) {
+        BatchSession& in_batch = batch_sessions[spec.origin_session];
+        if (in_batch.deferred) {
+          return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                                "batch input of session '", spec.origin_session,
+                                "' follows a deferred input that must be answered first")),
+                            reason::kResponseOutstanding);
+        }
+        if (absl::Status s = CheckSessionInput(spec, classes[i], in_batch.next_seq); !s.ok()) {
+          return s;
+        }
+        in_batch.deferred = IsDeferred(classes[i]);
+        if (classes[i] != qmgr::v1::IRRECOVERABLE) in_batch.next_seq = spec.input_seq + 1;
+      } else if (absl::Status s = CheckSessionInput(spec, classes[i], 0); !s.ok()) {
+        return s;
+      }
+      const uint64_t depth_max = queues[i]->depth_max();
+      const uint64_t n = ++added[queues[i]];
+      if (depth_max > 0 && queues[i]->visible.size() + queues[i]->taken + n > depth_max) {
+        return WithReason(absl::ResourceExhaustedError(absl::StrCat(
+                              "queue '", spec.queue, "' is full: its max depth is ", depth_max)),
+                          reason::kQueueFull);
+      }
+      if (classes[i] == qmgr::v1::RECOVERABLE) record_bytes += spec.payload.size();
+    }
+    if (record_bytes > options_.unit_bytes_max) {
+      return absl::InvalidArgumentError(absl::StrCat("batch of ", record_bytes,
+                                                     " payload bytes exceeds the limit of ",
+                                                     options_.unit_bytes_max, " per record"));
+    }
+
+    std::vector<std::unique_ptr<Message>> messages(specs.size());
+    LogRecord record;
+    log::Lsn reserve_lsn = 0;
+    log::Lsn unlogged_reserve_lsn = log::kNoLsn;
+    for (size_t i = 0; i < specs.size(); ++i) {
+      log::Lsn block_lsn = 0;
+      absl::StatusOr<uint64_t> id = NextId(&block_lsn);
+      if (!id.ok()) return id.status();
+      reserve_lsn = std::max(reserve_lsn, block_lsn);
+      messages[i] = MakeMessage(specs[i], classes[i], *id);
+      results[i].message_id = *id;
+      if (classes[i] == qmgr::v1::RECOVERABLE) {
+        *record.mutable_enqueue()->add_messages() = messages[i]->m;
+        messages[i]->logged = true;
+      } else {
+        unlogged_reserve_lsn = reserve_lsn;
+      }
+    }
+    for (size_t i = 0; i < specs.size(); ++i) {
+      if (classes[i] != qmgr::v1::RECOVERABLE || specs[i].origin_session.empty()) continue;
+      qmgr::v1::SessionAdvance* advance = record.mutable_enqueue()->add_sessions();
+      advance->set_session(specs[i].origin_session);
+      advance->set_in_seq(specs[i].input_seq);
+    }
+    if (record.has_enqueue() && record.enqueue().messages_size() > 0) {
+      absl::StatusOr<log::Lsn> lsn = log_->Append(record);
+      if (!lsn.ok()) return lsn.status();
+      wait_lsn = *lsn;
+    } else if (unlogged_reserve_lsn != log::kNoLsn) {
+      // An unlogged message's id must not be reused after a crash: its block's
+      // reservation is durable before the id is handed out.
+      wait_lsn = unlogged_reserve_lsn;
+    }
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const MessageSpec& spec = specs[i];
+      if (!spec.origin_session.empty()) {
+        Session& session = sessions_[spec.origin_session];
+        if (classes[i] == qmgr::v1::RECOVERABLE) session.in_seq = spec.input_seq;
+        if (IsDeferred(classes[i])) session.outstanding_seq = spec.input_seq;
+      }
+      if (messages[i]->logged) {
+        results[i].lsn = wait_lsn;
+        results[i].durability = Durability::kDurable;
+      }
+      MakeVisible(queues[i], std::move(messages[i]), /*at_head=*/false);
+    }
+  }
+  if (wait_lsn != log::kNoLsn) {
+    if (absl::Status s = WaitDurable(wait_lsn); !s.ok()) return s;
+  }
+  return results;
+}
+
+// ---- Units of work -----------------------------------------------------------
+
+Engine::Unit* Engine::NewUnit() {
+  auto unit = std::make_unique<Unit>();
+  unit->id = next_uow_++;
+  unit->last_used = options_.clock->Now();
+  Unit* raw = unit.get();
+  units_[raw->id] = std::move(unit);
+  return raw;
+}
+
+absl::StatusOr<Engine::Unit*> Engine::FindUnit(UowId uow) {
+  auto it = units_.find(uow);
+  if (it == units_.end()) {
+    return absl::NotFoundError(absl::StrCat("unit of work ", uow, " is not open"));
+  }
+  it->second->last_used = options_.clock->Now();
+  return it->second.get();
+}
+
+UowId Engine::BeginUnit() {
+  absl::MutexLock lock(&mu_);
+  return NewUnit()->id;
+}
+
+Engine::Message* Engine::TakeNext(Queue* queue) {
+  const int64_t now_us = options_.clock->NowMicros();
+  while (!queue->visible.empty()) {
+    Message* front = queue->visible.front().get();
+    const int64_t expiry = front->m.expiry_time_us();
+    if (expiry == 0 || expiry > now_us) return front;
+    if (front->logged) {
+      // Discarded as if consumed by a unit of its own, so that a restart does
+      // not bring it back. No wait: losing this record only means a later Get
+      // discards it again.
+      LogRecord record;
+      record.mutable_syncpoint()->add_consumed_message_ids(front->m.id());
+      if (!log_->Append(record).ok()) return front;  // the Get fails on its own record
+    }
+    ++queue->expired_discarded;
+    queue->visible.pop_front();
+  }
+  return nullptr;
+}
+
+absl::StatusOr<GetResult> Engine::Get(const GetOptions& options) {
+  const absl::Time deadline = absl::Now() + options.wait;
+  GetResult result;
+  log::Lsn commit_lsn = log::kNoLsn;
+  log::Lsn get_lsn = log::kNoLsn;
+  {
+    absl::MutexLock lock(&mu_);
+    Unit* unit = nullptr;
+    bool created = false;
+    if (options.commit_previous && options.uow != 0) {
+      absl::StatusOr<Unit*> previous = FindUnit(options.uow);
+      if (!previous.ok()) return previous.status();
+      SyncPointResult committed;
+      absl::StatusOr<log::Lsn> lsn = CommitLocked(*previous, &committed);
+      if (!lsn.ok()) return lsn.status();
+      commit_lsn = *lsn;
+    }
+    if (options.uow == 0 || options.commit_previous) {
+      unit = NewUnit();
+      created = true;
+    } else {
+      absl::StatusOr<Unit*> found = FindUnit(options.uow);
+      if (!found.ok()) return found.status();
+      unit = *found;
+    }
+    const UowId uow = unit->id;
+    auto drop_if_empty = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      auto it = units_.find(uow);
+      if (created && it != units_.end() && it->second->messages() == 0) units_.erase(it);
+    };
+    Message* message = nullptr;
+    std::shared_ptr<Queue> queue;
+    while (true) {
+      auto it = queues_.find(options.queue);
+      if (it == queues_.end()) {
+        drop_if_empty();
+        return absl::NotFoundError(absl::StrCat("queue '", options.queue, "' is not defined"));
+      }
+      queue = it->second;
+      if (queue->attributes.get_inhibited()) {
+        drop_if_empty();
+        return WithReason(absl::FailedPreconditionError(
+                              absl::StrCat("queue '", options.queue, "' is get-inhibited")),
+                          reason::kGetInhibited);
+      }
+      absl::StatusOr<Unit*> current = FindUnit(uow);  // another call may have ended it
+      if (!current.ok()) return current.status();
+      unit = *current;
+      if (unit->messages() >= options_.unit_messages_max) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("unit of work ", uow, " holds ", unit->messages(),
+                         " messages, the limit per unit (unit_messages_max)"));
+      }
+      message = TakeNext(queue.get());
+      if (message != nullptr) break;
+      if (absl::Now() >= deadline) {
+        drop_if_empty();
+        return absl::DeadlineExceededError(absl::StrCat("no message on queue '", options.queue,
+                                                        "' within ",
+                                                        absl::FormatDuration(options.wait)));
+      }
+      ++unit->busy;
+      queue->available.WaitWithDeadline(&mu_, deadline);
+      --unit->busy;
+    }
+    const bool deferred = !message->logged && message->m.class_() != qmgr::v1::IRRECOVERABLE;
+    if (deferred &&
+        unit->sync_point_bytes + message->m.payload().size() > options_.unit_bytes_max) {
+      drop_if_empty();
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "unit of work ", uow, " would carry ",
+          unit->sync_point_bytes + message->m.payload().size(),
+          " payload bytes, the limit per unit (unit_bytes_max) is ", options_.unit_bytes_max));
+    }
+    if (message->logged) {
+      LogRecord record;
+      qmgr::v1::GetRecord* get = record.mutable_get();
+      get->set_uow_id(uow);
+      get->set_message_id(message->m.id());
+      get->set_queue(queue->name);
+      get->set_backout_count(message->m.backout_count());
+      absl::StatusOr<log::Lsn> lsn = log_->Append(record);
+      if (!lsn.ok()) {
+        drop_if_empty();
+        return lsn.status();
+      }
+      // Wait only for a message delivered before, so that one that keeps
+      // killing its consumers is counted even across a server crash.
+      if (message->m.backout_count() > 0) get_lsn = *lsn;
+    }
+    if (deferred) unit->sync_point_bytes += message->m.payload().size();
+    result.uow = uow;
+    result.message = message->m;
+    unit->taken.push_back(std::move(queue->visible.front()));
+    queue->visible.pop_front();
+    ++queue->taken;
+  }
+  if (get_lsn != log::kNoLsn) {
+    if (absl::Status s = WaitDurable(get_lsn); !s.ok()) return s;
+  }
+  if (commit_lsn != log::kNoLsn) {
+    if (absl::Status s = WaitDurable(commit_lsn); !s.ok()) return s;
+  }
+  return result;
+}
+
+absl::Status Engine::Insert(UowId uow, const MessageSpec& spec) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Unit*> unit = FindUnit(uow);
+  if (!unit.ok()) return unit.status();
+  if (!spec.origin_session.empty() || spec.input_seq != 0) {
+    return absl::InvalidArgumentError("an inserted message is output: it has no origin session");
+  }
+  Queue* queue = nullptr;
+  MessageClass cls;
+  if (absl::Status s = ValidateSpec(spec, &queue, &cls); !s.ok()) return s;
+  if ((*unit)->messages() >= options_.unit_messages_max) {
+    return absl::ResourceExhaustedError(absl::StrCat("unit of work ", uow, " holds ",
+                                                     (*unit)->messages(),
+                                                     " messages, the limit per unit "
+                                                     "(unit_messages_max)"));
+  }
+  const uint64_t bytes = cls == qmgr::v1::IRRECOVERABLE ? 0 : spec.payload.size();
+  if ((*unit)->sync_point_bytes + bytes > options_.unit_bytes_max) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "unit of work ", uow, " would carry ", (*unit)->sync_point_bytes + bytes,
+        " payload bytes, the limit per unit (unit_bytes_max) is ", options_.unit_bytes_max));
+  }
+  log::Lsn reserve_lsn = 0;
+  absl::StatusOr<uint64_t> id = NextId(&reserve_lsn);
+  if (!id.ok()) return id.status();
+  (*unit)->sync_point_bytes += bytes;
+  (*unit)->inserted.push_back(MakeMessage(spec, cls, *id));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* result) {
+  // Depth is checked again for inserts: queues may have filled since.
+  std::map<std::string, uint64_t> added;
+  for (const auto& message : unit->inserted) ++added[message->m.queue()];
+  for (const auto& [name, n] : added) {
+    auto it = queues_.find(name);
+    absl::Status refusal;
+    if (it == queues_.end()) {
+      refusal = absl::NotFoundError(
+          absl::StrCat("sync point backed out: queue '", name, "' was deleted"));
+    } else if (const uint64_t max = it->second->depth_max();
+               max > 0 && it->second->visible.size() + it->second->taken + n > max) {
+      refusal = WithReason(
+          absl::ResourceExhaustedError(absl::StrCat("sync point backed out: queue '", name,
+                                                    "' is full: its max depth is ", max)),
+          reason::kQueueFull);
+    }
+    if (!refusal.ok()) {
+      BackoutLocked(unit, qmgr::v1::BACKOUT_QUEUE_FULL);
+      return refusal;
+    }
+  }
+
+  LogRecord record;
+  qmgr::v1::SyncPointRecord* sync = record.mutable_syncpoint();
+  sync->set_uow_id(unit->id);
+  std::map<std::string, uint64_t> hardened;  // session -> input number
+  for (const auto& message : unit->taken) {
+    if (message->logged) {
+      sync->add_consumed_message_ids(message->m.id());
+    } else if (message->m.class_() != qmgr::v1::IRRECOVERABLE) {
+      *sync->add_deferred_inputs() = message->m;
+      if (!message->m.origin_session().empty()) {
+        hardened[message->m.origin_session()] = message->m.input_seq();
+      }
+    }
+  }
+  for (const auto& message : unit->inserted) {
+    if (message->m.class_() != qmgr::v1::IRRECOVERABLE) *sync->add_inserted() = message->m;
+  }
+  for (const auto& [session, seq] : hardened) {
+    qmgr::v1::SessionAdvance* advance = sync->add_sessions();
+    advance->set_session(session);
+    advance->set_in_seq(seq);
+  }
+  log::Lsn lsn = log::kNoLsn;
+  if (sync->consumed_message_ids_size() + sync->deferred_inputs_size() + sync->inserted_size() >
+      0) {
+    absl::StatusOr<log::Lsn> appended = log_->Append(record);
+    if (!appended.ok()) return appended.status();
+    lsn = *appended;
+  }
+
+  // The sync point is in the log: apply it.
+  std::map<std::string, bool> replied;  // sessions whose output queue got a reply
+  for (auto& message : unit->inserted) {
+    Queue* queue = queues_.at(message->m.queue()).get();
+    if (!queue->attributes.output_of_session().empty()) {
+      replied[queue->attributes.output_of_session()] = true;
+    }
+    message->logged = message->m.class_() != qmgr::v1::IRRECOVERABLE;
+    MakeVisible(queue, std::move(message), /*at_head=*/false);
+  }
+  for (const auto& message : unit->taken) {
+    auto it = queues_.find(message->m.queue());
+    assert(it != queues_.end() && "a queue with taken messages is never deleted");
+    --it->second->taken;
+  }
+  for (const auto& [name, seq] : hardened) {
+    Session& session = sessions_[name];
+    session.in_seq = std::max(session.in_seq, seq);
+    // Response mode: the terminal waits for the reply. Without one the input
+    // is done at its sync point; with one, when the reply is acknowledged
+    // (sessions issue).
+    if (session.outstanding_seq == seq && !replied[name]) session.outstanding_seq = 0;
+  }
+  result->lsn = lsn;
+  result->consumed = unit->taken.size();
+  result->inserted = unit->inserted.size();
+  units_.erase(unit->id);
+  return lsn;
+}
+
+absl::StatusOr<SyncPointResult> Engine::SyncPoint(UowId uow) {
+  SyncPointResult result;
+  {
+    absl::MutexLock lock(&mu_);
+    absl::StatusOr<Unit*> unit = FindUnit(uow);
+    if (!unit.ok()) return unit.status();
+    absl::StatusOr<log::Lsn> lsn = CommitLocked(*unit, &result);
+    if (!lsn.ok()) return lsn.status();
+  }
+  if (result.lsn != log::kNoLsn) {
+    if (absl::Status s = WaitDurable(result.lsn); !s.ok()) return s;
+  }
+  return result;
+}
+
+void Engine::BackoutLocked(Unit* unit, qmgr::v1::BackoutReason reason) {
+  LogRecord record;
+  qmgr::v1::BackoutRecord* backout = record.mutable_backout();
+  backout->set_uow_id(unit->id);
+  backout->set_reason(reason);
+  for (const auto& message : unit->taken) {
+    message->m.set_backout_count(message->m.backout_count() + 1);
+    if (message->logged) {
+      backout->add_message_ids(message->m.id());
+      backout->add_backout_counts(message->m.backout_count());
+    }
+  }
+  // No wait: a lost BACKOUT leaves the unit without outcome, and restart
+  // backs it out the same way.
+  if (unit->messages() > 0) log_->Append(record).IgnoreError();
+
+  std::vector<std::unique_ptr<Message>> returning;
+  for (auto& message : unit->taken) {
+    Queue* queue = queues_.at(message->m.queue()).get();
+    --queue->taken;
+    const uint32_t threshold = queue->attributes.backout_threshold();
+    auto to = queues_.find(queue->attributes.backout_queue());
+    if (threshold > 0 && message->m.backout_count() >= threshold && to != queues_.end()) {
+      if (message->logged) {
+        LogRecord move;
+        qmgr::v1::BackoutMoveRecord* m = move.mutable_backout_move();
+        m->set_message_id(message->m.id());
+        m->set_from_queue(queue->name);
+        m->set_to_queue(to->first);
+        m->set_backout_count(message->m.backout_count());
+        log_->Append(move).IgnoreError();
+      }
+      message->m.set_queue(to->first);
+      ++to->second->backout_moved_in;
+      MakeVisible(to->second.get(), std::move(message), /*at_head=*/false);
+    } else {
+      returning.push_back(std::move(message));
+    }
+  }
+  // Back to the head of their queues, in the order they were taken.
+  for (auto it = returning.rbegin(); it != returning.rend(); ++it) {
+    Queue* queue = queues_.at((*it)->m.queue()).get();
+    MakeVisible(queue, std::move(*it), /*at_head=*/true);
+  }
+  units_.erase(unit->id);
+}
+
+absl::Status Engine::Backout(UowId uow, qmgr::v1::BackoutReason reason) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Unit*> unit = FindUnit(uow);
+  if (!unit.ok()) return unit.status();
+  BackoutLocked(*unit, reason);
+  return absl::OkStatus();
+}
+
+int Engine::ReapIdleUnits() {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = options_.clock->Now();
+  std::vector<Unit*> idle;
+  for (const auto& [id, unit] : units_) {
+    if (unit->busy == 0 && now - unit->last_used > options_.unit_idle_timeout) {
+      idle.push_back(unit.get());
+    }
+  }
+  for (Unit* unit : idle) BackoutLocked(unit, qmgr::v1::BACKOUT_IDLE_TIMEOUT);
+  return static_cast<int>(idle.size());
+}
+
+void Engine::ReaperLoop() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stopping_), options_.reaper_interval);
+      if (stopping_) return;
+    }
+    ReapIdleUnits();
+  }
+}
+
+absl::Status Engine::WaitDurable(log::Lsn lsn) { return log_->WaitDurable(lsn); }
+
+uint64_t Engine::SessionInSeq(const std::string& session) const {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(session);
+  return it == sessions_.end() ? 0 : it->second.in_seq;
+}
+
+uint64_t Engine::next_free_id() const {
+  absl::MutexLock lock(&mu_);
+  return next_id_;
+}
+
+}  // namespace qmgr

@@ -1,0 +1,223 @@
+// The queue engine: queues, message classes, units of work, sync points.
+//
+// An in-process API (the gRPC server calls it). Every recoverable change is
+// appended to the system log under the engine's latch, applied in memory in
+// the same critical section (so queue order is log order), and acknowledged
+// only once the log says it is durable (DESIGN.md, "Message classes",
+// "Units of work"):
+//
+// | class           | logged                                   | acknowledged       |
+// |-----------------|------------------------------------------|--------------------|
+// | RECOVERABLE     | ENQUEUE record at Enqueue                | when it is durable |
+// | RESPONSE, CONVERSATIONAL, FASTPATH | with payload in the SYNCPOINT of the first unit that
+// commits after Getting it | when queued in memory | | IRRECOVERABLE   | never (no record at
+// Enqueue or Get)      | when queued in memory |
+//
+// Early visibility: a message is visible to Gets once its record is
+// appended, before it is durable. That is safe because every effect of taking
+// it (a SYNCPOINT) lies later in the log, so it is durable only if the
+// message's own record is.
+#ifndef QMGR_QMGR_ENGINE_H_
+#define QMGR_QMGR_ENGINE_H_
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "log/log.h"
+#include "qmgr/clock.h"
+#include "qmgr/status.h"
+#include "qmgr/v1/log.pb.h"
+
+namespace qmgr {
+
+using UowId = uint64_t;
+using MessageClass = qmgr::v1::MessageClass;
+
+struct EngineOptions {
+  // Bounds per unit of work, so that no SYNCPOINT record exceeds the log's
+  // maximum record (16 MiB): messages taken or inserted, and payload bytes
+  // the sync point must carry (inserts and deferred inputs).
+  uint64_t unit_messages_max = 10000;
+  uint64_t unit_bytes_max = 8u << 20;
+  // A unit with no call for this long is backed out (IDLE_TIMEOUT).
+  absl::Duration unit_idle_timeout = absl::Seconds(60);
+  // How often the idle reaper looks; zero: no reaper thread (tests call
+  // ReapIdleUnits themselves).
+  absl::Duration reaper_interval = absl::Seconds(1);
+  // The max message size of a queue that does not set one.
+  uint64_t default_max_message_bytes = 4u << 20;
+  // Message ids are reserved in blocks of this many (one ID_RESERVE each).
+  uint64_t id_block = 1u << 16;
+  // The first id never used before (restart gives it; a new queue manager 1).
+  uint64_t first_free_id = 1;
+  Clock* clock = RealClock::Get();
+};
+
+enum class Durability { kDurable, kInMemory };
+
+// A message as a producer sends it (Enqueue) or a program inserts it.
+struct MessageSpec {
+  std::string queue;
+  std::string payload;
+  MessageClass message_class = qmgr::v1::MESSAGE_CLASS_UNSPECIFIED;  // queue default
+  std::string correlation_id;
+  std::string reply_to;
+  int64_t expiry_time_us = 0;  // 0: never
+  // Input from a session: its name and the input number (1, 2, 3, ...).
+  std::string origin_session;
+  uint64_t input_seq = 0;
+};
+
+struct EnqueueResult {
+  uint64_t message_id = 0;
+  log::Lsn lsn = log::kNoLsn;  // the ENQUEUE record; kNoLsn when not logged
+  Durability durability = Durability::kInMemory;
+};
+
+struct GetOptions {
+  UowId uow = 0;  // 0: start a new unit
+  std::string queue;
+  absl::Duration wait = absl::ZeroDuration();  // how long to wait for a message
+  // Commit the unit `uow` first, then take the message in a new unit: one
+  // call per message for an IMS single-mode program.
+  bool commit_previous = false;
+};
+
+struct GetResult {
+  UowId uow = 0;  // the unit now holding the message
+  qmgr::v1::Message message;
+};
+
+struct SyncPointResult {
+  log::Lsn lsn = log::kNoLsn;  // the SYNCPOINT record; kNoLsn when nothing was logged
+  uint64_t consumed = 0;
+  uint64_t inserted = 0;
+};
+
+struct QueueStatus {
+  std::string name;
+  qmgr::v1::QueueAttributes attributes;
+  uint64_t depth = 0;  // visible messages
+  uint64_t taken = 0;  // taken by open units
+  uint64_t expired_discarded = 0;
+  uint64_t backout_moved_in = 0;
+};
+
+class Engine {
+ public:
+  // `log` must outlive the engine. Starts the idle reaper.
+  Engine(log::Log* log, EngineOptions options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Queue definitions (QUEUE_DEFINE / QUEUE_ALTER / QUEUE_DELETE), durable on
+  // return. Names: 1..48 of [A-Za-z0-9._-]. DeleteQueue refuses a queue with
+  // messages unless `purge`, and always one with messages taken by open units.
+  absl::Status DefineQueue(const std::string& name, const qmgr::v1::QueueAttributes& attributes);
+  absl::Status AlterQueue(const std::string& name, const qmgr::v1::QueueAttributes& attributes);
+  absl::Status DeleteQueue(const std::string& name, bool purge);
+  absl::StatusOr<QueueStatus> DisplayQueue(const std::string& name) const;
+  std::vector<QueueStatus> DisplayQueues() const;
+
+  // Puts a message on its queue. RECOVERABLE returns once its ENQUEUE record
+  // is durable; other classes once queued in memory.
+  absl::StatusOr<EnqueueResult> Enqueue(const MessageSpec& spec);
+  // Many messages in one ENQUEUE record: all or nothing.
+  absl::StatusOr<std::vector<EnqueueResult>> EnqueueBatch(const std::vector<MessageSpec>& specs);
+
+  // Starts an empty unit of work.
+  UowId BeginUnit();
+  // Takes the next message off a queue into a unit, waiting up to
+  // options.wait. NotFound for an unknown queue or unit; DeadlineExceeded
+  // when no message came.
+  absl::StatusOr<GetResult> Get(const GetOptions& options);
+  // Buffers a message in the unit; it becomes visible at the sync point.
+  absl::Status Insert(UowId uow, const MessageSpec& spec);
+  // Commits the unit: one SYNCPOINT record, one wait. QUEUE_FULL for an
+  // insert beyond its queue's depth backs the unit out instead.
+  absl::StatusOr<SyncPointResult> SyncPoint(UowId uow);
+  // Returns the unit's Gets to the head of their queues, in order, backout
+  // count + 1; poison messages move to the backout queue.
+  absl::Status Backout(UowId uow, qmgr::v1::BackoutReason reason = qmgr::v1::BACKOUT_REQUESTED);
+
+  // Messages visible on a queue, oldest first, without taking them.
+  absl::StatusOr<std::vector<qmgr::v1::Message>> Browse(const std::string& queue,
+                                                        size_t max_messages) const;
+
+  // Backs out units idle longer than the timeout; returns how many.
+  int ReapIdleUnits();
+
+  // A session's last hardened input number (0 if none).
+  uint64_t SessionInSeq(const std::string& session) const;
+  uint64_t next_free_id() const;
+
+ private:
+  struct Message;
+  struct Queue;
+  struct Unit;
+  struct Session {
+    uint64_t in_seq = 0;
+    uint64_t outstanding_seq = 0;  // a deferred input waiting for its sync point or reply
+  };
+
+  absl::Status ValidateSpec(const MessageSpec& spec, Queue** queue, MessageClass* cls)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Input numbering of a session (DESIGN.md): `expected_seq` is the number
+  // due next, 0 for the session's in_seq + 1.
+  absl::Status CheckSessionInput(const MessageSpec& spec, MessageClass cls, uint64_t expected_seq)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<uint64_t> NextId(log::Lsn* reserve_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::unique_ptr<Message> MakeMessage(const MessageSpec& spec, MessageClass cls, uint64_t id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::vector<EnqueueResult>> EnqueueMany(const std::vector<MessageSpec>& specs);
+  absl::StatusOr<Unit*> FindUnit(UowId uow) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Unit* NewUnit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<log::Lsn> CommitLocked(Unit* unit, SyncPointResult* result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void BackoutLocked(Unit* unit, qmgr::v1::BackoutReason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Message* TakeNext(Queue* queue) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at_head)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status WaitDurable(log::Lsn lsn);
+  void ReaperLoop();
+
+  log::Log* const log_;
+  const EngineOptions options_;
+
+  // The engine latch: every mutation appends its record and applies its
+  // effect while holding it, so memory and log stay in the same order.
+  mutable absl::Mutex mu_;
+  // shared_ptr: a Get waiting on a queue's condition variable keeps it alive
+  // through a concurrent DeleteQueue.
+  std::map<std::string, std::shared_ptr<Queue>> queues_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<UowId, std::unique_ptr<Unit>> units_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  UowId next_uow_ ABSL_GUARDED_BY(mu_) = 1;
+  // Message ids: [next_id_, block_end_) are reserved; the next block
+  // [block_end_, next_block_end_) is reserved ahead by next_block_lsn_.
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t block_end_ ABSL_GUARDED_BY(mu_) = 0;
+  log::Lsn block_lsn_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_block_end_ ABSL_GUARDED_BY(mu_) = 0;
+  log::Lsn next_block_lsn_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread reaper_;
+};
+
+// Queue names: 1..48 characters of [A-Za-z0-9._-].
+bool IsValidQueueName(absl::string_view name);
+
+}  // namespace qmgr
+
+#endif  // QMGR_QMGR_ENGINE_H_

@@ -1,0 +1,32 @@
+// Refusals with a reason a client must act on (DESIGN.md, "Errors"). The
+// reason travels as a payload of the absl::Status; the gRPC layer turns it
+// into an ErrorInfo.
+#ifndef QMGR_QMGR_STATUS_H_
+#define QMGR_QMGR_STATUS_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+namespace qmgr {
+
+namespace reason {
+inline constexpr absl::string_view kResyncRequired = "RESYNC_REQUIRED";
+inline constexpr absl::string_view kSequenceGap = "SEQUENCE_GAP";
+inline constexpr absl::string_view kAlreadyHardened = "ALREADY_HARDENED";
+inline constexpr absl::string_view kResponseOutstanding = "RESPONSE_OUTSTANDING";
+inline constexpr absl::string_view kQueueFull = "QUEUE_FULL";
+inline constexpr absl::string_view kPutInhibited = "PUT_INHIBITED";
+inline constexpr absl::string_view kGetInhibited = "GET_INHIBITED";
+inline constexpr absl::string_view kHeuristicMismatch = "HEURISTIC_MISMATCH";
+}  // namespace reason
+
+// `status` with `reason` attached.
+absl::Status WithReason(absl::Status status, absl::string_view reason);
+// The attached reason, or "" when there is none.
+std::string ReasonOf(const absl::Status& status);
+
+}  // namespace qmgr
+
+#endif  // QMGR_QMGR_STATUS_H_
