@@ -243,6 +243,7 @@ absl::StatusOr<Lsn> Log::Append(uint8_t type, absl::string_view payload) {
   PutFixed64(p + kRecordChecksumOffset,
              Checksum(lsn, absl::string_view(p + kRecordLengthOffset, size - kRecordLengthOffset)));
   ++open_batch_.record_count;
+  last_record_lsn_ = lsn;
   ++stats_.appends;
   stats_.append_bytes += size;
   return lsn;
@@ -258,6 +259,16 @@ absl::Status Log::WaitDurable(Lsn lsn) {
   if (!failed_.ok()) return failed_;
   return absl::FailedPreconditionError(
       absl::StrCat("the system log closed before LSN ", lsn, " was durable"));
+}
+
+absl::Status Log::WaitAllDurable() {
+  Lsn last;
+  {
+    absl::MutexLock lock(&mu_);
+    if (last_record_lsn_ == kNoLsn || durable_lsn_ > last_record_lsn_) return absl::OkStatus();
+    last = last_record_lsn_;
+  }
+  return WaitDurable(last);
 }
 
 absl::StatusOr<Lsn> Log::AppendDurable(const qmgr::v1::LogRecord& record) {

@@ -103,6 +103,9 @@ class Log {
   // Returns once the record at `lsn` is durable, or the log failed before.
   absl::Status WaitDurable(Lsn lsn);
   absl::StatusOr<Lsn> AppendDurable(const qmgr::v1::LogRecord& record);
+  // Returns once every record appended before the call is durable (a
+  // checkpoint's WaitDurable(redo_lsn)).
+  absl::Status WaitAllDurable();
 
   // Every record below this LSN is durable.
   Lsn DurableLsn() const;
@@ -162,6 +165,7 @@ class Log {
   std::vector<PendingBatch> sealed_ ABSL_GUARDED_BY(mu_);  // full segments' batches
   Lsn next_batch_lsn_ ABSL_GUARDED_BY(mu_) = 0;            // where a new batch starts
   Lsn last_batch_lsn_ ABSL_GUARDED_BY(mu_) = kNoLsn;
+  Lsn last_record_lsn_ ABSL_GUARDED_BY(mu_) = kNoLsn;
   Lsn durable_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   absl::CondVar durable_cv_;  // signalled when durable_lsn_, failed_ or closed_ change
   Lsn first_lsn_ ABSL_GUARDED_BY(mu_) = 0;

@@ -23,6 +23,19 @@ bool IsDeferred(MessageClass cls) {
   return cls == qmgr::v1::RESPONSE || cls == qmgr::v1::CONVERSATIONAL || cls == qmgr::v1::FASTPATH;
 }
 
+// An upper bound of what a message adds to a record: its fields, plus room
+// for field tags, lengths and a session advance.
+constexpr uint64_t kMessageOverheadBytes = 64;
+// What a consumed message's id adds to a SYNCPOINT.
+constexpr uint64_t kConsumedIdBytes = 11;
+// Left for the record's own fields.
+constexpr uint64_t kRecordSlackBytes = 4096;
+
+uint64_t RecordCost(const MessageSpec& spec) {
+  return spec.payload.size() + spec.queue.size() + spec.correlation_id.size() +
+         spec.reply_to.size() + spec.origin_session.size() + kMessageOverheadBytes;
+}
+
 }  // namespace
 
 struct Engine::Message {
@@ -49,14 +62,20 @@ struct Engine::Unit {
   UowId id = 0;
   std::vector<std::unique_ptr<Message>> taken;     // in Get order
   std::vector<std::unique_ptr<Message>> inserted;  // visible at the sync point
-  uint64_t sync_point_bytes = 0;                   // payload the SYNCPOINT must carry
+  uint64_t record_bytes = 0;  // what its SYNCPOINT record will carry (estimate, from above)
   absl::Time last_used;
   int busy = 0;  // calls inside the engine now (a waiting Get): never idle
 
   uint64_t messages() const { return taken.size() + inserted.size(); }
 };
 
-Engine::Engine(log::Log* log, EngineOptions options) : log_(log), options_(std::move(options)) {
+Engine::Engine(log::Log* log, EngineOptions options)
+    : log_(log),
+      options_(std::move(options)),
+      record_bytes_max_(std::min(options_.unit_bytes_max,
+                                 log->record_payload_bytes_max() > 2 * kRecordSlackBytes
+                                     ? log->record_payload_bytes_max() - kRecordSlackBytes
+                                     : log->record_payload_bytes_max() / 2)) {
   assert(options_.first_free_id > 0 && options_.id_block > 1);
   next_id_ = block_end_ = next_block_end_ = options_.first_free_id;
   if (options_.reaper_interval > absl::ZeroDuration()) {
@@ -397,12 +416,12 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(
                               "queue '", spec.queue, "' is full: its max depth is ", depth_max)),
                           reason::kQueueFull);
       }
-      if (classes[i] == qmgr::v1::RECOVERABLE) record_bytes += spec.payload.size();
+      if (classes[i] == qmgr::v1::RECOVERABLE) record_bytes += RecordCost(spec);
     }
-    if (record_bytes > options_.unit_bytes_max) {
-      return absl::InvalidArgumentError(absl::StrCat("batch of ", record_bytes,
-                                                     " payload bytes exceeds the limit of ",
-                                                     options_.unit_bytes_max, " per record"));
+    if (record_bytes > record_bytes_max_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "batch of about ", record_bytes, " bytes exceeds the limit of ", record_bytes_max_,
+          " bytes per record (unit_bytes_max, bounded by the log's maximum record)"));
     }
 
     std::vector<std::unique_ptr<Message>> messages(specs.size());
@@ -504,12 +523,27 @@ Engine::Message* Engine::TakeNext(Queue* queue) {
 }
 
 absl::StatusOr<GetResult> Engine::Get(const GetOptions& options) {
-  const absl::Time deadline = absl::Now() + options.wait;
-  GetResult result;
   log::Lsn commit_lsn = log::kNoLsn;
   log::Lsn get_lsn = log::kNoLsn;
+  absl::StatusOr<GetResult> result;
   {
     absl::MutexLock lock(&mu_);
+    result = GetLocked(options, &commit_lsn, &get_lsn);
+  }
+  // The previous unit's sync point is durable before the caller hears of it,
+  // whether a message came or not.
+  for (const log::Lsn lsn : {commit_lsn, get_lsn}) {
+    if (lsn == log::kNoLsn) continue;
+    if (absl::Status s = WaitDurable(lsn); !s.ok()) return s;
+  }
+  return result;
+}
+
+absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, log::Lsn* commit_lsn,
+                                            log::Lsn* get_lsn) {
+  const absl::Time deadline = absl::Now() + options.wait;
+  GetResult result;
+  {
     Unit* unit = nullptr;
     bool created = false;
     if (options.commit_previous && options.uow != 0) {
@@ -518,7 +552,7 @@ absl::StatusOr<GetResult> Engine::Get(const GetOptions& options) {
       SyncPointResult committed;
       absl::StatusOr<log::Lsn> lsn = CommitLocked(*previous, &committed);
       if (!lsn.ok()) return lsn.status();
-      commit_lsn = *lsn;
+      *commit_lsn = *lsn;
     }
     if (options.uow == 0 || options.commit_previous) {
       unit = NewUnit();
@@ -569,13 +603,12 @@ absl::StatusOr<GetResult> Engine::Get(const GetOptions& options) {
       --unit->busy;
     }
     const bool deferred = !message->logged && message->m.class_() != qmgr::v1::IRRECOVERABLE;
-    if (deferred &&
-        unit->sync_point_bytes + message->m.payload().size() > options_.unit_bytes_max) {
+    const uint64_t cost = deferred          ? message->m.ByteSizeLong() + kMessageOverheadBytes
+                          : message->logged ? kConsumedIdBytes
+                                            : 0;
+    if (absl::Status s = CheckUnitBytes(*unit, cost); !s.ok()) {
       drop_if_empty();
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "unit of work ", uow, " would carry ",
-          unit->sync_point_bytes + message->m.payload().size(),
-          " payload bytes, the limit per unit (unit_bytes_max) is ", options_.unit_bytes_max));
+      return s;
     }
     if (message->logged) {
       LogRecord record;
@@ -591,20 +624,14 @@ absl::StatusOr<GetResult> Engine::Get(const GetOptions& options) {
       }
       // Wait only for a message delivered before, so that one that keeps
       // killing its consumers is counted even across a server crash.
-      if (message->m.backout_count() > 0) get_lsn = *lsn;
+      if (message->m.backout_count() > 0) *get_lsn = *lsn;
     }
-    if (deferred) unit->sync_point_bytes += message->m.payload().size();
+    unit->record_bytes += cost;
     result.uow = uow;
     result.message = message->m;
     unit->taken.push_back(std::move(queue->visible.front()));
     queue->visible.pop_front();
     ++queue->taken;
-  }
-  if (get_lsn != log::kNoLsn) {
-    if (absl::Status s = WaitDurable(get_lsn); !s.ok()) return s;
-  }
-  if (commit_lsn != log::kNoLsn) {
-    if (absl::Status s = WaitDurable(commit_lsn); !s.ok()) return s;
   }
   return result;
 }
@@ -625,18 +652,22 @@ absl::Status Engine::Insert(UowId uow, const MessageSpec& spec) {
                                                      " messages, the limit per unit "
                                                      "(unit_messages_max)"));
   }
-  const uint64_t bytes = cls == qmgr::v1::IRRECOVERABLE ? 0 : spec.payload.size();
-  if ((*unit)->sync_point_bytes + bytes > options_.unit_bytes_max) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "unit of work ", uow, " would carry ", (*unit)->sync_point_bytes + bytes,
-        " payload bytes, the limit per unit (unit_bytes_max) is ", options_.unit_bytes_max));
-  }
+  const uint64_t cost = cls == qmgr::v1::IRRECOVERABLE ? 0 : RecordCost(spec);
+  if (absl::Status s = CheckUnitBytes(**unit, cost); !s.ok()) return s;
   log::Lsn reserve_lsn = 0;
   absl::StatusOr<uint64_t> id = NextId(&reserve_lsn);
   if (!id.ok()) return id.status();
-  (*unit)->sync_point_bytes += bytes;
+  (*unit)->record_bytes += cost;
   (*unit)->inserted.push_back(MakeMessage(spec, cls, *id));
   return absl::OkStatus();
+}
+
+absl::Status Engine::CheckUnitBytes(const Unit& unit, uint64_t more) const {
+  if (unit.record_bytes + more <= record_bytes_max_) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrCat("unit of work ", unit.id, " would carry about ", unit.record_bytes + more,
+                   " bytes in its sync point record; the limit per unit is ", record_bytes_max_,
+                   " (unit_bytes_max, bounded by the log's maximum record)"));
 }
 
 absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* result) {

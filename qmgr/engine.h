@@ -181,6 +181,11 @@ class Engine {
   std::unique_ptr<Message> MakeMessage(const MessageSpec& spec, MessageClass cls, uint64_t id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<EnqueueResult>> EnqueueMany(const std::vector<MessageSpec>& specs);
+  // Get under the latch; sets the LSNs the caller must wait for.
+  absl::StatusOr<GetResult> GetLocked(const GetOptions& options, log::Lsn* commit_lsn,
+                                      log::Lsn* get_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckUnitBytes(const Unit& unit, uint64_t more) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Unit*> FindUnit(UowId uow) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Unit* NewUnit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<log::Lsn> CommitLocked(Unit* unit, SyncPointResult* result)
@@ -194,6 +199,9 @@ class Engine {
 
   log::Log* const log_;
   const EngineOptions options_;
+  // What one unit's (or batch's) record may carry: unit_bytes_max, bounded
+  // by the log's largest record.
+  const uint64_t record_bytes_max_;
 
   // The engine latch: every mutation appends its record and applies its
   // effect while holding it, so memory and log stay in the same order.

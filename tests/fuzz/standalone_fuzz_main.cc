@@ -2,7 +2,8 @@
 // test suite): seeds are real logs written by the log itself; each iteration
 // mutates one (bit flips, byte runs, splices, truncation) from a printed seed,
 // so a failure replays with --seed.
-//   standalone_fuzz --iterations N [--seed S]
+//   log_reader_fuzz --iterations N [--seed S]
+//   log_reader_fuzz --write-seeds DIR   (a seed corpus for libFuzzer)
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -48,15 +49,29 @@ std::string SeedLog(int records, size_t payload_bytes) {
 int main(int argc, char** argv) {
   uint64_t iterations = 1000;
   uint64_t seed = std::random_device{}();
+  const char* seeds_dir = nullptr;
   for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--write-seeds") == 0) seeds_dir = argv[i + 1];
     if (std::strcmp(argv[i], "--iterations") == 0)
       iterations = std::strtoull(argv[i + 1], nullptr, 10);
     if (std::strcmp(argv[i], "--seed") == 0) seed = std::strtoull(argv[i + 1], nullptr, 10);
   }
-  std::printf("standalone fuzz: seed %llu, %llu iterations\n",
+  std::printf("log reader fuzz: seed %llu, %llu iterations\n",
               static_cast<unsigned long long>(seed), static_cast<unsigned long long>(iterations));
   std::fflush(stdout);
   const std::vector<std::string> seeds = {SeedLog(3, 40), SeedLog(9, 900), SeedLog(2, 5000)};
+  if (seeds_dir != nullptr) {
+    for (size_t i = 0; i < seeds.size(); ++i) {
+      const std::string path = std::string(seeds_dir) + "/seed-" + std::to_string(i);
+      FILE* f = std::fopen(path.c_str(), "wb");
+      if (f == nullptr || std::fwrite(seeds[i].data(), 1, seeds[i].size(), f) != seeds[i].size()) {
+        std::perror(path.c_str());
+        return 1;
+      }
+      std::fclose(f);
+    }
+    return 0;
+  }
   std::mt19937_64 rng(seed);
   for (uint64_t it = 0; it < iterations; ++it) {
     std::string input = seeds[rng() % seeds.size()];
