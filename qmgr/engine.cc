@@ -39,10 +39,28 @@ uint64_t RecordCost(const MessageSpec& spec) {
 }  // namespace
 
 struct Engine::Message {
-  qmgr::v1::Message m;  // with its payload
+  qmgr::v1::Message m;  // with its payload, unless spilled
   // A log record holds it (ENQUEUE, or a SYNCPOINT that inserted or hardened
   // it): a restart restores it, so taking and dropping it must be logged too.
   bool logged = false;
+  bool spilled = false;  // the payload is in the spill store, m.payload() is empty
+  // The engine's count of payload bytes in memory, charged while this holds
+  // its payload. Messages are created and destroyed under the engine latch.
+  uint64_t* memory = nullptr;
+  uint64_t charged = 0;
+
+  ~Message() { Uncharge(); }
+  void Charge(uint64_t* counter) {
+    Uncharge();
+    memory = counter;
+    charged = m.payload().size();
+    *memory += charged;
+  }
+  void Uncharge() {
+    if (memory != nullptr) *memory -= charged;
+    memory = nullptr;
+    charged = 0;
+  }
 };
 
 struct Engine::Queue {
@@ -182,6 +200,9 @@ absl::Status Engine::DeleteQueue(const std::string& name, bool purge) {
     record.mutable_queue_delete()->set_purged_messages(queue.visible.size());
     lsn = log_->Append(record);
     if (!lsn.ok()) return lsn.status();
+    for (const auto& message : queue.visible) {
+      if (message->spilled) DropSpilled(*message);
+    }
     queue.deleted = true;
     queue.available.SignalAll();
     // Waiting Gets hold no reference: they look the queue up again by name.
@@ -350,10 +371,67 @@ std::unique_ptr<Engine::Message> Engine::MakeMessage(const MessageSpec& spec, Me
   m.set_correlation_id(spec.correlation_id);
   m.set_reply_to(spec.reply_to);
   m.set_expiry_time_us(spec.expiry_time_us);
+  message->Charge(&payload_bytes_);
   return message;
 }
 
+absl::Status Engine::CheckMemory(uint64_t incoming) const {
+  const uint64_t budget = options_.memory_budget_bytes;
+  if (budget == 0) return absl::OkStatus();
+  const uint64_t limit = options_.spill != nullptr ? budget + budget / 4 : budget;
+  if (payload_bytes_ + incoming <= limit) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "memory budget exhausted: ", payload_bytes_, " payload bytes in memory, budget ", budget,
+      options_.spill != nullptr ? " (spilling to the store is failing)" : " and no spill store"));
+}
+
+void Engine::Spill(Message* message) {
+  if (!options_.spill->Put(message->m.id(), message->m.payload()).ok()) {
+    return;  // kept in memory; CheckMemory refuses new messages if this goes on
+  }
+  message->m.clear_payload();
+  message->spilled = true;
+  message->Uncharge();
+}
+
+absl::Status Engine::Unspill(Message* message) {
+  absl::StatusOr<std::string> payload = options_.spill->Get(message->m.id());
+  if (!payload.ok()) {
+    return absl::Status(payload.status().code(),
+                        absl::StrCat("reading the spilled payload of message ", message->m.id(),
+                                     ": ", payload.status().message()));
+  }
+  message->m.set_payload(*std::move(payload));
+  message->spilled = false;
+  message->Charge(&payload_bytes_);
+  DropSpilled(*message);
+  return absl::OkStatus();
+}
+
+void Engine::DropSpilled(const Message& message) {
+  // A failure leaves garbage that the next start drops with the spill.
+  options_.spill->Delete(message.m.id()).IgnoreError();
+}
+
+MemoryStatus Engine::Memory() const {
+  absl::MutexLock lock(&mu_);
+  MemoryStatus status;
+  status.budget_bytes = options_.memory_budget_bytes;
+  status.payload_bytes_in_memory = payload_bytes_;
+  if (options_.spill != nullptr) {
+    status.spilled_messages = options_.spill->spilled_count();
+    status.spilled_bytes = options_.spill->spilled_bytes();
+  }
+  return status;
+}
+
 void Engine::MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at_head) {
+  // Beyond the budget, newly queued payloads go to the spill store: the tail
+  // of a queue is read last. Returning (backed-out) ones stay in memory.
+  if (!at_head && options_.spill != nullptr && options_.memory_budget_bytes > 0 &&
+      payload_bytes_ > options_.memory_budget_bytes && !message->spilled) {
+    Spill(message.get());
+  }
   if (at_head) {
     queue->visible.push_front(std::move(message));
   } else {
@@ -418,6 +496,9 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(
       }
       if (classes[i] == qmgr::v1::RECOVERABLE) record_bytes += RecordCost(spec);
     }
+    uint64_t incoming = 0;
+    for (const MessageSpec& spec : specs) incoming += spec.payload.size();
+    if (absl::Status s = CheckMemory(incoming); !s.ok()) return s;
     if (record_bytes > record_bytes_max_) {
       return absl::InvalidArgumentError(absl::StrCat(
           "batch of about ", record_bytes, " bytes exceeds the limit of ", record_bytes_max_,
@@ -517,6 +598,7 @@ Engine::Message* Engine::TakeNext(Queue* queue) {
       if (!log_->Append(record).ok()) return front;  // the Get fails on its own record
     }
     ++queue->expired_discarded;
+    if (front->spilled) DropSpilled(*front);
     queue->visible.pop_front();
   }
   return nullptr;
@@ -601,6 +683,12 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, log::Lsn*
       ++unit->busy;
       queue->available.WaitWithDeadline(&mu_, deadline);
       --unit->busy;
+    }
+    if (message->spilled) {
+      if (absl::Status s = Unspill(message); !s.ok()) {
+        drop_if_empty();
+        return s;
+      }
     }
     const bool deferred = !message->logged && message->m.class_() != qmgr::v1::IRRECOVERABLE;
     const uint64_t cost = deferred          ? message->m.ByteSizeLong() + kMessageOverheadBytes

@@ -35,6 +35,7 @@
 #include "absl/time/time.h"
 #include "log/log.h"
 #include "qmgr/clock.h"
+#include "qmgr/spill_store.h"
 #include "qmgr/status.h"
 #include "qmgr/v1/log.pb.h"
 
@@ -61,6 +62,19 @@ struct EngineOptions {
   // The first id never used before (restart gives it; a new queue manager 1).
   uint64_t first_free_id = 1;
   Clock* clock = RealClock::Get();
+  // Payload bytes held in memory. Beyond it, payloads of newly queued
+  // messages go to `spill` (read back at Get); without a spill store, or when
+  // spilling fails and memory reaches 5/4 of the budget, Enqueue answers
+  // RESOURCE_EXHAUSTED. 0: no budget.
+  uint64_t memory_budget_bytes = 1ull << 30;
+  SpillStore* spill = nullptr;  // not owned; may be null
+};
+
+struct MemoryStatus {
+  uint64_t budget_bytes = 0;
+  uint64_t payload_bytes_in_memory = 0;
+  uint64_t spilled_messages = 0;
+  uint64_t spilled_bytes = 0;
 };
 
 enum class Durability { kDurable, kInMemory };
@@ -158,6 +172,8 @@ class Engine {
   // Backs out units idle longer than the timeout; returns how many.
   int ReapIdleUnits();
 
+  MemoryStatus Memory() const;
+
   // A session's last hardened input number (0 if none).
   uint64_t SessionInSeq(const std::string& session) const;
   uint64_t next_free_id() const;
@@ -192,6 +208,12 @@ class Engine {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void BackoutLocked(Unit* unit, qmgr::v1::BackoutReason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Message* TakeNext(Queue* queue) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Refuses new payload bytes when memory is over budget and spilling cannot
+  // relieve it.
+  absl::Status CheckMemory(uint64_t incoming) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Spill(Message* message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Unspill(Message* message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropSpilled(const Message& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at_head)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status WaitDurable(log::Lsn lsn);
@@ -206,6 +228,9 @@ class Engine {
   // The engine latch: every mutation appends its record and applies its
   // effect while holding it, so memory and log stay in the same order.
   mutable absl::Mutex mu_;
+  // Payload bytes of messages held in memory; declared before the queues and
+  // units so that it outlives the messages that uncharge it.
+  uint64_t payload_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   // shared_ptr: a Get waiting on a queue's condition variable keeps it alive
   // through a concurrent DeleteQueue.
   std::map<std::string, std::shared_ptr<Queue>> queues_ ABSL_GUARDED_BY(mu_);

@@ -14,6 +14,7 @@
 #include "log/log.h"
 #include "log/reader.h"
 #include "tests/support/fault_file_system.h"
+#include "tests/support/temp_dir.h"
 
 namespace qmgr {
 namespace {
@@ -30,7 +31,8 @@ class EngineTest : public ::testing::Test {
     Start();
   }
 
-  void Start(uint64_t first_free_id = 1) {
+  void Start(uint64_t first_free_id = 1, uint64_t memory_budget_bytes = 1 << 30,
+             SpillStore* spill = nullptr) {
     log::LogOptions log_options;
     log_options.segment_bytes = 1 << 20;
     absl::StatusOr<std::unique_ptr<log::Log>> log = log::Log::Open(&fs_, kLogDir, log_options);
@@ -42,6 +44,8 @@ class EngineTest : public ::testing::Test {
     options.id_block = 64;
     options.first_free_id = first_free_id;
     options.unit_messages_max = 1000;
+    options.memory_budget_bytes = memory_budget_bytes;
+    options.spill = spill;
     engine_ = std::make_unique<Engine>(log_.get(), options);
   }
 
@@ -664,6 +668,55 @@ TEST_F(EngineTest, UnitLimits) {
   EXPECT_LT(uint64_t(accepted) * chunk.size(), log_->record_payload_bytes_max());
   EXPECT_TRUE(engine_->SyncPoint(big).ok()) << "the largest unit still fits one record";
   EXPECT_EQ(engine_->DisplayQueue("Q")->depth, uint64_t(accepted));
+}
+
+// Beyond the memory budget, payloads go to the spill store and come back at
+// Get, in order and intact; consumed ones leave the store.
+TEST_F(EngineTest, PayloadsBeyondTheBudgetAreSpilledAndReadBack) {
+  qmgr::testing::TempDir tmp;
+  absl::StatusOr<std::unique_ptr<SpillStore>> spill = SpillStore::Open({tmp.path() + "/store"});
+  ASSERT_TRUE(spill.ok()) << spill.status();
+  Stop();
+  Start(1, /*memory_budget_bytes=*/10 * 1024, spill->get());
+  Define("Q");
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(engine_->Enqueue(Spec("Q", absl::StrCat(i, std::string(1000, 'p')))).ok());
+  }
+  MemoryStatus memory = engine_->Memory();
+  EXPECT_LE(memory.payload_bytes_in_memory, 11 * 1024u);
+  EXPECT_GE(memory.spilled_messages, 85u);
+  EXPECT_EQ((*spill)->spilled_count(), memory.spilled_messages);
+  absl::StatusOr<std::vector<qmgr::v1::Message>> browsed = engine_->Browse("Q", 100);
+  EXPECT_EQ(browsed->size(), 100u);
+  UowId uow = 0;
+  for (int i = 0; i < 100; ++i) {
+    GetResult got = MustGet("Q", uow, uow != 0);
+    EXPECT_EQ(got.message.payload(), absl::StrCat(i, std::string(1000, 'p')));
+    uow = got.uow;
+  }
+  ASSERT_TRUE(engine_->SyncPoint(uow).ok());
+  EXPECT_EQ(engine_->Memory().spilled_messages, 0u);
+  EXPECT_EQ(engine_->Memory().payload_bytes_in_memory, 0u);
+  Stop();
+}
+
+// Without a spill store the budget is a hard limit: RESOURCE_EXHAUSTED, and
+// room again once messages are consumed.
+TEST_F(EngineTest, BudgetWithoutSpillRefuses) {
+  Stop();
+  Start(1, /*memory_budget_bytes=*/5000);
+  Define("Q");
+  int accepted = 0;
+  absl::Status refused;
+  while (refused.ok()) {
+    refused = engine_->Enqueue(Spec("Q", std::string(1000, 'm'))).status();
+    accepted += refused.ok();
+  }
+  EXPECT_EQ(accepted, 5);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.message().find("memory budget"), absl::string_view::npos) << refused;
+  ASSERT_TRUE(engine_->SyncPoint(MustGet("Q").uow).ok());
+  EXPECT_TRUE(engine_->Enqueue(Spec("Q", std::string(1000, 'm'))).ok());
 }
 
 }  // namespace
