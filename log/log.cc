@@ -251,14 +251,28 @@ absl::StatusOr<Lsn> Log::Append(uint8_t type, absl::string_view payload) {
 
 absl::Status Log::WaitDurable(Lsn lsn) {
   absl::MutexLock lock(&mu_);
-  // A condition variable, not mu_.Await: an Await condition is evaluated at
-  // every unlock of mu_, which with many waiters makes each Append pay for
-  // all of them.
-  while (durable_lsn_ <= lsn && failed_.ok() && !closed_) durable_cv_.Wait(&mu_);
+  if (durable_lsn_ <= lsn && failed_.ok() && !closed_) {
+    // Each waiter sleeps on its own condition variable, woken only when its
+    // record is durable: a shared one woke every waiter at every commit, and
+    // with many waiters the wake-ups cost more CPU than the work.
+    DurableWaiter waiter;
+    durable_waiters_.emplace(lsn, &waiter);
+    while (!waiter.woken) waiter.cv.Wait(&mu_);
+  }
   if (durable_lsn_ > lsn) return absl::OkStatus();
   if (!failed_.ok()) return failed_;
   return absl::FailedPreconditionError(
       absl::StrCat("the system log closed before LSN ", lsn, " was durable"));
+}
+
+void Log::WakeDurableWaiters() {
+  const bool all = !failed_.ok() || closed_;
+  auto it = durable_waiters_.begin();
+  while (it != durable_waiters_.end() && (all || it->first < durable_lsn_)) {
+    it->second->woken = true;
+    it->second->cv.Signal();
+    it = durable_waiters_.erase(it);
+  }
 }
 
 absl::Status Log::WaitAllDurable() {
@@ -328,13 +342,13 @@ void Log::WriterLoop() {
       failed_ = absl::UnavailableError(
           absl::StrCat("system log write failed, intake stopped until restart (records from LSN ",
                        batches.front().lsn, " may or may not be on disk): ", status.message()));
-      durable_cv_.SignalAll();
+      WakeDurableWaiters();
       return;
     }
     ++stats_.commits;
     for (const PendingBatch& batch : batches) stats_.written_bytes += batch.bytes.size();
     durable_lsn_ = batches.back().end_lsn();
-    durable_cv_.SignalAll();
+    WakeDurableWaiters();
   }
 }
 
@@ -472,7 +486,7 @@ absl::Status Log::Close() {
   write_file_.reset();
   absl::MutexLock lock(&mu_);
   closed_ = true;
-  durable_cv_.SignalAll();
+  WakeDurableWaiters();
   return failed_;
 }
 

@@ -152,6 +152,7 @@ class Log {
   // End of the segment holding `lsn`, whether it exists yet or not.
   Lsn SegmentEnd(Lsn lsn) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t body_bytes() const;
+  void WakeDurableWaiters() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddPreparedSegment(const SegmentHeader& header) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   FileSystem* const fs_;
@@ -167,7 +168,13 @@ class Log {
   Lsn last_batch_lsn_ ABSL_GUARDED_BY(mu_) = kNoLsn;
   Lsn last_record_lsn_ ABSL_GUARDED_BY(mu_) = kNoLsn;
   Lsn durable_lsn_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::CondVar durable_cv_;  // signalled when durable_lsn_, failed_ or closed_ change
+  // WaitDurable callers by the LSN they wait for; woken (and removed) when it
+  // is durable, or when the log fails or closes.
+  struct DurableWaiter {
+    absl::CondVar cv;
+    bool woken = false;
+  };
+  std::multimap<Lsn, DurableWaiter*> durable_waiters_ ABSL_GUARDED_BY(mu_);
   Lsn first_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status failed_ ABSL_GUARDED_BY(mu_);
   bool closing_ ABSL_GUARDED_BY(mu_) = false;         // the writer drains, then stops

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cassert>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 
 namespace qmgr {
@@ -31,19 +32,22 @@ constexpr uint64_t kConsumedIdBytes = 11;
 // Left for the record's own fields.
 constexpr uint64_t kRecordSlackBytes = 4096;
 
-uint64_t RecordCost(const MessageSpec& spec) {
-  return spec.payload.size() + spec.queue.size() + spec.correlation_id.size() +
-         spec.reply_to.size() + spec.origin_session.size() + kMessageOverheadBytes;
+uint64_t RecordCost(const MessageSpec& spec, uint64_t payload_bytes) {
+  return payload_bytes + spec.queue.size() + spec.correlation_id.size() + spec.reply_to.size() +
+         spec.origin_session.size() + kMessageOverheadBytes;
 }
 
 }  // namespace
 
 struct Engine::Message {
-  qmgr::v1::Message m;  // with its payload, unless spilled
+  qmgr::v1::Message m;  // without its payload: that is `payload`
+  // Immutable once made, so a Get copies it out after releasing the latch.
+  // Null while spilled.
+  std::shared_ptr<const std::string> payload;
   // A log record holds it (ENQUEUE, or a SYNCPOINT that inserted or hardened
   // it): a restart restores it, so taking and dropping it must be logged too.
   bool logged = false;
-  bool spilled = false;  // the payload is in the spill store, m.payload() is empty
+  bool spilled = false;  // the payload is in the spill store
   // The engine's count of payload bytes in memory, charged while this holds
   // its payload. Messages are created and destroyed under the engine latch.
   uint64_t* memory = nullptr;
@@ -53,13 +57,19 @@ struct Engine::Message {
   void Charge(uint64_t* counter) {
     Uncharge();
     memory = counter;
-    charged = m.payload().size();
+    charged = payload->size();
     *memory += charged;
   }
   void Uncharge() {
     if (memory != nullptr) *memory -= charged;
     memory = nullptr;
     charged = 0;
+  }
+  // The message as logged or handed out: with its payload.
+  qmgr::v1::Message Whole() const {
+    qmgr::v1::Message whole = m;
+    if (payload != nullptr) whole.set_payload(*payload);
+    return whole;
   }
 };
 
@@ -242,14 +252,21 @@ absl::StatusOr<std::vector<qmgr::v1::Message>> Engine::Browse(const std::string&
   std::vector<qmgr::v1::Message> out;
   for (const auto& message : it->second->visible) {
     if (out.size() == max_messages) break;
-    out.push_back(message->m);
+    qmgr::v1::Message whole = message->Whole();
+    if (message->spilled && options_.spill != nullptr) {
+      absl::StatusOr<std::string> payload = options_.spill->Get(message->m.id());
+      if (!payload.ok()) return payload.status();
+      whole.set_payload(*std::move(payload));
+    }
+    out.push_back(std::move(whole));
   }
   return out;
 }
 
 // ---- Producers -------------------------------------------------------------
 
-absl::Status Engine::ValidateSpec(const MessageSpec& spec, Queue** queue, MessageClass* cls) {
+absl::Status Engine::ValidateSpec(const MessageSpec& spec, uint64_t payload_bytes, int64_t now_us,
+                                  Queue** queue, MessageClass* cls) {
   auto it = queues_.find(spec.queue);
   if (it == queues_.end()) {
     return absl::NotFoundError(absl::StrCat("queue '", spec.queue, "' is not defined"));
@@ -263,8 +280,8 @@ absl::Status Engine::ValidateSpec(const MessageSpec& spec, Queue** queue, Messag
   }
   const uint64_t size_max =
       a.max_message_bytes() > 0 ? a.max_message_bytes() : options_.default_max_message_bytes;
-  if (spec.payload.size() > size_max) {
-    return absl::InvalidArgumentError(absl::StrCat("message of ", spec.payload.size(),
+  if (payload_bytes > size_max) {
+    return absl::InvalidArgumentError(absl::StrCat("message of ", payload_bytes,
                                                    " bytes exceeds the max message size of queue '",
                                                    spec.queue, "' (", size_max, " bytes)"));
   }
@@ -274,7 +291,7 @@ absl::Status Engine::ValidateSpec(const MessageSpec& spec, Queue** queue, Messag
   }
   if (*cls == qmgr::v1::MESSAGE_CLASS_UNSPECIFIED) *cls = a.default_class();
   if (*cls == qmgr::v1::MESSAGE_CLASS_UNSPECIFIED) *cls = qmgr::v1::RECOVERABLE;
-  if (spec.expiry_time_us != 0 && spec.expiry_time_us <= options_.clock->NowMicros()) {
+  if (spec.expiry_time_us != 0 && spec.expiry_time_us <= now_us) {
     return absl::InvalidArgumentError("message expiry time is in the past");
   }
   return absl::OkStatus();
@@ -357,22 +374,25 @@ absl::StatusOr<uint64_t> Engine::NextId(log::Lsn* reserve_lsn) {
   return next_id_++;
 }
 
-std::unique_ptr<Engine::Message> Engine::MakeMessage(const MessageSpec& spec, MessageClass cls,
-                                                     uint64_t id) {
+std::unique_ptr<Engine::Message> Engine::NewMessage(MessageSpec& spec, int64_t now_us) {
   auto message = std::make_unique<Message>();
+  message->payload = std::make_shared<const std::string>(std::move(spec.payload));
   qmgr::v1::Message& m = message->m;
-  m.set_id(id);
   m.set_queue(spec.queue);
-  m.set_class_(cls);
-  m.set_payload(spec.payload);
-  m.set_enqueue_time_us(options_.clock->NowMicros());
-  m.set_origin_session(spec.origin_session);
+  m.set_enqueue_time_us(now_us);
+  // Each string field set is an allocation, in every copy of the message.
+  if (!spec.origin_session.empty()) m.set_origin_session(spec.origin_session);
   m.set_input_seq(spec.input_seq);
-  m.set_correlation_id(spec.correlation_id);
-  m.set_reply_to(spec.reply_to);
+  if (!spec.correlation_id.empty()) m.set_correlation_id(spec.correlation_id);
+  if (!spec.reply_to.empty()) m.set_reply_to(spec.reply_to);
   m.set_expiry_time_us(spec.expiry_time_us);
-  message->Charge(&payload_bytes_);
   return message;
+}
+
+void Engine::Admit(Message* message, MessageClass cls, uint64_t id) {
+  message->m.set_id(id);
+  message->m.set_class_(cls);
+  message->Charge(&payload_bytes_);
 }
 
 absl::Status Engine::CheckMemory(uint64_t incoming) const {
@@ -386,12 +406,12 @@ absl::Status Engine::CheckMemory(uint64_t incoming) const {
 }
 
 void Engine::Spill(Message* message) {
-  if (!options_.spill->Put(message->m.id(), message->m.payload()).ok()) {
+  if (!options_.spill->Put(message->m.id(), *message->payload).ok()) {
     return;  // kept in memory; CheckMemory refuses new messages if this goes on
   }
-  message->m.clear_payload();
-  message->spilled = true;
   message->Uncharge();
+  message->payload.reset();
+  message->spilled = true;
 }
 
 absl::Status Engine::Unspill(Message* message) {
@@ -401,7 +421,7 @@ absl::Status Engine::Unspill(Message* message) {
                         absl::StrCat("reading the spilled payload of message ", message->m.id(),
                                      ": ", payload.status().message()));
   }
-  message->m.set_payload(*std::move(payload));
+  message->payload = std::make_shared<const std::string>(*std::move(payload));
   message->spilled = false;
   message->Charge(&payload_bytes_);
   DropSpilled(*message);
@@ -440,37 +460,54 @@ void Engine::MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at
   queue->available.Signal();
 }
 
-absl::StatusOr<EnqueueResult> Engine::Enqueue(const MessageSpec& spec) {
-  absl::StatusOr<std::vector<EnqueueResult>> results = EnqueueMany({spec});
+// Messages admitted under the latch but not queued: uncharged while the latch
+// is held, since they are freed after it is released.
+absl::Status Engine::Abandon(absl::Span<const std::unique_ptr<Message>> messages,
+                             absl::Status status) {
+  for (const auto& message : messages) {
+    if (message != nullptr) message->Uncharge();
+  }
+  return status;
+}
+
+absl::StatusOr<EnqueueResult> Engine::Enqueue(MessageSpec spec) {
+  absl::StatusOr<std::vector<EnqueueResult>> results = EnqueueMany(absl::MakeSpan(&spec, 1));
   if (!results.ok()) return results.status();
   return results->front();
 }
 
-absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueBatch(
-    const std::vector<MessageSpec>& specs) {
+absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueBatch(std::vector<MessageSpec> specs) {
   if (specs.empty()) return absl::InvalidArgumentError("an empty batch");
-  return EnqueueMany(specs);
+  return EnqueueMany(absl::MakeSpan(specs));
 }
 
-absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(
-    const std::vector<MessageSpec>& specs) {
+absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<MessageSpec> specs) {
   std::vector<EnqueueResult> results(specs.size());
   log::Lsn wait_lsn = log::kNoLsn;
+  // Messages (payload copies, allocations) and the clock outside the latch.
+  const int64_t now_us = options_.clock->NowMicros();
+  absl::InlinedVector<std::unique_ptr<Message>, 1> messages;
+  messages.reserve(specs.size());
+  for (MessageSpec& spec : specs) messages.push_back(NewMessage(spec, now_us));
   {
     absl::MutexLock lock(&mu_);
     // Validate everything first: all or nothing.
-    std::vector<Queue*> queues(specs.size());
-    std::vector<MessageClass> classes(specs.size());
-    std::map<Queue*, uint64_t> added;
+    absl::InlinedVector<Queue*, 1> queues(specs.size());
+    absl::InlinedVector<MessageClass, 1> classes(specs.size());
+    absl::flat_hash_map<Queue*, uint64_t> added;
     struct BatchSession {
       uint64_t next_seq = 0;  // 0: no numbered input yet
       bool deferred = false;
     };
-    std::map<std::string, BatchSession> batch_sessions;  // inputs of sessions in this batch
+    absl::flat_hash_map<std::string, BatchSession> batch_sessions;  // sessions in this batch
     uint64_t record_bytes = 0;
     for (size_t i = 0; i < specs.size(); ++i) {
       const MessageSpec& spec = specs[i];
-      if (absl::Status s = ValidateSpec(spec, &queues[i], &classes[i]); !s.ok()) return s;
+      const uint64_t payload_bytes = messages[i]->payload->size();
+      if (absl::Status s = ValidateSpec(spec, payload_bytes, now_us, &queues[i], &classes[i]);
+          !s.ok()) {
+        return s;
+      }
       if (!spec.origin_session.empty()) {
         BatchSession& in_batch = batch_sessions[spec.origin_session];
         if (in_batch.deferred) {
@@ -494,10 +531,10 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(
                               "queue '", spec.queue, "' is full: its max depth is ", depth_max)),
                           reason::kQueueFull);
       }
-      if (classes[i] == qmgr::v1::RECOVERABLE) record_bytes += RecordCost(spec);
+      if (classes[i] == qmgr::v1::RECOVERABLE) record_bytes += RecordCost(spec, payload_bytes);
     }
     uint64_t incoming = 0;
-    for (const MessageSpec& spec : specs) incoming += spec.payload.size();
+    for (const auto& message : messages) incoming += message->payload->size();
     if (absl::Status s = CheckMemory(incoming); !s.ok()) return s;
     if (record_bytes > record_bytes_max_) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -505,19 +542,18 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(
           " bytes per record (unit_bytes_max, bounded by the log's maximum record)"));
     }
 
-    std::vector<std::unique_ptr<Message>> messages(specs.size());
     LogRecord record;
     log::Lsn reserve_lsn = 0;
     log::Lsn unlogged_reserve_lsn = log::kNoLsn;
     for (size_t i = 0; i < specs.size(); ++i) {
       log::Lsn block_lsn = 0;
       absl::StatusOr<uint64_t> id = NextId(&block_lsn);
-      if (!id.ok()) return id.status();
+      if (!id.ok()) return Abandon(messages, id.status());
       reserve_lsn = std::max(reserve_lsn, block_lsn);
-      messages[i] = MakeMessage(specs[i], classes[i], *id);
+      Admit(messages[i].get(), classes[i], *id);
       results[i].message_id = *id;
       if (classes[i] == qmgr::v1::RECOVERABLE) {
-        *record.mutable_enqueue()->add_messages() = messages[i]->m;
+        *record.mutable_enqueue()->add_messages() = messages[i]->Whole();
         messages[i]->logged = true;
       } else {
         unlogged_reserve_lsn = reserve_lsn;
@@ -531,7 +567,7 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(
     }
     if (record.has_enqueue() && record.enqueue().messages_size() > 0) {
       absl::StatusOr<log::Lsn> lsn = log_->Append(record);
-      if (!lsn.ok()) return lsn.status();
+      if (!lsn.ok()) return Abandon(messages, lsn.status());
       wait_lsn = *lsn;
     } else if (unlogged_reserve_lsn != log::kNoLsn) {
       // An unlogged message's id must not be reused after a crash: its block's
@@ -560,31 +596,53 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(
 
 // ---- Units of work -----------------------------------------------------------
 
-Engine::Unit* Engine::NewUnit() {
-  auto unit = std::make_unique<Unit>();
+Engine::Unit* Engine::NewUnit(absl::Time now) {
+  std::unique_ptr<Unit> unit;
+  if (free_units_.empty()) {
+    unit = std::make_unique<Unit>();
+  } else {
+    unit = std::move(free_units_.back());
+    free_units_.pop_back();
+  }
   unit->id = next_uow_++;
-  unit->last_used = options_.clock->Now();
+  unit->last_used = now;
   Unit* raw = unit.get();
   units_[raw->id] = std::move(unit);
   return raw;
 }
 
-absl::StatusOr<Engine::Unit*> Engine::FindUnit(UowId uow) {
+void Engine::EndUnit(UowId uow) {
+  auto it = units_.find(uow);
+  assert(it != units_.end());
+  std::unique_ptr<Unit> unit = std::move(it->second);
+  units_.erase(it);
+  // Units are reused (one per message in single mode): keep a few, emptied.
+  constexpr size_t kFreeUnitsMax = 256;
+  if (free_units_.size() < kFreeUnitsMax && unit->taken.capacity() <= 64) {
+    unit->taken.clear();
+    unit->inserted.clear();
+    unit->record_bytes = 0;
+    unit->busy = 0;
+    free_units_.push_back(std::move(unit));
+  }
+}
+
+absl::StatusOr<Engine::Unit*> Engine::FindUnit(UowId uow, absl::Time now) {
   auto it = units_.find(uow);
   if (it == units_.end()) {
     return absl::NotFoundError(absl::StrCat("unit of work ", uow, " is not open"));
   }
-  it->second->last_used = options_.clock->Now();
+  it->second->last_used = now;
   return it->second.get();
 }
 
 UowId Engine::BeginUnit() {
+  const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
-  return NewUnit()->id;
+  return NewUnit(now)->id;
 }
 
-Engine::Message* Engine::TakeNext(Queue* queue) {
-  const int64_t now_us = options_.clock->NowMicros();
+Engine::Message* Engine::TakeNext(Queue* queue, int64_t now_us) {
   while (!queue->visible.empty()) {
     Message* front = queue->visible.front().get();
     const int64_t expiry = front->m.expiry_time_us();
@@ -607,11 +665,16 @@ Engine::Message* Engine::TakeNext(Queue* queue) {
 absl::StatusOr<GetResult> Engine::Get(const GetOptions& options) {
   log::Lsn commit_lsn = log::kNoLsn;
   log::Lsn get_lsn = log::kNoLsn;
+  std::shared_ptr<const std::string> payload;
+  std::vector<std::unique_ptr<Message>> consumed;
+  const absl::Time now = options_.clock->Now();
   absl::StatusOr<GetResult> result;
   {
     absl::MutexLock lock(&mu_);
-    result = GetLocked(options, &commit_lsn, &get_lsn);
+    result = GetLocked(options, now, &commit_lsn, &get_lsn, &payload, &consumed);
   }
+  consumed.clear();
+  if (result.ok()) result->message.set_payload(*payload);  // the copy, outside the latch
   // The previous unit's sync point is durable before the caller hears of it,
   // whether a message came or not.
   for (const log::Lsn lsn : {commit_lsn, get_lsn}) {
@@ -621,33 +684,36 @@ absl::StatusOr<GetResult> Engine::Get(const GetOptions& options) {
   return result;
 }
 
-absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, log::Lsn* commit_lsn,
-                                            log::Lsn* get_lsn) {
-  const absl::Time deadline = absl::Now() + options.wait;
+absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Time now,
+                                            log::Lsn* commit_lsn, log::Lsn* get_lsn,
+                                            std::shared_ptr<const std::string>* payload,
+                                            std::vector<std::unique_ptr<Message>>* consumed) {
+  const int64_t now_us = absl::ToUnixMicros(now);
+  absl::Time deadline = absl::InfinitePast();  // set when a wait begins
   GetResult result;
   {
     Unit* unit = nullptr;
     bool created = false;
     if (options.commit_previous && options.uow != 0) {
-      absl::StatusOr<Unit*> previous = FindUnit(options.uow);
+      absl::StatusOr<Unit*> previous = FindUnit(options.uow, now);
       if (!previous.ok()) return previous.status();
       SyncPointResult committed;
-      absl::StatusOr<log::Lsn> lsn = CommitLocked(*previous, &committed);
+      absl::StatusOr<log::Lsn> lsn = CommitLocked(*previous, &committed, consumed);
       if (!lsn.ok()) return lsn.status();
       *commit_lsn = *lsn;
     }
     if (options.uow == 0 || options.commit_previous) {
-      unit = NewUnit();
+      unit = NewUnit(now);
       created = true;
     } else {
-      absl::StatusOr<Unit*> found = FindUnit(options.uow);
+      absl::StatusOr<Unit*> found = FindUnit(options.uow, now);
       if (!found.ok()) return found.status();
       unit = *found;
     }
     const UowId uow = unit->id;
     auto drop_if_empty = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       auto it = units_.find(uow);
-      if (created && it != units_.end() && it->second->messages() == 0) units_.erase(it);
+      if (created && it != units_.end() && it->second->messages() == 0) EndUnit(uow);
     };
     Message* message = nullptr;
     std::shared_ptr<Queue> queue;
@@ -664,7 +730,7 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, log::Lsn*
                               absl::StrCat("queue '", options.queue, "' is get-inhibited")),
                           reason::kGetInhibited);
       }
-      absl::StatusOr<Unit*> current = FindUnit(uow);  // another call may have ended it
+      absl::StatusOr<Unit*> current = FindUnit(uow, now);  // another call may have ended it
       if (!current.ok()) return current.status();
       unit = *current;
       if (unit->messages() >= options_.unit_messages_max) {
@@ -672,8 +738,9 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, log::Lsn*
             absl::StrCat("unit of work ", uow, " holds ", unit->messages(),
                          " messages, the limit per unit (unit_messages_max)"));
       }
-      message = TakeNext(queue.get());
+      message = TakeNext(queue.get(), now_us);
       if (message != nullptr) break;
+      if (deadline == absl::InfinitePast()) deadline = absl::Now() + options.wait;
       if (absl::Now() >= deadline) {
         drop_if_empty();
         return absl::DeadlineExceededError(absl::StrCat("no message on queue '", options.queue,
@@ -691,9 +758,10 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, log::Lsn*
       }
     }
     const bool deferred = !message->logged && message->m.class_() != qmgr::v1::IRRECOVERABLE;
-    const uint64_t cost = deferred          ? message->m.ByteSizeLong() + kMessageOverheadBytes
-                          : message->logged ? kConsumedIdBytes
-                                            : 0;
+    const uint64_t cost =
+        deferred ? message->m.ByteSizeLong() + message->payload->size() + kMessageOverheadBytes
+        : message->logged ? kConsumedIdBytes
+                          : 0;
     if (absl::Status s = CheckUnitBytes(*unit, cost); !s.ok()) {
       drop_if_empty();
       return s;
@@ -717,6 +785,7 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, log::Lsn*
     unit->record_bytes += cost;
     result.uow = uow;
     result.message = message->m;
+    *payload = message->payload;
     unit->taken.push_back(std::move(queue->visible.front()));
     queue->visible.pop_front();
     ++queue->taken;
@@ -724,29 +793,36 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, log::Lsn*
   return result;
 }
 
-absl::Status Engine::Insert(UowId uow, const MessageSpec& spec) {
+absl::Status Engine::Insert(UowId uow, MessageSpec spec) {
+  const absl::Time now = options_.clock->Now();
+  std::unique_ptr<Message> message = NewMessage(spec, absl::ToUnixMicros(now));
   absl::MutexLock lock(&mu_);
-  absl::StatusOr<Unit*> unit = FindUnit(uow);
+  absl::StatusOr<Unit*> unit = FindUnit(uow, now);
   if (!unit.ok()) return unit.status();
   if (!spec.origin_session.empty() || spec.input_seq != 0) {
     return absl::InvalidArgumentError("an inserted message is output: it has no origin session");
   }
   Queue* queue = nullptr;
   MessageClass cls;
-  if (absl::Status s = ValidateSpec(spec, &queue, &cls); !s.ok()) return s;
+  const uint64_t payload_bytes = message->payload->size();
+  if (absl::Status s = ValidateSpec(spec, payload_bytes, absl::ToUnixMicros(now), &queue, &cls);
+      !s.ok()) {
+    return s;
+  }
   if ((*unit)->messages() >= options_.unit_messages_max) {
     return absl::ResourceExhaustedError(absl::StrCat("unit of work ", uow, " holds ",
                                                      (*unit)->messages(),
                                                      " messages, the limit per unit "
                                                      "(unit_messages_max)"));
   }
-  const uint64_t cost = cls == qmgr::v1::IRRECOVERABLE ? 0 : RecordCost(spec);
+  const uint64_t cost = cls == qmgr::v1::IRRECOVERABLE ? 0 : RecordCost(spec, payload_bytes);
   if (absl::Status s = CheckUnitBytes(**unit, cost); !s.ok()) return s;
   log::Lsn reserve_lsn = 0;
   absl::StatusOr<uint64_t> id = NextId(&reserve_lsn);
   if (!id.ok()) return id.status();
   (*unit)->record_bytes += cost;
-  (*unit)->inserted.push_back(MakeMessage(spec, cls, *id));
+  Admit(message.get(), cls, *id);
+  (*unit)->inserted.push_back(std::move(message));
   return absl::OkStatus();
 }
 
@@ -758,73 +834,86 @@ absl::Status Engine::CheckUnitBytes(const Unit& unit, uint64_t more) const {
                    " (unit_bytes_max, bounded by the log's maximum record)"));
 }
 
-absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* result) {
+absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* result,
+                                              std::vector<std::unique_ptr<Message>>* consumed) {
   // Depth is checked again for inserts: queues may have filled since.
-  std::map<std::string, uint64_t> added;
-  for (const auto& message : unit->inserted) ++added[message->m.queue()];
-  for (const auto& [name, n] : added) {
-    auto it = queues_.find(name);
-    absl::Status refusal;
-    if (it == queues_.end()) {
-      refusal = absl::NotFoundError(
-          absl::StrCat("sync point backed out: queue '", name, "' was deleted"));
-    } else if (const uint64_t max = it->second->depth_max();
-               max > 0 && it->second->visible.size() + it->second->taken + n > max) {
-      refusal = WithReason(
-          absl::ResourceExhaustedError(absl::StrCat("sync point backed out: queue '", name,
-                                                    "' is full: its max depth is ", max)),
-          reason::kQueueFull);
-    }
-    if (!refusal.ok()) {
-      BackoutLocked(unit, qmgr::v1::BACKOUT_QUEUE_FULL);
-      return refusal;
-    }
-  }
-
-  LogRecord record;
-  qmgr::v1::SyncPointRecord* sync = record.mutable_syncpoint();
-  sync->set_uow_id(unit->id);
-  std::map<std::string, uint64_t> hardened;  // session -> input number
-  for (const auto& message : unit->taken) {
-    if (message->logged) {
-      sync->add_consumed_message_ids(message->m.id());
-    } else if (message->m.class_() != qmgr::v1::IRRECOVERABLE) {
-      *sync->add_deferred_inputs() = message->m;
-      if (!message->m.origin_session().empty()) {
-        hardened[message->m.origin_session()] = message->m.input_seq();
+  if (!unit->inserted.empty()) {
+    std::map<std::string, uint64_t> added;
+    for (const auto& message : unit->inserted) ++added[message->m.queue()];
+    for (const auto& [name, n] : added) {
+      auto it = queues_.find(name);
+      absl::Status refusal;
+      if (it == queues_.end()) {
+        refusal = absl::NotFoundError(
+            absl::StrCat("sync point backed out: queue '", name, "' was deleted"));
+      } else if (const uint64_t max = it->second->depth_max();
+                 max > 0 && it->second->visible.size() + it->second->taken + n > max) {
+        refusal = WithReason(
+            absl::ResourceExhaustedError(absl::StrCat("sync point backed out: queue '", name,
+                                                      "' is full: its max depth is ", max)),
+            reason::kQueueFull);
+      }
+      if (!refusal.ok()) {
+        BackoutLocked(unit, qmgr::v1::BACKOUT_QUEUE_FULL);
+        return refusal;
       }
     }
   }
+
+  // The record, when anything in the unit is (or becomes) recoverable.
+  std::vector<std::pair<std::string, uint64_t>> hardened;  // session, input number
+  bool logged = false;
   for (const auto& message : unit->inserted) {
-    if (message->m.class_() != qmgr::v1::IRRECOVERABLE) *sync->add_inserted() = message->m;
+    logged = logged || message->m.class_() != qmgr::v1::IRRECOVERABLE;
   }
-  for (const auto& [session, seq] : hardened) {
-    qmgr::v1::SessionAdvance* advance = sync->add_sessions();
-    advance->set_session(session);
-    advance->set_in_seq(seq);
+  for (const auto& message : unit->taken) {
+    logged = logged || message->logged || message->m.class_() != qmgr::v1::IRRECOVERABLE;
   }
   log::Lsn lsn = log::kNoLsn;
-  if (sync->consumed_message_ids_size() + sync->deferred_inputs_size() + sync->inserted_size() >
-      0) {
+  if (logged) {
+    LogRecord record;
+    qmgr::v1::SyncPointRecord* sync = record.mutable_syncpoint();
+    sync->set_uow_id(unit->id);
+    for (const auto& message : unit->taken) {
+      if (message->logged) {
+        sync->add_consumed_message_ids(message->m.id());
+      } else if (message->m.class_() != qmgr::v1::IRRECOVERABLE) {
+        *sync->add_deferred_inputs() = message->Whole();
+        if (!message->m.origin_session().empty()) {
+          hardened.emplace_back(message->m.origin_session(), message->m.input_seq());
+        }
+      }
+    }
+    for (const auto& message : unit->inserted) {
+      if (message->m.class_() != qmgr::v1::IRRECOVERABLE) *sync->add_inserted() = message->Whole();
+    }
+    for (const auto& [session, seq] : hardened) {
+      qmgr::v1::SessionAdvance* advance = sync->add_sessions();
+      advance->set_session(session);
+      advance->set_in_seq(seq);
+    }
     absl::StatusOr<log::Lsn> appended = log_->Append(record);
     if (!appended.ok()) return appended.status();
     lsn = *appended;
   }
 
   // The sync point is in the log: apply it.
-  std::map<std::string, bool> replied;  // sessions whose output queue got a reply
+  std::vector<std::string> replied;  // sessions whose output queue got a reply
   for (auto& message : unit->inserted) {
     Queue* queue = queues_.at(message->m.queue()).get();
     if (!queue->attributes.output_of_session().empty()) {
-      replied[queue->attributes.output_of_session()] = true;
+      replied.push_back(queue->attributes.output_of_session());
     }
     message->logged = message->m.class_() != qmgr::v1::IRRECOVERABLE;
     MakeVisible(queue, std::move(message), /*at_head=*/false);
   }
-  for (const auto& message : unit->taken) {
+  for (auto& message : unit->taken) {
     auto it = queues_.find(message->m.queue());
     assert(it != queues_.end() && "a queue with taken messages is never deleted");
     --it->second->taken;
+    // Freed by the caller after the latch is released.
+    message->Uncharge();
+    consumed->push_back(std::move(message));
   }
   for (const auto& [name, seq] : hardened) {
     Session& session = sessions_[name];
@@ -832,22 +921,24 @@ absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* resul
     // Response mode: the terminal waits for the reply. Without one the input
     // is done at its sync point; with one, when the reply is acknowledged
     // (sessions issue).
-    if (session.outstanding_seq == seq && !replied[name]) session.outstanding_seq = 0;
+    const bool reply = std::find(replied.begin(), replied.end(), name) != replied.end();
+    if (session.outstanding_seq == seq && !reply) session.outstanding_seq = 0;
   }
   result->lsn = lsn;
   result->consumed = unit->taken.size();
   result->inserted = unit->inserted.size();
-  units_.erase(unit->id);
+  EndUnit(unit->id);
   return lsn;
 }
 
 absl::StatusOr<SyncPointResult> Engine::SyncPoint(UowId uow) {
   SyncPointResult result;
+  std::vector<std::unique_ptr<Message>> consumed;
   {
     absl::MutexLock lock(&mu_);
-    absl::StatusOr<Unit*> unit = FindUnit(uow);
+    absl::StatusOr<Unit*> unit = FindUnit(uow, options_.clock->Now());
     if (!unit.ok()) return unit.status();
-    absl::StatusOr<log::Lsn> lsn = CommitLocked(*unit, &result);
+    absl::StatusOr<log::Lsn> lsn = CommitLocked(*unit, &result, &consumed);
     if (!lsn.ok()) return lsn.status();
   }
   if (result.lsn != log::kNoLsn) {
@@ -900,12 +991,12 @@ void Engine::BackoutLocked(Unit* unit, qmgr::v1::BackoutReason reason) {
     Queue* queue = queues_.at((*it)->m.queue()).get();
     MakeVisible(queue, std::move(*it), /*at_head=*/true);
   }
-  units_.erase(unit->id);
+  EndUnit(unit->id);
 }
 
 absl::Status Engine::Backout(UowId uow, qmgr::v1::BackoutReason reason) {
   absl::MutexLock lock(&mu_);
-  absl::StatusOr<Unit*> unit = FindUnit(uow);
+  absl::StatusOr<Unit*> unit = FindUnit(uow, options_.clock->Now());
   if (!unit.ok()) return unit.status();
   BackoutLocked(*unit, reason);
   return absl::OkStatus();

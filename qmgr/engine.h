@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "log/log.h"
 #include "qmgr/clock.h"
 #include "qmgr/spill_store.h"
@@ -146,9 +147,10 @@ class Engine {
 
   // Puts a message on its queue. RECOVERABLE returns once its ENQUEUE record
   // is durable; other classes once queued in memory.
-  absl::StatusOr<EnqueueResult> Enqueue(const MessageSpec& spec);
+  // Specs are taken by value: a caller that moves them in saves a payload copy.
+  absl::StatusOr<EnqueueResult> Enqueue(MessageSpec spec);
   // Many messages in one ENQUEUE record: all or nothing.
-  absl::StatusOr<std::vector<EnqueueResult>> EnqueueBatch(const std::vector<MessageSpec>& specs);
+  absl::StatusOr<std::vector<EnqueueResult>> EnqueueBatch(std::vector<MessageSpec> specs);
 
   // Starts an empty unit of work.
   UowId BeginUnit();
@@ -157,7 +159,7 @@ class Engine {
   // when no message came.
   absl::StatusOr<GetResult> Get(const GetOptions& options);
   // Buffers a message in the unit; it becomes visible at the sync point.
-  absl::Status Insert(UowId uow, const MessageSpec& spec);
+  absl::Status Insert(UowId uow, MessageSpec spec);
   // Commits the unit: one SYNCPOINT record, one wait. QUEUE_FULL for an
   // insert beyond its queue's depth backs the unit out instead.
   absl::StatusOr<SyncPointResult> SyncPoint(UowId uow);
@@ -187,27 +189,39 @@ class Engine {
     uint64_t outstanding_seq = 0;  // a deferred input waiting for its sync point or reply
   };
 
-  absl::Status ValidateSpec(const MessageSpec& spec, Queue** queue, MessageClass* cls)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ValidateSpec(const MessageSpec& spec, uint64_t payload_bytes, int64_t now_us,
+                            Queue** queue, MessageClass* cls) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Input numbering of a session (DESIGN.md): `expected_seq` is the number
   // due next, 0 for the session's in_seq + 1.
   absl::Status CheckSessionInput(const MessageSpec& spec, MessageClass cls, uint64_t expected_seq)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<uint64_t> NextId(log::Lsn* reserve_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::unique_ptr<Message> MakeMessage(const MessageSpec& spec, MessageClass cls, uint64_t id)
+  // A message from its spec, made before taking the latch (allocations and
+  // the payload copy); Admit gives it its id and class and charges its memory.
+  // Moves the payload out of `spec`.
+  static std::unique_ptr<Message> NewMessage(MessageSpec& spec, int64_t now_us);
+  void Admit(Message* message, MessageClass cls, uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Abandon(absl::Span<const std::unique_ptr<Message>> messages, absl::Status status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<std::vector<EnqueueResult>> EnqueueMany(const std::vector<MessageSpec>& specs);
+  absl::StatusOr<std::vector<EnqueueResult>> EnqueueMany(absl::Span<MessageSpec> specs);
   // Get under the latch; sets the LSNs the caller must wait for.
-  absl::StatusOr<GetResult> GetLocked(const GetOptions& options, log::Lsn* commit_lsn,
-                                      log::Lsn* get_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The payload is returned apart, to be copied after the latch is released.
+  absl::StatusOr<GetResult> GetLocked(const GetOptions& options, absl::Time now,
+                                      log::Lsn* commit_lsn, log::Lsn* get_lsn,
+                                      std::shared_ptr<const std::string>* payload,
+                                      std::vector<std::unique_ptr<Message>>* consumed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CheckUnitBytes(const Unit& unit, uint64_t more) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<Unit*> FindUnit(UowId uow) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  Unit* NewUnit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<log::Lsn> CommitLocked(Unit* unit, SyncPointResult* result)
+  absl::StatusOr<Unit*> FindUnit(UowId uow, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Unit* NewUnit(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EndUnit(UowId uow) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves the consumed messages to `consumed`, to be freed outside the latch.
+  absl::StatusOr<log::Lsn> CommitLocked(Unit* unit, SyncPointResult* result,
+                                        std::vector<std::unique_ptr<Message>>* consumed)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void BackoutLocked(Unit* unit, qmgr::v1::BackoutReason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  Message* TakeNext(Queue* queue) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Message* TakeNext(Queue* queue, int64_t now_us) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Refuses new payload bytes when memory is over budget and spilling cannot
   // relieve it.
   absl::Status CheckMemory(uint64_t incoming) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -235,6 +249,7 @@ class Engine {
   // through a concurrent DeleteQueue.
   std::map<std::string, std::shared_ptr<Queue>> queues_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<UowId, std::unique_ptr<Unit>> units_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<Unit>> free_units_ ABSL_GUARDED_BY(mu_);  // ended, for reuse
   absl::flat_hash_map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
   UowId next_uow_ ABSL_GUARDED_BY(mu_) = 1;
   // Message ids: [next_id_, block_end_) are reserved; the next block

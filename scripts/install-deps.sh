@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config git
   libprotobuf-dev protobuf-compiler
-  libabsl-dev libxxhash-dev libcli11-dev librocksdb-dev
+  libabsl-dev libxxhash-dev libcli11-dev libgoogle-perftools-dev librocksdb-dev
   libgtest-dev libgmock-dev
 )
 missing=()

@@ -509,8 +509,10 @@ TEST_F(EngineTest, IdsUniqueAcrossACrash) {
     ASSERT_TRUE(put.ok());
     EXPECT_TRUE(seen.insert(put->message_id).second);
   }
-  fs_.SimulateCrash(qmgr::testing::CrashMode::kDropUnsynced, 7);
+  fs_.Freeze();  // the crash: nothing of this process reaches the disk from here on
   Stop();
+  fs_.SimulateCrash(qmgr::testing::CrashMode::kDropUnsynced, 7);
+  fs_.Thaw();
   // What restart (the next issue) will do: the next free id is past every
   // block the log reserved.
   absl::StatusOr<std::unique_ptr<log::LogReader>> reader = log::LogReader::Open(&fs_, kLogDir);

@@ -216,11 +216,13 @@ TEST(LogFaultTest, CrashesNeverLoseAcknowledgedRecords) {
         });
       }
       absl::SleepFor(absl::Microseconds(rng() % 20000));
-      // Power fails: take the disk's state as it is now, while threads run.
-      fs->SimulateCrash(mode, rng());
+      // Power fails now, while threads run: the process is dead from here on.
+      fs->Freeze();
       stop = true;
       for (auto& t : threads) t.join();
       log->reset();
+      fs->SimulateCrash(mode, rng());
+      fs->Thaw();
       std::sort(acked.begin(), acked.end());
       for (auto& [lsn, payload] : acked) acked_all.push_back(payload);
       // Every acknowledged record is read back, in order; unacknowledged ones

@@ -95,6 +95,7 @@ absl::StatusOr<std::unique_ptr<log::File>> FaultFileSystem::Open(const std::stri
                                                                  log::OpenMode mode) {
   const std::string path = Normalize(raw_path);
   absl::MutexLock lock(&mu_);
+  if (frozen_) return Crashed();
   if (dirs_.contains(path)) return log::ErrnoStatus(EISDIR, "open", path);
   Dir* dir = ParentDir(path);
   if (dir == nullptr) return log::ErrnoStatus(ENOENT, "open", path);
@@ -116,6 +117,7 @@ absl::StatusOr<std::unique_ptr<log::File>> FaultFileSystem::Open(const std::stri
 absl::Status FaultFileSystem::CreateDir(const std::string& raw_path) {
   const std::string path = Normalize(raw_path);
   absl::MutexLock lock(&mu_);
+  if (frozen_) return Crashed();
   if (dirs_.contains(path)) return absl::OkStatus();
   Dir* parent = ParentDir(path);
   if (parent == nullptr) return log::ErrnoStatus(ENOENT, "mkdir", path);
@@ -127,6 +129,7 @@ absl::Status FaultFileSystem::CreateDir(const std::string& raw_path) {
 absl::StatusOr<std::vector<std::string>> FaultFileSystem::ListDir(const std::string& raw_path) {
   const std::string path = Normalize(raw_path);
   absl::MutexLock lock(&mu_);
+  if (frozen_) return Crashed();
   auto it = dirs_.find(path);
   if (it == dirs_.end()) return log::ErrnoStatus(ENOENT, "opendir", path);
   std::vector<std::string> names;
@@ -142,6 +145,7 @@ absl::StatusOr<std::vector<std::string>> FaultFileSystem::ListDir(const std::str
 absl::Status FaultFileSystem::Remove(const std::string& raw_path) {
   const std::string path = Normalize(raw_path);
   absl::MutexLock lock(&mu_);
+  if (frozen_) return Crashed();
   if (dirs_.contains(path)) return log::ErrnoStatus(EISDIR, "unlink", path);
   Dir* dir = ParentDir(path);
   if (dir == nullptr || dir->current.erase(BaseName(path)) == 0) {
@@ -155,6 +159,7 @@ absl::Status FaultFileSystem::Rename(const std::string& raw_from, const std::str
   const std::string to = Normalize(raw_to);
   const std::string what = absl::StrCat(from, " -> ", to);
   absl::MutexLock lock(&mu_);
+  if (frozen_) return Crashed();
   if (dirs_.contains(from)) return log::ErrnoStatus(EXDEV, "rename (of a directory)", what);
   if (dirs_.contains(to)) return log::ErrnoStatus(EISDIR, "rename", what);
   Dir* from_dir = ParentDir(from);
@@ -172,6 +177,7 @@ absl::Status FaultFileSystem::Rename(const std::string& raw_from, const std::str
 absl::Status FaultFileSystem::SyncDir(const std::string& raw_path) {
   const std::string path = Normalize(raw_path);
   absl::MutexLock lock(&mu_);
+  if (frozen_) return Crashed();
   auto it = dirs_.find(path);
   if (it == dirs_.end()) return log::ErrnoStatus(ENOENT, "open", path);
   it->second.durable = it->second.current;
@@ -182,13 +188,24 @@ absl::Status FaultFileSystem::SyncDir(const std::string& raw_path) {
 absl::StatusOr<bool> FaultFileSystem::Exists(const std::string& raw_path) {
   const std::string path = Normalize(raw_path);
   absl::MutexLock lock(&mu_);
+  if (frozen_) return Crashed();
   return dirs_.contains(path) || FindFile(path) != nullptr;
 }
 
 // --- File operations ----------------------------------------------------------
 
 absl::Status FaultFileSystem::CheckLive(const FaultFile& file) const {
-  return file.generation_ == generation_ ? absl::OkStatus() : Crashed();
+  return file.generation_ == generation_ && !frozen_ ? absl::OkStatus() : Crashed();
+}
+
+void FaultFileSystem::Freeze() {
+  absl::MutexLock lock(&mu_);
+  frozen_ = true;
+}
+
+void FaultFileSystem::Thaw() {
+  absl::MutexLock lock(&mu_);
+  frozen_ = false;
 }
 
 absl::Status FaultFileSystem::FileWrite(FaultFile& file, uint64_t offset, absl::string_view data) {

@@ -138,6 +138,13 @@ class FaultFileSystem final : public log::FileSystem {
   // from std::mt19937_64 seeded with `seed`, so a seed reproduces a crash.
   // Fault controls and the gate are left as they are.
   void SimulateCrash(CrashMode mode, uint64_t seed);
+  // The process using the file system dies now: every operation, on the file
+  // system or an open file, fails until Thaw(). A test whose log has threads
+  // running freezes at the crash point, stops and destroys the log, then calls
+  // SimulateCrash and Thaw, so that no thread of the dead process writes to
+  // the disk the next one boots from.
+  void Freeze();
+  void Thaw();
   // SimulateCrash(CrashMode::kDropUnsynced, 0).
   void DropUnsyncedData();
 
@@ -197,6 +204,7 @@ class FaultFileSystem final : public log::FileSystem {
   std::map<uint64_t, int> failed_sync_errno_ ABSL_GUARDED_BY(mu_);
   uint64_t next_file_id_ ABSL_GUARDED_BY(mu_) = 0;
   bool lying_sync_ ABSL_GUARDED_BY(mu_) = false;
+  bool frozen_ ABSL_GUARDED_BY(mu_) = false;
   bool has_space_limit_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t space_limit_ ABSL_GUARDED_BY(mu_) = 0;
 
