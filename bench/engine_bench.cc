@@ -43,9 +43,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "log/file.h"
 #include "log/log.h"
-#include "absl/synchronization/mutex.h"
 #include "qmgr/engine.h"
 #include "qmgr/status.h"
 
@@ -267,6 +267,8 @@ struct ScenarioResult {
   double cons_per_s = 0;
   double cpu_cores = 0;
   double cpu_us_per_msg = 0;  // process CPU / consumed
+  double caller_cpu_s = 0;    // CPU of the producer and consumer threads
+  double caller_cpu_us_per_msg = 0;
   uint64_t log_appends = 0;
   uint64_t commit_syncs = 0;
   double syncs_per_s = 0;
@@ -299,8 +301,15 @@ struct WorkerStats {
   uint64_t timeouts = 0;
   uint64_t throttled = 0;
   uint64_t backoffs = 0;
+  double thread_cpu_s = 0;  // CPU of this caller thread (engine calls and the bench loop)
   std::vector<Clock::duration> lat;
 };
+
+double ThreadCpuSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
 
 ScenarioResult MeasureScenario(const std::string& dir, double seconds, const std::string& payload,
                                const ScenarioConfig& config) {
@@ -423,11 +432,13 @@ ScenarioResult MeasureScenario(const std::string& dir, double seconds, const std
     RunWindow(
         n, seconds, *log,
         [&](int i, Clock::time_point deadline) {
+          const double cpu0 = ThreadCpuSeconds();
           if (i < config.producers) {
             producer(i, deadline);
           } else {
             consumer(i - config.producers, deadline);
           }
+          stats[i].thread_cpu_s = ThreadCpuSeconds() - cpu0;
         },
         &cpu, &delta);
     std::vector<Clock::duration> enq_lat;
@@ -436,6 +447,7 @@ ScenarioResult MeasureScenario(const std::string& dir, double seconds, const std
       const WorkerStats& w = stats[i];
       const bool is_producer = i < config.producers;
       (is_producer ? r.enqueued : r.consumed) += w.ops;
+      r.caller_cpu_s += w.thread_cpu_s;
       std::vector<Clock::duration>& lat = is_producer ? enq_lat : get_lat;
       lat.insert(lat.end(), w.lat.begin(), w.lat.end());
       r.refusals += w.refusals;
@@ -451,6 +463,7 @@ ScenarioResult MeasureScenario(const std::string& dir, double seconds, const std
     r.cpu_cores = cpu / seconds;
     if (r.consumed > 0) {
       r.cpu_us_per_msg = cpu * 1e6 / static_cast<double>(r.consumed);
+      r.caller_cpu_us_per_msg = r.caller_cpu_s * 1e6 / static_cast<double>(r.consumed);
       r.syncs_per_msg = static_cast<double>(delta.commit_syncs) / static_cast<double>(r.consumed);
       r.written_bytes_per_msg =
           static_cast<double>(delta.written_bytes) / static_cast<double>(r.consumed);
@@ -506,7 +519,7 @@ Goals ComputeGoals(const ReferenceResult& ref, const std::vector<ScenarioResult>
     g.have_recoverable = true;
     g.recoverable_ratio = r->cons_per_s / ref.records_per_s;
     g.recoverable_pass = g.recoverable_ratio >= kGoalRecoverableRatio;
-    g.cpu_us = r->cpu_us_per_msg;
+    g.cpu_us = r->caller_cpu_us_per_msg;
     g.cpu_pass = g.cpu_us < kGoalCpuMicros;
   }
   if (const ScenarioResult* r = Find(rs, "IRRECOVERABLE")) {
@@ -535,23 +548,24 @@ std::string Table(const std::string& dir, double seconds, uint64_t max_backlog, 
   out +=
       "Engine: producers loop Enqueue, consumers loop Get(commit_previous), queue BENCH, fresh log "
       "per row\n";
-  absl::StrAppendFormat(&out, "%-13s %5s %9s %9s %5s %8s %8s %9s %8s %8s %8s %8s %8s %6s %9s\n",
-                        "class", "p+c", "enq/s", "cons/s", "cpu", "cpu us/m", "syncs/s",
-                        "syncs/msg", "rec/sync", "enq p50", "enq p99", "get p50", "get p99",
-                        "get to", "refusals");
+  absl::StrAppendFormat(&out, "%-13s %5s %9s %9s %5s %8s %9s %8s %9s %8s %8s %8s %8s %8s %6s %9s\n",
+                        "class", "p+c", "enq/s", "cons/s", "cpu", "cpu us/m", "call us/m",
+                        "syncs/s", "syncs/msg", "rec/sync", "enq p50", "enq p99", "get p50",
+                        "get p99", "get to", "refusals");
   for (const ScenarioResult& r : rs) {
     absl::StrAppendFormat(
         &out,
-        "%-13s %2d+%-2d %9.0f %9.0f %5.2f %8.2f %8.0f %9.3f %8.2f %8.1f %8.1f %8.1f %8.1f "
-        "%6d %9d\n",
+        "%-13s %2d+%-2d %9.0f %9.0f %5.2f %8.2f %9.2f %8.0f %9.3f %8.2f %8.1f %8.1f %8.1f "
+        "%8.1f %6d %9d\n",
         r.name, r.producers, r.consumers, r.enq_per_s, r.cons_per_s, r.cpu_cores, r.cpu_us_per_msg,
-        r.syncs_per_s, r.syncs_per_msg, r.records_per_sync, r.enq_p50_us, r.enq_p99_us,
-        r.get_p50_us, r.get_p99_us, r.get_timeouts, r.refusals);
+        r.caller_cpu_us_per_msg, r.syncs_per_s, r.syncs_per_msg, r.records_per_sync, r.enq_p50_us,
+        r.enq_p99_us, r.get_p50_us, r.get_p99_us, r.get_timeouts, r.refusals);
   }
   out +=
       "(cpu = process CPU seconds per wall second; cpu us/m = process CPU (all threads: "
       "producers,\n"
-      " consumers, log writer) per consumed message; syncs = the log's commit fdatasyncs; "
+      " consumers, log writer) per consumed message; call us/m = CPU of the producer and\n"
+      " consumer threads only per consumed message; syncs = the log's commit fdatasyncs; "
       "rec/sync\n"
       " = log records per fdatasync; latencies in us; get = Get(commit_previous), which includes\n"
       " the durable wait of the previous unit's SYNCPOINT; get to = Gets that found the queue\n"
@@ -575,9 +589,10 @@ std::string Table(const std::string& dir, double seconds, uint64_t max_backlog, 
                         g.irrecoverable_rate, kGoalIrrecoverableRate,
                         Verdict(g.have_irrecoverable, g.irrecoverable_pass));
   absl::StrAppendFormat(&out,
-                        "Goal (c) CPU per RECOVERABLE message = %.2f us (goal < %.1f us; "
-                        "approximated as process CPU per consumed message, which includes the "
-                        "producer side and the log writer but no fsync wait): %s\n",
+                        "Goal (c) CPU per RECOVERABLE message = %.2f us (goal < %.1f us; CPU of "
+                        "the producer and consumer threads per consumed message: Enqueue and "
+                        "Get(commit_previous), without the log writer thread and its "
+                        "fdatasync): %s\n",
                         g.cpu_us, kGoalCpuMicros, Verdict(g.have_recoverable, g.cpu_pass));
   return out;
 }
