@@ -44,12 +44,15 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "bench/bench_support.h"
 #include "log/file.h"
 #include "log/log.h"
 #include "qmgr/engine.h"
 #include "qmgr/status.h"
 
 namespace {
+
+using namespace qmgr::bench;
 
 using Clock = std::chrono::steady_clock;
 using qmgr::log::Log;
@@ -67,75 +70,12 @@ constexpr char kQueue[] = "BENCH";
 constexpr int64_t kRefusalBackoffMinUs = 50;
 constexpr int64_t kRefusalBackoffMaxUs = 1000;
 
-[[noreturn]] void Die(absl::string_view what) {
-  std::fprintf(stderr, "engine_bench: %.*s\n", static_cast<int>(what.size()), what.data());
-  std::exit(1);
-}
-
-[[noreturn]] void DieErrno(absl::string_view what, const std::string& path) {
-  Die(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
-}
-
-double Micros(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
-
-// Nearest-rank percentile of `v` (sorted here), in microseconds.
-double Percentile(std::vector<Clock::duration>& v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
-  rank = std::clamp<size_t>(rank, 1, v.size());
-  return Micros(v[rank - 1]);
-}
-
 // Process CPU seconds (user + system, all threads).
 double ProcessCpuSeconds() {
   struct rusage ru;
   ::getrusage(RUSAGE_SELF, &ru);
   auto s = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + tv.tv_usec / 1e6; };
   return s(ru.ru_utime) + s(ru.ru_stime);
-}
-
-// --- The machine (as log_bench prints it) --------------------------------
-
-struct Machine {
-  unsigned nproc = 0;
-  std::string kernel;
-  std::string fs_type;
-  std::string date;
-};
-
-std::string FsTypeName(const std::string& dir) {
-  struct statfs st;
-  if (::statfs(dir.c_str(), &st) != 0) DieErrno("statfs", dir);
-  switch (static_cast<unsigned long>(st.f_type)) {
-    case EXT4_SUPER_MAGIC:  // also ext2/ext3
-      return "ext4";
-    case XFS_SUPER_MAGIC:
-      return "xfs";
-    case TMPFS_MAGIC:
-      return "tmpfs";
-    case BTRFS_SUPER_MAGIC:
-      return "btrfs";
-    case OVERLAYFS_SUPER_MAGIC:
-      return "overlay";
-    default:
-      return absl::StrFormat("0x%x", static_cast<unsigned long>(st.f_type));
-  }
-}
-
-Machine DescribeMachine(const std::string& dir) {
-  Machine m;
-  m.nproc = std::thread::hardware_concurrency();
-  struct utsname u;
-  m.kernel = ::uname(&u) == 0 ? u.release : "unknown";
-  m.fs_type = FsTypeName(dir);
-  const std::time_t now = std::time(nullptr);
-  struct tm tm;
-  char buf[64];
-  ::gmtime_r(&now, &tm);
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  m.date = buf;
-  return m;
 }
 
 std::unique_ptr<Log> OpenFreshLog(const std::string& dir) {
@@ -597,21 +537,6 @@ std::string Table(const std::string& dir, double seconds, uint64_t max_backlog, 
   return out;
 }
 
-std::string JsonString(absl::string_view s) {
-  std::string out = "\"";
-  for (const char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      absl::StrAppendFormat(&out, "\\u%04x", static_cast<int>(c));
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
-
 std::string Json(const std::string& dir, double seconds, uint64_t max_backlog, const Machine& m,
                  const ReferenceResult& ref, const std::vector<ScenarioResult>& rs,
                  const Goals& g) {
@@ -662,21 +587,6 @@ std::string Json(const std::string& dir, double seconds, uint64_t max_backlog, c
       JsonPass(g.have_recoverable, g.cpu_pass));
   out += "}\n";
   return out;
-}
-
-// A fresh directory under $TMPDIR if set, else under ./bench-data.
-std::string MakeFreshDir(bool* remove_parent, std::string* parent) {
-  const char* tmpdir = std::getenv("TMPDIR");
-  *parent = (tmpdir != nullptr && *tmpdir != '\0') ? tmpdir : "bench-data";
-  *remove_parent = false;
-  if (::mkdir(parent->c_str(), 0755) == 0) {
-    *remove_parent = true;
-  } else if (errno != EEXIST) {
-    DieErrno("mkdir", *parent);
-  }
-  std::string tmpl = *parent + "/engine_bench-XXXXXX";
-  if (::mkdtemp(tmpl.data()) == nullptr) DieErrno("mkdtemp", tmpl);
-  return std::filesystem::absolute(tmpl).string();
 }
 
 }  // namespace

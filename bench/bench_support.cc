@@ -1,0 +1,109 @@
+#include "bench/bench_support.h"
+
+#include <errno.h>
+#include <linux/magic.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace qmgr::bench {
+
+[[noreturn]] void Die(absl::string_view what) {
+  std::fprintf(stderr, "%s: %.*s\n", program_invocation_short_name, static_cast<int>(what.size()),
+               what.data());
+  std::exit(1);
+}
+
+[[noreturn]] void DieErrno(absl::string_view what, const std::string& path) {
+  Die(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+}
+
+double Micros(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
+
+// Nearest-rank percentile of `v` (sorted here), in microseconds.
+double Percentile(std::vector<Clock::duration>& v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
+  rank = std::clamp<size_t>(rank, 1, v.size());
+  return Micros(v[rank - 1]);
+}
+
+std::string FsTypeName(const std::string& dir) {
+  struct statfs st;
+  if (::statfs(dir.c_str(), &st) != 0) DieErrno("statfs", dir);
+  switch (static_cast<unsigned long>(st.f_type)) {
+    case EXT4_SUPER_MAGIC:  // also ext2/ext3
+      return "ext4";
+    case XFS_SUPER_MAGIC:
+      return "xfs";
+    case TMPFS_MAGIC:
+      return "tmpfs";
+    case BTRFS_SUPER_MAGIC:
+      return "btrfs";
+    case OVERLAYFS_SUPER_MAGIC:
+      return "overlay";
+    default:
+      return absl::StrFormat("0x%x", static_cast<unsigned long>(st.f_type));
+  }
+}
+
+Machine DescribeMachine(const std::string& dir) {
+  Machine m;
+  m.nproc = std::thread::hardware_concurrency();
+  struct utsname u;
+  m.kernel = ::uname(&u) == 0 ? u.release : "unknown";
+  m.fs_type = FsTypeName(dir);
+  const std::time_t now = std::time(nullptr);
+  struct tm tm;
+  char buf[64];
+  ::gmtime_r(&now, &tm);
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  m.date = buf;
+  return m;
+}
+
+std::string JsonString(absl::string_view s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      absl::StrAppendFormat(&out, "\\u%04x", static_cast<int>(c));
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+// A fresh directory under $TMPDIR if set, else under ./bench-data.
+std::string MakeFreshDir(bool* remove_parent, std::string* parent) {
+  const char* tmpdir = std::getenv("TMPDIR");
+  *parent = (tmpdir != nullptr && *tmpdir != '\0') ? tmpdir : "bench-data";
+  *remove_parent = false;
+  if (::mkdir(parent->c_str(), 0755) == 0) {
+    *remove_parent = true;
+  } else if (errno != EEXIST) {
+    DieErrno("mkdir", *parent);
+  }
+  std::string tmpl = absl::StrCat(*parent, "/", program_invocation_short_name, "-XXXXXX");
+  if (::mkdtemp(tmpl.data()) == nullptr) DieErrno("mkdtemp", tmpl);
+  return std::filesystem::absolute(tmpl).string();
+}
+
+}  // namespace qmgr::bench

@@ -1,0 +1,43 @@
+// What the benchmark programs share: dying with a message, percentiles, the
+// machine line, JSON strings, a fresh directory to measure in.
+#ifndef QMGR_BENCH_BENCH_SUPPORT_H_
+#define QMGR_BENCH_BENCH_SUPPORT_H_
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+
+namespace qmgr::bench {
+
+using Clock = std::chrono::steady_clock;
+
+// Prints "<program>: <what>" and exits 1.
+[[noreturn]] void Die(absl::string_view what);
+// The same, with `path` and errno's text.
+[[noreturn]] void DieErrno(absl::string_view what, const std::string& path);
+
+double Micros(Clock::duration d);
+// Nearest-rank percentile of `v` (sorted here), in microseconds.
+double Percentile(std::vector<Clock::duration>& v, double p);
+
+struct Machine {
+  unsigned nproc = 0;
+  std::string kernel;
+  std::string fs_type;  // of the directory measured in
+  std::string date;
+};
+std::string FsTypeName(const std::string& dir);
+Machine DescribeMachine(const std::string& dir);
+
+// `s` as a JSON string literal, quotes included.
+std::string JsonString(absl::string_view s);
+
+// A fresh directory "<program>-XXXXXX" under $TMPDIR if set, else under
+// ./bench-data (made, and then *remove_parent set, if missing).
+std::string MakeFreshDir(bool* remove_parent, std::string* parent);
+
+}  // namespace qmgr::bench
+
+#endif  // QMGR_BENCH_BENCH_SUPPORT_H_
