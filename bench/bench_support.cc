@@ -91,19 +91,34 @@ std::string JsonString(absl::string_view s) {
   return out + "\"";
 }
 
-// A fresh directory under $TMPDIR if set, else under ./bench-data.
-std::string MakeFreshDir(bool* remove_parent, std::string* parent) {
-  const char* tmpdir = std::getenv("TMPDIR");
-  *parent = (tmpdir != nullptr && *tmpdir != '\0') ? tmpdir : "bench-data";
-  *remove_parent = false;
-  if (::mkdir(parent->c_str(), 0755) == 0) {
-    *remove_parent = true;
-  } else if (errno != EEXIST) {
-    DieErrno("mkdir", *parent);
+WorkDir::WorkDir(const std::string& dir, bool keep) {
+  if (!dir.empty()) {
+    if (::mkdir(dir.c_str(), 0755) == 0) {
+      remove_ = !keep;
+    } else if (errno != EEXIST) {
+      DieErrno("mkdir", dir);
+    }
+    path_ = std::filesystem::absolute(dir).string();
+    return;
   }
-  std::string tmpl = absl::StrCat(*parent, "/", program_invocation_short_name, "-XXXXXX");
+  const char* tmpdir = std::getenv("TMPDIR");
+  const std::string parent = (tmpdir != nullptr && *tmpdir != '\0') ? tmpdir : "bench-data";
+  if (::mkdir(parent.c_str(), 0755) == 0) {
+    made_parent_ = parent;
+  } else if (errno != EEXIST) {
+    DieErrno("mkdir", parent);
+  }
+  std::string tmpl = absl::StrCat(parent, "/", program_invocation_short_name, "-XXXXXX");
   if (::mkdtemp(tmpl.data()) == nullptr) DieErrno("mkdtemp", tmpl);
-  return std::filesystem::absolute(tmpl).string();
+  path_ = std::filesystem::absolute(tmpl).string();
+  remove_ = !keep;
+}
+
+WorkDir::~WorkDir() {
+  if (!remove_) return;
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+  if (!made_parent_.empty()) ::rmdir(made_parent_.c_str());  // only if empty
 }
 
 }  // namespace qmgr::bench

@@ -34,9 +34,22 @@ Machine DescribeMachine(const std::string& dir);
 // `s` as a JSON string literal, quotes included.
 std::string JsonString(absl::string_view s);
 
-// A fresh directory "<program>-XXXXXX" under $TMPDIR if set, else under
-// ./bench-data (made, and then *remove_parent set, if missing).
-std::string MakeFreshDir(bool* remove_parent, std::string* parent);
+// The directory a benchmark measures in: `dir` (made if missing), or a fresh
+// "<program>-XXXXXX" under $TMPDIR, else under ./bench-data. Removed at the
+// end if this made it, unless `keep`.
+class WorkDir {
+ public:
+  WorkDir(const std::string& dir, bool keep);
+  ~WorkDir();
+  WorkDir(const WorkDir&) = delete;
+  WorkDir& operator=(const WorkDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::string made_parent_;  // ./bench-data when this made it
+  bool remove_ = false;
+};
 
 }  // namespace qmgr::bench
 

@@ -629,20 +629,8 @@ int main(int argc, char** argv) {
   app.add_flag("--no-reference", no_reference, "skip the durable-append reference (profiling)");
   CLI11_PARSE(app, argc, argv);
 
-  bool created_dir = false;
-  bool remove_parent = false;
-  std::string parent;
-  if (dir.empty()) {
-    dir = MakeFreshDir(&remove_parent, &parent);
-    created_dir = true;
-  } else {
-    if (::mkdir(dir.c_str(), 0755) == 0) {
-      created_dir = true;
-    } else if (errno != EEXIST) {
-      DieErrno("mkdir", dir);
-    }
-    dir = std::filesystem::absolute(dir).string();
-  }
+  const WorkDir work_dir(dir, keep);
+  dir = work_dir.path();
 
   const Machine machine = DescribeMachine(dir);
   const std::string payload = [] {
@@ -669,10 +657,5 @@ int main(int argc, char** argv) {
     std::fputs(table.c_str(), stdout);
   }
 
-  if (!keep && created_dir) {
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
-    if (remove_parent) ::rmdir(parent.c_str());  // only if we made it and it is empty
-  }
   return 0;
 }

@@ -514,7 +514,7 @@ int main(int argc, char** argv) {
                  "under $TMPDIR or ./bench-data, removed at the end unless --keep");
   app.add_option("--seconds", seconds, "seconds per measurement")->check(CLI::PositiveNumber);
   app.add_option("--segment-bytes", segment_bytes, "log segment size (multiple of 4096)");
-  app.add_flag("--keep", keep, "keep the directory (the log directories are always removed)");
+  app.add_flag("--keep", keep, "keep the directory (each row's log is removed unless --keep-logs)");
   app.add_flag("--json", json, "JSON on stdout, the table on stderr");
   std::vector<int> appender_counts(std::begin(kAppenderCountsDefault),
                                    std::end(kAppenderCountsDefault));
@@ -527,27 +527,14 @@ int main(int argc, char** argv) {
                "keep each row's log (DIR/log-N) for qmgrctl; implies --keep");
   CLI11_PARSE(app, argc, argv);
 
-  bool created_dir = false;
-  bool remove_parent = false;
-  std::string parent;
-  if (dir.empty()) {
-    dir = MakeFreshDir(&remove_parent, &parent);
-    created_dir = true;
-  } else {
-    if (::mkdir(dir.c_str(), 0755) == 0) {
-      created_dir = true;
-    } else if (errno != EEXIST) {
-      DieErrno("mkdir", dir);
-    }
-    dir = std::filesystem::absolute(dir).string();
-  }
+  const WorkDir work_dir(dir, keep || keep_logs);
+  dir = work_dir.path();
 
   const Machine machine = DescribeMachine(dir);
   auto disk = std::make_unique<RawDisk>(dir);
   std::vector<RawResult> raw;
   for (const size_t size : kRawSizes) raw.push_back(disk->Measure(size, seconds));
   std::vector<AppendResult> appends;
-  if (keep_logs) keep = true;
   std::sort(appender_counts.begin(), appender_counts.end());
   for (const int threads : appender_counts) {
     const std::string log_dir = absl::StrCat(dir, "/log-", threads);
@@ -566,10 +553,5 @@ int main(int argc, char** argv) {
     std::fputs(table.c_str(), stdout);
   }
 
-  if (!keep && created_dir) {
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
-    if (remove_parent) ::rmdir(parent.c_str());  // only if we made it and it is empty
-  }
   return 0;
 }
