@@ -73,7 +73,10 @@ rocksdb::ColumnFamilyOptions FamilyOptions(const SpillOptions& options,
                                            const std::shared_ptr<rocksdb::Cache>& cache) {
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = cache;
-  table.cache_index_and_filter_blocks = true;
+  // Index and filter blocks stay with their table readers (a few bytes per
+  // key), not in the block cache: a drain of a large spill reads keys in
+  // order, and with them in a small cache every Get reread its filter block.
+  table.cache_index_and_filter_blocks = false;
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   rocksdb::ColumnFamilyOptions family;
   family.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));

@@ -37,8 +37,9 @@ struct SpillOptions {
   uint64_t write_buffer_bytes = 64 << 20;
 };
 
-// Block cache shared by every column family opened by SpillStore::Open: index
-// and filter blocks are charged to it, so table readers stay within it too.
+// Block cache shared by every column family opened by SpillStore::Open, for
+// data blocks; index and filter blocks stay with the table readers (bounded by
+// max_open_files; about 1.3 bytes of filter per key).
 inline constexpr uint64_t kSpillBlockCacheBytes = 32 << 20;
 // RocksDB stores a value's length in 32 bits.
 inline constexpr uint64_t kSpillPayloadBytesMax = UINT32_MAX;

@@ -85,6 +85,7 @@ TEST(EngineFillTest, QueueBeyondTheMemoryBudget) {
       double(rss - rss_before) / messages, memory.payload_bytes_in_memory / 1048576.0,
       budget / 1048576.0, static_cast<unsigned long long>(memory.spilled_messages),
       memory.spilled_bytes / 1048576.0);
+  std::fflush(stdout);
   EXPECT_EQ(engine.DisplayQueue("BIG")->depth, messages);
   EXPECT_LE(memory.payload_bytes_in_memory, budget + 1024);
   EXPECT_GE(memory.spilled_messages, messages - budget / 1024 - 1);
