@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <ctime>
 
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
@@ -494,7 +495,7 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<Messag
     // Validate everything first: all or nothing.
     absl::InlinedVector<Queue*, 1> queues(specs.size());
     absl::InlinedVector<MessageClass, 1> classes(specs.size());
-    absl::flat_hash_map<Queue*, uint64_t> added;
+    absl::InlinedVector<std::pair<Queue*, uint64_t>, 1> added;  // messages per queue
     struct BatchSession {
       uint64_t next_seq = 0;  // 0: no numbered input yet
       bool deferred = false;
@@ -525,7 +526,10 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<Messag
         return s;
       }
       const uint64_t depth_max = queues[i]->depth_max();
-      const uint64_t n = ++added[queues[i]];
+      auto count = std::find_if(added.begin(), added.end(),
+                                [&](const auto& a) { return a.first == queues[i]; });
+      if (count == added.end()) count = added.insert(added.end(), {queues[i], 0});
+      const uint64_t n = ++count->second;
       if (depth_max > 0 && queues[i]->visible.size() + queues[i]->taken + n > depth_max) {
         return WithReason(absl::ResourceExhaustedError(absl::StrCat(
                               "queue '", spec.queue, "' is full: its max depth is ", depth_max)),
@@ -716,14 +720,14 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
       if (created && it != units_.end() && it->second->messages() == 0) EndUnit(uow);
     };
     Message* message = nullptr;
-    std::shared_ptr<Queue> queue;
+    Queue* queue = nullptr;
     while (true) {
       auto it = queues_.find(options.queue);
       if (it == queues_.end()) {
         drop_if_empty();
         return absl::NotFoundError(absl::StrCat("queue '", options.queue, "' is not defined"));
       }
-      queue = it->second;
+      queue = it->second.get();
       if (queue->attributes.get_inhibited()) {
         drop_if_empty();
         return WithReason(absl::FailedPreconditionError(
@@ -738,7 +742,7 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
             absl::StrCat("unit of work ", uow, " holds ", unit->messages(),
                          " messages, the limit per unit (unit_messages_max)"));
       }
-      message = TakeNext(queue.get(), now_us);
+      message = TakeNext(queue, now_us);
       if (message != nullptr) break;
       if (deadline == absl::InfinitePast()) deadline = absl::Now() + options.wait;
       if (absl::Now() >= deadline) {
@@ -748,7 +752,8 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
                                                         absl::FormatDuration(options.wait)));
       }
       ++unit->busy;
-      queue->available.WaitWithDeadline(&mu_, deadline);
+      const std::shared_ptr<Queue> waiting_on = it->second;  // alive through a DeleteQueue
+      waiting_on->available.WaitWithDeadline(&mu_, deadline);
       --unit->busy;
     }
     if (message->spilled) {
@@ -1026,7 +1031,30 @@ void Engine::ReaperLoop() {
   }
 }
 
-absl::Status Engine::WaitDurable(log::Lsn lsn) { return log_->WaitDurable(lsn); }
+namespace {
+int64_t ThreadCpuNanos() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+}  // namespace
+
+absl::Status Engine::WaitDurable(log::Lsn lsn) {
+  // Most waits of unlogged messages are for an id reservation made long ago.
+  if (lsn < durable_below_.load(std::memory_order_acquire)) return absl::OkStatus();
+  const int64_t start = options_.measure_wait_cpu ? ThreadCpuNanos() : 0;
+  absl::Status status = log_->WaitDurable(lsn);
+  if (options_.measure_wait_cpu) {
+    wait_cpu_nanos_.fetch_add(ThreadCpuNanos() - start, std::memory_order_relaxed);
+  }
+  if (status.ok()) {
+    log::Lsn known = durable_below_.load(std::memory_order_relaxed);
+    while (known <= lsn &&
+           !durable_below_.compare_exchange_weak(known, lsn + 1, std::memory_order_release)) {
+    }
+  }
+  return status;
+}
 
 uint64_t Engine::SessionInSeq(const std::string& session) const {
   absl::MutexLock lock(&mu_);

@@ -20,6 +20,7 @@
 #ifndef QMGR_QMGR_ENGINE_H_
 #define QMGR_QMGR_ENGINE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -69,6 +70,9 @@ struct EngineOptions {
   // RESOURCE_EXHAUSTED. 0: no budget.
   uint64_t memory_budget_bytes = 1ull << 30;
   SpillStore* spill = nullptr;  // not owned; may be null
+  // Account the CPU that calling threads spend waiting for durability
+  // (wait_cpu_nanos): two thread-CPU clock reads per wait, so off by default.
+  bool measure_wait_cpu = false;
 };
 
 struct MemoryStatus {
@@ -175,6 +179,8 @@ class Engine {
   int ReapIdleUnits();
 
   MemoryStatus Memory() const;
+  // CPU spent by calling threads inside durability waits (measure_wait_cpu).
+  int64_t wait_cpu_nanos() const { return wait_cpu_nanos_.load(std::memory_order_relaxed); }
 
   // A session's last hardened input number (0 if none).
   uint64_t SessionInSeq(const std::string& session) const;
@@ -260,6 +266,9 @@ class Engine {
   uint64_t next_block_end_ ABSL_GUARDED_BY(mu_) = 0;
   log::Lsn next_block_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<int64_t> wait_cpu_nanos_{0};
+  // Records below this LSN are known durable (a wait for one returns at once).
+  std::atomic<log::Lsn> durable_below_{0};
   std::thread reaper_;
 };
 
