@@ -92,6 +92,9 @@ struct Engine::Unit {
   std::vector<std::unique_ptr<Message>> taken;     // in Get order
   std::vector<std::unique_ptr<Message>> inserted;  // visible at the sync point
   uint64_t record_bytes = 0;  // what its SYNCPOINT record will carry (estimate, from above)
+  // The ID_RESERVE covering its inserts' ids: an unlogged insert's id is
+  // handed out at the sync point, so that waits for it when nothing is logged.
+  log::Lsn reserve_lsn = log::kNoLsn;
   absl::Time last_used;
   int busy = 0;  // calls inside the engine now (a waiting Get): never idle
 
@@ -213,6 +216,7 @@ absl::Status Engine::DeleteQueue(const std::string& name, bool purge) {
     if (!lsn.ok()) return lsn.status();
     for (const auto& message : queue.visible) {
       if (message->spilled) DropSpilled(*message);
+      ForgetDeferredInput(*message);
     }
     queue.deleted = true;
     queue.available.SignalAll();
@@ -329,6 +333,11 @@ absl::Status Engine::CheckSessionInput(const MessageSpec& spec, MessageClass cls
     return absl::InvalidArgumentError(absl::StrCat(qmgr::v1::MessageClass_Name(cls),
                                                    " input from a session needs its input number"));
   }
+  if (expected_seq != 0 && spec.input_seq < expected_seq) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("input ", spec.input_seq, " of session '", spec.origin_session,
+                     "' repeats or precedes an earlier input of the same batch"));
+  }
   if (expected_seq == 0) expected_seq = s.in_seq + 1;
   if (spec.input_seq < expected_seq) {
     return WithReason(absl::FailedPreconditionError(absl::StrCat(
@@ -427,6 +436,16 @@ absl::Status Engine::Unspill(Message* message) {
   message->Charge(&payload_bytes_);
   DropSpilled(*message);
   return absl::OkStatus();
+}
+
+void Engine::ForgetDeferredInput(const Message& message) {
+  // A deferred input discarded before its sync point never hardens: its
+  // session may go on (resync will report it for reissue).
+  if (!IsDeferred(message.m.class_()) || message.m.origin_session().empty()) return;
+  auto it = sessions_.find(message.m.origin_session());
+  if (it != sessions_.end() && it->second.outstanding_seq == message.m.input_seq()) {
+    it->second.outstanding_seq = 0;
+  }
 }
 
 void Engine::DropSpilled(const Message& message) {
@@ -536,6 +555,13 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<Messag
                           reason::kQueueFull);
       }
       if (classes[i] == qmgr::v1::RECOVERABLE) record_bytes += RecordCost(spec, payload_bytes);
+      if (IsDeferred(classes[i]) &&
+          RecordCost(spec, payload_bytes) + kMessageOverheadBytes > record_bytes_max_) {
+        // It could never be taken: the unit that consumes it logs it whole.
+        return absl::InvalidArgumentError(absl::StrCat(
+            qmgr::v1::MessageClass_Name(classes[i]), " message of ", payload_bytes,
+            " bytes exceeds what a unit of work can log (", record_bytes_max_, " bytes)"));
+      }
     }
     uint64_t incoming = 0;
     for (const auto& message : messages) incoming += message->payload->size();
@@ -626,6 +652,7 @@ void Engine::EndUnit(UowId uow) {
     unit->taken.clear();
     unit->inserted.clear();
     unit->record_bytes = 0;
+    unit->reserve_lsn = log::kNoLsn;
     unit->busy = 0;
     free_units_.push_back(std::move(unit));
   }
@@ -661,6 +688,7 @@ Engine::Message* Engine::TakeNext(Queue* queue, int64_t now_us) {
     }
     ++queue->expired_discarded;
     if (front->spilled) DropSpilled(*front);
+    ForgetDeferredInput(*front);
     queue->visible.pop_front();
   }
   return nullptr;
@@ -692,8 +720,9 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
                                             log::Lsn* commit_lsn, log::Lsn* get_lsn,
                                             std::shared_ptr<const std::string>* payload,
                                             std::vector<std::unique_ptr<Message>>* consumed) {
-  const int64_t now_us = absl::ToUnixMicros(now);
+  int64_t now_us = absl::ToUnixMicros(now);
   absl::Time deadline = absl::InfinitePast();  // set when a wait begins
+  bool woken = false;                          // this call consumed a wake-up
   GetResult result;
   {
     Unit* unit = nullptr;
@@ -701,6 +730,7 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
     if (options.commit_previous && options.uow != 0) {
       absl::StatusOr<Unit*> previous = FindUnit(options.uow, now);
       if (!previous.ok()) return previous.status();
+      if (absl::Status s = CheckNotWaiting(**previous); !s.ok()) return s;
       SyncPointResult committed;
       absl::StatusOr<log::Lsn> lsn = CommitLocked(*previous, &committed, consumed);
       if (!lsn.ok()) return lsn.status();
@@ -715,12 +745,15 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
       unit = *found;
     }
     const UowId uow = unit->id;
+    Message* message = nullptr;
+    Queue* queue = nullptr;
+    // On a failure: end a unit this call made for nothing, and pass on a
+    // wake-up this call consumed, so a message it leaves is not left unseen.
     auto drop_if_empty = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       auto it = units_.find(uow);
       if (created && it != units_.end() && it->second->messages() == 0) EndUnit(uow);
+      if (woken && queues_.count(options.queue)) queues_.at(options.queue)->available.Signal();
     };
-    Message* message = nullptr;
-    Queue* queue = nullptr;
     while (true) {
       auto it = queues_.find(options.queue);
       if (it == queues_.end()) {
@@ -735,9 +768,13 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
                           reason::kGetInhibited);
       }
       absl::StatusOr<Unit*> current = FindUnit(uow, now);  // another call may have ended it
-      if (!current.ok()) return current.status();
+      if (!current.ok()) {
+        drop_if_empty();
+        return current.status();
+      }
       unit = *current;
       if (unit->messages() >= options_.unit_messages_max) {
+        drop_if_empty();
         return absl::ResourceExhaustedError(
             absl::StrCat("unit of work ", uow, " holds ", unit->messages(),
                          " messages, the limit per unit (unit_messages_max)"));
@@ -754,7 +791,12 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
       ++unit->busy;
       const std::shared_ptr<Queue> waiting_on = it->second;  // alive through a DeleteQueue
       waiting_on->available.WaitWithDeadline(&mu_, deadline);
-      --unit->busy;
+      woken = true;
+      // The unit cannot have ended (ending refuses a unit with a Get waiting),
+      // but look it up by id rather than trust the pointer.
+      if (auto u = units_.find(uow); u != units_.end()) --u->second->busy;
+      now = options_.clock->Now();  // the wait took time: idle and expiry go by now
+      now_us = absl::ToUnixMicros(now);
     }
     if (message->spilled) {
       if (absl::Status s = Unspill(message); !s.ok()) {
@@ -822,13 +864,22 @@ absl::Status Engine::Insert(UowId uow, MessageSpec spec) {
   }
   const uint64_t cost = cls == qmgr::v1::IRRECOVERABLE ? 0 : RecordCost(spec, payload_bytes);
   if (absl::Status s = CheckUnitBytes(**unit, cost); !s.ok()) return s;
+  if (absl::Status s = CheckMemory(payload_bytes); !s.ok()) return s;
   log::Lsn reserve_lsn = 0;
   absl::StatusOr<uint64_t> id = NextId(&reserve_lsn);
   if (!id.ok()) return id.status();
   (*unit)->record_bytes += cost;
   Admit(message.get(), cls, *id);
-  (*unit)->inserted.push_back(std::move(message));
+  Unit& u = **unit;
+  u.reserve_lsn = u.reserve_lsn == log::kNoLsn ? reserve_lsn : std::max(u.reserve_lsn, reserve_lsn);
+  u.inserted.push_back(std::move(message));
   return absl::OkStatus();
+}
+
+absl::Status Engine::CheckNotWaiting(const Unit& unit) const {
+  if (unit.busy == 0) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("unit of work ", unit.id, " has a Get waiting for a message; end it after"));
 }
 
 absl::Status Engine::CheckUnitBytes(const Unit& unit, uint64_t more) const {
@@ -837,6 +888,12 @@ absl::Status Engine::CheckUnitBytes(const Unit& unit, uint64_t more) const {
       absl::StrCat("unit of work ", unit.id, " would carry about ", unit.record_bytes + more,
                    " bytes in its sync point record; the limit per unit is ", record_bytes_max_,
                    " (unit_bytes_max, bounded by the log's maximum record)"));
+}
+
+// This unit's messages taken from `queue`: they leave it at the sync point.
+uint64_t Engine::TakenFrom(const Unit& unit, const std::string& queue) {
+  return std::count_if(unit.taken.begin(), unit.taken.end(),
+                       [&](const auto& message) { return message->m.queue() == queue; });
 }
 
 absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* result,
@@ -852,7 +909,9 @@ absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* resul
         refusal = absl::NotFoundError(
             absl::StrCat("sync point backed out: queue '", name, "' was deleted"));
       } else if (const uint64_t max = it->second->depth_max();
-                 max > 0 && it->second->visible.size() + it->second->taken + n > max) {
+                 max > 0 &&
+                 it->second->visible.size() + it->second->taken - TakenFrom(*unit, name) + n >
+                     max) {
         refusal = WithReason(
             absl::ResourceExhaustedError(absl::StrCat("sync point backed out: queue '", name,
                                                       "' is full: its max depth is ", max)),
@@ -932,22 +991,26 @@ absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* resul
   result->lsn = lsn;
   result->consumed = unit->taken.size();
   result->inserted = unit->inserted.size();
+  const log::Lsn wait_lsn = lsn != log::kNoLsn ? lsn : unit->reserve_lsn;
   EndUnit(unit->id);
-  return lsn;
+  return wait_lsn;
 }
 
 absl::StatusOr<SyncPointResult> Engine::SyncPoint(UowId uow) {
   SyncPointResult result;
+  log::Lsn wait_lsn = log::kNoLsn;
   std::vector<std::unique_ptr<Message>> consumed;
   {
     absl::MutexLock lock(&mu_);
     absl::StatusOr<Unit*> unit = FindUnit(uow, options_.clock->Now());
     if (!unit.ok()) return unit.status();
+    if (absl::Status s = CheckNotWaiting(**unit); !s.ok()) return s;
     absl::StatusOr<log::Lsn> lsn = CommitLocked(*unit, &result, &consumed);
     if (!lsn.ok()) return lsn.status();
+    wait_lsn = *lsn;
   }
-  if (result.lsn != log::kNoLsn) {
-    if (absl::Status s = WaitDurable(result.lsn); !s.ok()) return s;
+  if (wait_lsn != log::kNoLsn) {
+    if (absl::Status s = WaitDurable(wait_lsn); !s.ok()) return s;
   }
   return result;
 }
@@ -1003,6 +1066,7 @@ absl::Status Engine::Backout(UowId uow, qmgr::v1::BackoutReason reason) {
   absl::MutexLock lock(&mu_);
   absl::StatusOr<Unit*> unit = FindUnit(uow, options_.clock->Now());
   if (!unit.ok()) return unit.status();
+  if (absl::Status s = CheckNotWaiting(**unit); !s.ok()) return s;
   BackoutLocked(*unit, reason);
   return absl::OkStatus();
 }

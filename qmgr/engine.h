@@ -217,6 +217,10 @@ class Engine {
                                       std::shared_ptr<const std::string>* payload,
                                       std::vector<std::unique_ptr<Message>>* consumed)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ending a unit while a Get of it waits would pull the unit from under it.
+  absl::Status CheckNotWaiting(const Unit& unit) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static uint64_t TakenFrom(const Unit& unit, const std::string& queue);
+  void ForgetDeferredInput(const Message& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CheckUnitBytes(const Unit& unit, uint64_t more) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Unit*> FindUnit(UowId uow, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -721,5 +721,45 @@ TEST_F(EngineTest, BudgetWithoutSpillRefuses) {
   EXPECT_TRUE(engine_->Enqueue(Spec("Q", std::string(1000, 'm'))).ok());
 }
 
+// Regressions from review: a unit cannot be ended while its Get waits; an
+// expired deferred input frees its session; a requeue within max depth
+// commits; a repeated number inside one batch is a bad batch, not "hardened".
+TEST_F(EngineTest, ReviewRegressions) {
+  Define("Q");
+  const UowId uow = engine_->BeginUnit();
+  std::thread waiter([&] { EXPECT_TRUE(engine_->Get({uow, "Q", absl::Seconds(10)}).ok()); });
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(engine_->Backout(uow).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(engine_->SyncPoint(uow).status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(engine_->Enqueue(Spec("Q", "wake")).ok());
+  waiter.join();
+  ASSERT_TRUE(engine_->SyncPoint(uow).ok());
+
+  MessageSpec deferred = Spec("Q", "stale", qmgr::v1::RESPONSE);
+  deferred.origin_session = "T";
+  deferred.input_seq = 1;
+  deferred.expiry_time_us = clock_.NowMicros() + 1'000'000;
+  ASSERT_TRUE(engine_->Enqueue(deferred).ok());
+  clock_.Advance(absl::Seconds(2));
+  EXPECT_EQ(engine_->Get({0, "Q"}).status().code(), absl::StatusCode::kDeadlineExceeded);
+  deferred.expiry_time_us = 0;
+  EXPECT_TRUE(engine_->Enqueue(deferred).ok()) << "the expired input no longer blocks T";
+
+  qmgr::v1::QueueAttributes one;
+  one.set_max_depth(1);
+  Define("ONE", one);
+  ASSERT_TRUE(engine_->Enqueue(Spec("ONE", "m")).ok());
+  GetResult got = MustGet("ONE");
+  ASSERT_TRUE(engine_->Insert(got.uow, Spec("ONE", "requeued")).ok());
+  EXPECT_TRUE(engine_->SyncPoint(got.uow).ok()) << "the taken message leaves as the insert comes";
+
+  MessageSpec first = Spec("Q", "a");
+  first.origin_session = "B";
+  first.input_seq = 1;
+  absl::Status dup = engine_->EnqueueBatch({first, first}).status();
+  EXPECT_EQ(dup.code(), absl::StatusCode::kInvalidArgument) << dup;
+  EXPECT_EQ(engine_->SessionInSeq("B"), 0u);
+}
+
 }  // namespace
 }  // namespace qmgr
