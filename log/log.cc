@@ -25,6 +25,15 @@ absl::StatusOr<std::unique_ptr<Log>> Log::Open(FileSystem* fs, std::string dir,
   if (options.segments_ahead < 0) {
     return absl::InvalidArgumentError("segments_ahead must not be negative");
   }
+  if (options.enospc_write_retries < 0 ||
+      options.allocation_retry_interval <= std::chrono::milliseconds(0) ||
+      options.enospc_retry_delay < std::chrono::milliseconds(0)) {
+    return absl::InvalidArgumentError(
+        "enospc_write_retries must not be negative and the retry intervals must be positive");
+  }
+  if (options.first_lsn_if_new > (kNoLsn >> 1)) {
+    return absl::InvalidArgumentError("first LSN of a new log leaves no room for the log");
+  }
   std::unique_ptr<Log> log(new Log(fs, std::move(dir), std::move(options)));
   if (absl::Status s = log->Recover(); !s.ok()) return s;
   log->writer_ = std::thread([raw = log.get()] { raw->WriterLoop(); });
@@ -85,6 +94,18 @@ absl::Status Log::Recover() {
       return s;
     }
     report_.truncated = true;
+  }
+
+  // What was read may be only in the page cache (a process killed before its
+  // fdatasync): make it durable before anything claims it is.
+  for (const SegmentFile& segment : *segments) {
+    if (segment.header.first_lsn >= report_.tail.end_lsn ||
+        segment.header.end_lsn() < report_.tail.end_lsn) {
+      continue;
+    }
+    absl::StatusOr<std::unique_ptr<File>> file = fs_->Open(segment.path, OpenMode::kReadWrite);
+    if (!file.ok()) return file.status();
+    if (absl::Status s = (*file)->Sync(); !s.ok()) return s;
   }
 
   report_.log_id = segments->front().header.log_id;
@@ -168,6 +189,9 @@ absl::StatusOr<Lsn> Log::Append(const qmgr::v1::LogRecord& record) {
   if (type == qmgr::v1::LogRecord::BODY_NOT_SET) {
     return absl::InvalidArgumentError("log record has no body");
   }
+  if (type > 255) {
+    return absl::InvalidArgumentError(absl::StrCat("record type ", type, " does not fit a byte"));
+  }
   std::string payload;
   if (!record.SerializeToString(&payload)) {
     return absl::InvalidArgumentError("log record does not serialize");
@@ -217,7 +241,9 @@ absl::StatusOr<Lsn> Log::Append(uint8_t type, absl::string_view payload) {
     auto allocator_moved = [this, prepared]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return prepared_end_ != prepared || !allocation_error_.ok() || !failed_.ok() || closing_;
     };
+    ++callers_inside_;
     mu_.Await(absl::Condition(&allocator_moved));
+    --callers_inside_;
   }
   if (seal) {
     sealed_.push_back(std::move(open_batch_));
@@ -252,12 +278,14 @@ absl::StatusOr<Lsn> Log::Append(uint8_t type, absl::string_view payload) {
 absl::Status Log::WaitDurable(Lsn lsn) {
   absl::MutexLock lock(&mu_);
   if (durable_lsn_ <= lsn && failed_.ok() && !closed_) {
+    ++callers_inside_;
     // Each waiter sleeps on its own condition variable, woken only when its
     // record is durable: a shared one woke every waiter at every commit, and
     // with many waiters the wake-ups cost more CPU than the work.
     DurableWaiter waiter;
     durable_waiters_.emplace(lsn, &waiter);
     while (!waiter.woken) waiter.cv.Wait(&mu_);
+    --callers_inside_;
   }
   if (durable_lsn_ > lsn) return absl::OkStatus();
   if (!failed_.ok()) return failed_;
@@ -355,17 +383,20 @@ void Log::WriterLoop() {
 absl::Status Log::WriteBatches(std::vector<PendingBatch>& batches, Lsn durable_before,
                                uint64_t* syncs) {
   for (PendingBatch& batch : batches) {
+    // First the segment (switching syncs the previous one), so that the
+    // header can claim what this group already made durable there.
+    absl::StatusOr<File*> file = SegmentForWrite(batch.lsn, syncs);
+    if (!file.ok()) return file.status();
+    assert(synced_end_ <= batch.lsn);
     char* h = batch.bytes.data();
     PutFixed64(h + kBatchPrevLsnOffset, batch.prev_lsn);
-    PutFixed64(h + kBatchDurableLsnOffset, durable_before);
+    PutFixed64(h + kBatchDurableLsnOffset, std::max(durable_before, synced_end_));
     PutFixed32(h + kBatchRecordsBytesOffset,
                static_cast<uint32_t>(batch.bytes.size() - kBatchHeaderBytes));
     PutFixed32(h + kBatchRecordCountOffset, batch.record_count);
     PutFixed64(h + kBatchChecksumOffset,
                Checksum(batch.lsn, absl::string_view(h + kBatchPrevLsnOffset,
                                                      kBatchHeaderBytes - kBatchPrevLsnOffset)));
-    absl::StatusOr<File*> file = SegmentForWrite(batch.lsn, syncs);
-    if (!file.ok()) return file.status();
     const uint64_t offset = write_segment_.FileOffset(batch.lsn);
     for (int attempt = 0;; ++attempt) {
       absl::Status s = (*file)->Write(offset, batch.bytes);
@@ -474,7 +505,11 @@ absl::Status Log::RetireBefore(Lsn lsn) {
 absl::Status Log::Close() {
   {
     absl::MutexLock lock(&mu_);
-    if (closed_) return failed_;
+    if (closing_) {  // closed, or another thread is closing: wait for it
+      auto closed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closed_; };
+      mu_.Await(absl::Condition(&closed));
+      return failed_;
+    }
     closing_ = true;
   }
   if (writer_.joinable()) writer_.join();
@@ -487,6 +522,9 @@ absl::Status Log::Close() {
   absl::MutexLock lock(&mu_);
   closed_ = true;
   WakeDurableWaiters();
+  // The destructor follows: let woken callers leave before the members go.
+  auto left = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return callers_inside_ == 0; };
+  mu_.Await(absl::Condition(&left));
   return failed_;
 }
 

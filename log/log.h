@@ -118,8 +118,9 @@ class Log {
   // being written or anything not yet durable.
   absl::Status RetireBefore(Lsn lsn);
 
-  // Writes what is pending, waits for it, stops the threads. Later calls of
-  // anything but the accessors answer FailedPrecondition.
+  // Writes what is pending, waits for it, stops the threads, and waits for
+  // woken callers to leave. Later appends answer FailedPrecondition; a later
+  // (or concurrent) Close returns what the first one returned.
   absl::Status Close();
 
   const LogOpenReport& open_report() const { return report_; }
@@ -179,6 +180,7 @@ class Log {
   absl::Status failed_ ABSL_GUARDED_BY(mu_);
   bool closing_ ABSL_GUARDED_BY(mu_) = false;         // the writer drains, then stops
   bool stop_allocator_ ABSL_GUARDED_BY(mu_) = false;  // after the writer stopped
+  int callers_inside_ ABSL_GUARDED_BY(mu_) = 0;       // waiting in WaitDurable or Append
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   // Segments exist (preallocated) for every LSN below prepared_end_; the
   // allocator keeps it ahead of needed_end_.

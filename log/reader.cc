@@ -160,6 +160,7 @@ absl::StatusOr<bool> LogScanner::Next(Batch* batch) {
         done_ = true;
         break;
       }
+      files_[segment_].reset();  // done with it: a long log must not hold every file open
       next_lsn_ = segments_[++segment_].header.first_lsn;
       continue;
     }
@@ -183,20 +184,20 @@ absl::StatusOr<bool> LogScanner::Next(Batch* batch) {
       if (!continued.ok()) return continued.status();
       if (*continued == Probe::kValid && next.prev_lsn == last_batch_lsn_ &&
           next_first < stop_lsn_) {
+        files_[segment_].reset();
         ++segment_;
         *probe = Probe::kValid;
         *batch = std::move(next);
       } else if (*probe == Probe::kZero && *continued == Probe::kInvalid) {
-        // Nothing here, damage there: name the damage, not the zeros.
-        ++segment_;
-        next_lsn_ = next_first;
-        *probe = Probe::kInvalid;
-        reason = std::move(next_reason);
+        // The damage is decided at the zeros (a later batch may claim them
+        // durable); the next segment's state goes into the reason.
+        reason = absl::StrCat("zeros where a batch should be; the next segment's first batch: ",
+                              next_reason);
       }
     }
     if (*probe != Probe::kValid) {
       done_ = true;
-      if (absl::Status s = Finish(segment_, next_lsn_, *probe, std::move(reason)); !s.ok()) {
+      if (absl::Status s = Finish(segment_, next_lsn_, std::move(reason)); !s.ok()) {
         return s;
       }
       return false;
@@ -209,11 +210,11 @@ absl::StatusOr<bool> LogScanner::Next(Batch* batch) {
   return false;
 }
 
-absl::Status LogScanner::Finish(size_t segment, Lsn lsn, Probe probe, std::string reason) {
+absl::Status LogScanner::Finish(size_t segment, Lsn lsn, std::string reason) {
   tail_.damage_lsn = lsn;
   tail_.damage_segment = segments_[segment].path;
   tail_.damage_file_offset = segments_[segment].header.FileOffset(lsn);
-  tail_.damage_reason = probe == Probe::kZero ? "zeros where a batch should be" : reason;
+  tail_.damage_reason = reason.empty() ? "zeros where a batch should be" : reason;
   if (absl::Status s = ScanBeyond(segment, lsn); !s.ok()) return s;
   if (tail_.claimed_by_lsn != kNoLsn) {
     tail_.kind = TailKind::kCorrupt;
@@ -270,6 +271,7 @@ absl::Status LogScanner::ScanBeyond(size_t first_segment, Lsn lsn) {
       if (*n < want) break;
       at += want;
     }
+    files_[s].reset();
   }
   return absl::OkStatus();
 }

@@ -82,7 +82,7 @@ class LogScanner {
  private:
   enum class Probe { kValid, kZero, kInvalid };
   absl::StatusOr<Probe> ReadBatch(size_t segment, Lsn lsn, Batch* batch, std::string* reason);
-  absl::Status Finish(size_t segment, Lsn lsn, Probe probe, std::string reason);
+  absl::Status Finish(size_t segment, Lsn lsn, std::string reason);
   absl::Status ScanBeyond(size_t segment, Lsn lsn);
   absl::StatusOr<File*> FileOf(size_t segment);
 

@@ -211,6 +211,39 @@ TEST(LogRecoveryTest, DamageBeforeADurableBatchIsCorruption) {
   EXPECT_EQ(CountRecords(dir), 4u);
 }
 
+// Regression (review): a lost acknowledged batch at the end of a segment,
+// followed by a torn first batch in the next segment that claims it durable,
+// is corruption decided at the lost batch, not a torn tail at the next one.
+TEST(LogRecoveryTest, LostBatchBeforeASegmentSwitchIsCorruption) {
+  qmgr::testing::TempDir tmp;
+  const std::string dir = tmp.path() + "/log";
+  {
+    absl::StatusOr<std::unique_ptr<Log>> log = Log::Open(PosixFileSystem(), dir, Small());
+    ASSERT_TRUE(log.ok());
+    ASSERT_TRUE((*log)->WaitDurable(*(*log)->Append(7, "first")).ok());
+    ASSERT_TRUE((*log)->WaitDurable(*(*log)->Append(7, "acknowledged")).ok());
+    // Does not fit the rest of the first segment: goes to the next one.
+    ASSERT_TRUE((*log)->WaitDurable(*(*log)->Append(7, std::string(55000, 'y'))).ok());
+  }
+  std::vector<Batch> batches = BatchesOf(dir);
+  ASSERT_EQ(batches.size(), 3u);
+  ASSERT_EQ(batches[2].lsn, kSegmentBytes - kSegmentHeaderBytes) << "third batch opens segment 2";
+  const Where lost = Locate(dir, batches[1].lsn);
+  std::string bytes = ReadFile(lost.path);
+  std::fill(bytes.begin() + lost.offset, bytes.begin() + lost.offset + kBlockBytes, '\0');
+  WriteFile(lost.path, bytes);
+  const Where torn = Locate(dir, batches[2].records_lsn() + 5000);
+  bytes = ReadFile(torn.path);
+  bytes[torn.offset] ^= 1;
+  WriteFile(torn.path, bytes);
+  absl::StatusOr<std::unique_ptr<Log>> refused = Log::Open(PosixFileSystem(), dir, Small());
+  ASSERT_FALSE(refused.ok()) << "an acknowledged batch would be cut off";
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(refused.status().message().find(absl::StrCat("offset ", lost.offset)),
+            absl::string_view::npos)
+      << refused.status();
+}
+
 // Damage in a middle segment, with later segments full of durable batches.
 TEST(LogRecoveryTest, CorruptionInAMiddleSegmentIsRefused) {
   qmgr::testing::TempDir tmp;
