@@ -731,6 +731,17 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
       absl::StatusOr<Unit*> previous = FindUnit(options.uow, now);
       if (!previous.ok()) return previous.status();
       if (absl::Status s = CheckNotWaiting(**previous); !s.ok()) return s;
+      // Refuse before committing what would fail after it, so that an error
+      // always means the previous unit is still open.
+      auto queue = queues_.find(options.queue);
+      if (queue == queues_.end()) {
+        return absl::NotFoundError(absl::StrCat("queue '", options.queue, "' is not defined"));
+      }
+      if (queue->second->attributes.get_inhibited()) {
+        return WithReason(absl::FailedPreconditionError(
+                              absl::StrCat("queue '", options.queue, "' is get-inhibited")),
+                          reason::kGetInhibited);
+      }
       SyncPointResult committed;
       absl::StatusOr<log::Lsn> lsn = CommitLocked(*previous, &committed, consumed);
       if (!lsn.ok()) return lsn.status();
