@@ -91,6 +91,11 @@ std::string JsonString(absl::string_view s) {
   return out + "\"";
 }
 
+std::string MachineJson(const Machine& m) {
+  return absl::StrFormat(R"({"nproc": %u, "kernel": %s, "fs_type": %s, "date": %s})", m.nproc,
+                         JsonString(m.kernel), JsonString(m.fs_type), JsonString(m.date));
+}
+
 WorkDir::WorkDir(const std::string& dir, bool keep) {
   if (!dir.empty()) {
     if (::mkdir(dir.c_str(), 0755) == 0) {

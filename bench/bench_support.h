@@ -30,6 +30,8 @@ struct Machine {
 };
 std::string FsTypeName(const std::string& dir);
 Machine DescribeMachine(const std::string& dir);
+// {"nproc": ..., "kernel": ..., "fs_type": ..., "date": ...}
+std::string MachineJson(const Machine& m);
 
 // `s` as a JSON string literal, quotes included.
 std::string JsonString(absl::string_view s);

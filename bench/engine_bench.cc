@@ -548,10 +548,7 @@ std::string Json(const std::string& dir, double seconds, uint64_t max_backlog, c
                  const ReferenceResult& ref, const std::vector<ScenarioResult>& rs,
                  const Goals& g) {
   std::string out = "{\n";
-  absl::StrAppendFormat(&out,
-                        "  \"machine\": {\"nproc\": %u, \"kernel\": %s, \"fs_type\": %s, "
-                        "\"date\": %s},\n",
-                        m.nproc, JsonString(m.kernel), JsonString(m.fs_type), JsonString(m.date));
+  absl::StrAppend(&out, "  \"machine\": ", MachineJson(m), ",\n");
   absl::StrAppendFormat(&out,
                         "  \"config\": {\"dir\": %s, \"seconds\": %g, \"payload_bytes\": %d, "
                         "\"max_backlog\": %d},\n",

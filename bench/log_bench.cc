@@ -448,10 +448,7 @@ std::string Json(const std::string& dir, uint64_t segment_bytes, double seconds,
                  const std::vector<RawResult>& raw, const std::vector<AppendResult>& appends,
                  const Ratios& q) {
   std::string out = "{\n";
-  absl::StrAppendFormat(&out,
-                        "  \"machine\": {\"nproc\": %u, \"kernel\": %s, \"fs_type\": %s, "
-                        "\"date\": %s},\n",
-                        m.nproc, JsonString(m.kernel), JsonString(m.fs_type), JsonString(m.date));
+  absl::StrAppend(&out, "  \"machine\": ", MachineJson(m), ",\n");
   absl::StrAppendFormat(&out,
                         "  \"config\": {\"dir\": %s, \"seconds\": %g, \"segment_bytes\": %d, "
                         "\"raw_file_bytes\": %d, \"payload_bytes\": %d},\n",
