@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -81,6 +82,15 @@ class PosixFile final : public File {
   const std::string path_;
 };
 
+class PosixFileLock final : public FileLock {
+ public:
+  explicit PosixFileLock(int fd) : fd_(fd) {}
+  ~PosixFileLock() override { ::close(fd_); }  // closing releases the flock
+
+ private:
+  const int fd_;
+};
+
 class Posix final : public FileSystem {
  public:
   absl::StatusOr<std::unique_ptr<File>> Open(const std::string& path, OpenMode mode) override {
@@ -143,6 +153,21 @@ class Posix final : public FileSystem {
     ::close(fd);
     if (rc != 0) return ErrnoStatus(sync_errno, "fsync", path);
     return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::unique_ptr<FileLock>> Lock(const std::string& path) override {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return ErrnoStatus(errno, "open", path);
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const int lock_errno = errno;
+      ::close(fd);
+      if (lock_errno == EWOULDBLOCK) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(path, " is locked: another process has this directory open"));
+      }
+      return ErrnoStatus(lock_errno, "flock", path);
+    }
+    return std::make_unique<PosixFileLock>(fd);
   }
 
   absl::StatusOr<bool> Exists(const std::string& path) override {

@@ -35,6 +35,12 @@ class File {
   virtual absl::StatusOr<uint64_t> Size() = 0;
 };
 
+// Held while it lives; see FileSystem::Lock.
+class FileLock {
+ public:
+  virtual ~FileLock() = default;
+};
+
 enum class OpenMode {
   kRead,            // existing file, read only
   kReadWrite,       // existing file
@@ -55,6 +61,9 @@ class FileSystem {
   // Makes the directory's entries (creations, renames, removals) durable.
   virtual absl::Status SyncDir(const std::string& path) = 0;
   virtual absl::StatusOr<bool> Exists(const std::string& path) = 0;
+  // An exclusive lock on `path` (created if missing) for as long as the
+  // returned object lives; FailedPrecondition if another holder has it.
+  virtual absl::StatusOr<std::unique_ptr<FileLock>> Lock(const std::string& path) = 0;
 };
 
 // The real thing: pread/pwrite/fdatasync on file descriptors.

@@ -63,6 +63,8 @@ inline constexpr uint32_t kFormatVersion = 1;
 inline constexpr char kSegmentMagic[8] = {'Q', 'M', 'G', 'R', 'L', 'O', 'G', '\0'};
 inline constexpr absl::string_view kSegmentSuffix = ".qlog";
 inline constexpr int kSegmentNameDigits = 20;  // digits of UINT64_MAX
+// Held (flock) by the process that has the log open.
+inline constexpr char kLockFileName[] = "LOCK";
 
 // Segment header.
 inline constexpr uint64_t kSegmentHeaderBytes = kBlockBytes;  // a whole block

@@ -47,6 +47,9 @@ absl::Status Log::Recover() {
   if (options_.create_if_missing) {
     if (absl::Status s = fs_->CreateDir(dir_); !s.ok()) return s;
   }
+  absl::StatusOr<std::unique_ptr<FileLock>> dir_lock = fs_->Lock(JoinPath(dir_, kLockFileName));
+  if (!dir_lock.ok()) return dir_lock.status();
+  lock_ = *std::move(dir_lock);
   absl::StatusOr<std::vector<std::string>> names = fs_->ListDir(dir_);
   if (!names.ok()) return names.status();
   for (const std::string& name : *names) {
@@ -520,6 +523,7 @@ absl::Status Log::Close() {
   if (allocator_.joinable()) allocator_.join();
   write_file_.reset();
   absl::MutexLock lock(&mu_);
+  lock_.reset();
   closed_ = true;
   WakeDurableWaiters();
   // The destructor follows: let woken callers leave before the members go.

@@ -190,6 +190,9 @@ class Log {
   std::map<Lsn, SegmentFile> segment_paths_ ABSL_GUARDED_BY(mu_);  // by first LSN
   LogStats stats_ ABSL_GUARDED_BY(mu_);
 
+  // Held from Open to Close: one Log per directory, across processes too.
+  std::unique_ptr<FileLock> lock_;
+
   // Writer thread only.
   SegmentHeader write_segment_;
   std::unique_ptr<File> write_file_;

@@ -248,6 +248,7 @@ TEST(LogTest, ForeignLogIdRefused) {
     ASSERT_TRUE(log.ok());
   }
   for (const auto& e : std::filesystem::directory_iterator(other)) {
+    if (e.path().extension() != ".qlog") continue;
     std::filesystem::copy_file(e.path(), dir + "/" + e.path().filename().string());
   }
   refused = Log::Open(PosixFileSystem(), dir, Small());
@@ -299,6 +300,21 @@ TEST(LogTest, NewLogStartsAtGivenLsn) {
   absl::StatusOr<Lsn> lsn = (*log)->AppendDurable(EnqueueOf(1, 1));
   ASSERT_TRUE(lsn.ok());
   EXPECT_EQ(*lsn, (1u << 20) + kBatchHeaderBytes);
+}
+
+// One Log per directory: a second Open (here, or from another process) is
+// refused while the first holds the directory's LOCK, and works after it
+// closes.
+TEST(LogTest, SecondOpenOfADirectoryIsRefused) {
+  qmgr::testing::TempDir tmp;
+  absl::StatusOr<std::unique_ptr<Log>> first = Log::Open(PosixFileSystem(), tmp.path(), Small());
+  ASSERT_TRUE(first.ok()) << first.status();
+  absl::StatusOr<std::unique_ptr<Log>> second = Log::Open(PosixFileSystem(), tmp.path(), Small());
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(second.status().message().find("LOCK"), absl::string_view::npos) << second.status();
+  ASSERT_TRUE((*first)->Close().ok());
+  EXPECT_TRUE(Log::Open(PosixFileSystem(), tmp.path(), Small()).ok());
 }
 
 }  // namespace

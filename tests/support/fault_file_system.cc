@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <unordered_set>
 #include <utility>
@@ -190,6 +191,38 @@ absl::StatusOr<bool> FaultFileSystem::Exists(const std::string& raw_path) {
   absl::MutexLock lock(&mu_);
   if (frozen_) return Crashed();
   return dirs_.contains(path) || FindFile(path) != nullptr;
+}
+
+namespace {
+class FaultFileLock final : public log::FileLock {
+ public:
+  explicit FaultFileLock(std::function<void()> release) : release_(std::move(release)) {}
+  ~FaultFileLock() override { release_(); }
+
+ private:
+  std::function<void()> release_;
+};
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<log::FileLock>> FaultFileSystem::Lock(const std::string& raw_path) {
+  const std::string path = Normalize(raw_path);
+  absl::MutexLock lock(&mu_);
+  if (frozen_) return Crashed();
+  if (ParentDir(path) == nullptr) return log::ErrnoStatus(ENOENT, "open", path);
+  auto [it, inserted] = locks_.try_emplace(path, generation_);
+  if (!inserted && it->second == generation_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " is locked: another process has this directory open"));
+  }
+  it->second = generation_;  // a lock from before a crash died with its process
+  const uint64_t generation = generation_;
+  return std::make_unique<FaultFileLock>([this, path, generation] { Unlock(path, generation); });
+}
+
+void FaultFileSystem::Unlock(const std::string& path, uint64_t generation) {
+  absl::MutexLock lock(&mu_);
+  auto it = locks_.find(path);
+  if (it != locks_.end() && it->second == generation) locks_.erase(it);
 }
 
 // --- File operations ----------------------------------------------------------

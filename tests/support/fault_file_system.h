@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -79,6 +80,8 @@ class FaultFileSystem final : public log::FileSystem {
   // Makes the directory's current entries durable. Never gated or failed.
   absl::Status SyncDir(const std::string& path) override;
   absl::StatusOr<bool> Exists(const std::string& path) override;
+  // Locks are per path, released when the lock object goes or at a crash.
+  absl::StatusOr<std::unique_ptr<log::FileLock>> Lock(const std::string& path) override;
 
   // --- Write faults ---------------------------------------------------------
   // The (n+1)-th File::Write from now fails with `errno_value` (n = 0: the
@@ -192,7 +195,9 @@ class FaultFileSystem final : public log::FileSystem {
 
   mutable absl::Mutex mu_;
   std::map<std::string, Dir> dirs_ ABSL_GUARDED_BY(mu_);
-  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // bumped by every crash
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;                           // bumped by every crash
+  absl::flat_hash_map<std::string, uint64_t> locks_ ABSL_GUARDED_BY(mu_);  // path -> generation
+  void Unlock(const std::string& path, uint64_t generation);
 
   int write_fail_countdown_ ABSL_GUARDED_BY(mu_) = -1;  // -1: none pending
   int write_fail_errno_ ABSL_GUARDED_BY(mu_) = 0;
