@@ -472,37 +472,45 @@ void Log::AllocatorLoop() {
 }
 
 absl::Status Log::RetireBefore(Lsn lsn) {
+  absl::MutexLock retiring(&retire_mu_);  // one retirement at a time
+  std::vector<Lsn> firsts;
   std::vector<std::string> paths;
   {
     absl::MutexLock lock(&mu_);
     if (closed_) return absl::FailedPreconditionError("the system log is closed");
     const Lsn limit = std::min(lsn, durable_lsn_);
-    for (auto it = segment_paths_.begin(); it != segment_paths_.end() &&
-                                           it->second.header.end_lsn() <= limit &&
-                                           std::next(it) != segment_paths_.end();) {
+    for (auto it = segment_paths_.begin();
+         it != segment_paths_.end() && it->second.header.end_lsn() <= limit &&
+         std::next(it) != segment_paths_.end();
+         ++it) {
+      firsts.push_back(it->first);
       paths.push_back(it->second.path);
-      it = segment_paths_.erase(it);
     }
-    first_lsn_ = segment_paths_.begin()->first;
-    stats_.segments_retired += paths.size();
   }
   if (paths.empty()) return absl::OkStatus();
   if (!options_.archive_dir.empty()) {
     if (absl::Status s = fs_->CreateDir(options_.archive_dir); !s.ok()) return s;
   }
-  for (const std::string& path : paths) {
+  // Oldest first, each removal made durable before the next, so that a crash
+  // never leaves a gap below segments that remain. A segment leaves the map
+  // only once its file is gone: a failure leaves the log as it says it is.
+  for (size_t i = 0; i < paths.size(); ++i) {
+    const std::string& path = paths[i];
     absl::Status s;
     if (options_.archive_dir.empty()) {
       s = fs_->Remove(path);
     } else {
       s = fs_->Rename(path, JoinPath(options_.archive_dir, path.substr(path.rfind('/') + 1)));
+      if (s.ok()) s = fs_->SyncDir(options_.archive_dir);
     }
+    if (s.ok()) s = fs_->SyncDir(dir_);
     if (!s.ok()) return s;
+    absl::MutexLock lock(&mu_);
+    segment_paths_.erase(firsts[i]);
+    first_lsn_ = segment_paths_.begin()->first;
+    ++stats_.segments_retired;
   }
-  if (!options_.archive_dir.empty()) {
-    if (absl::Status s = fs_->SyncDir(options_.archive_dir); !s.ok()) return s;
-  }
-  return fs_->SyncDir(dir_);
+  return absl::OkStatus();
 }
 
 absl::Status Log::Close() {

@@ -162,6 +162,7 @@ class Log {
   LogOpenReport report_;
   uint64_t record_payload_bytes_max_ = 0;  // set by Recover, then constant
 
+  absl::Mutex retire_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   PendingBatch open_batch_ ABSL_GUARDED_BY(mu_);
   std::vector<PendingBatch> sealed_ ABSL_GUARDED_BY(mu_);  // full segments' batches
