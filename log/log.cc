@@ -46,6 +46,11 @@ Log::~Log() { Close().IgnoreError(); }
 absl::Status Log::Recover() {
   if (options_.create_if_missing) {
     if (absl::Status s = fs_->CreateDir(dir_); !s.ok()) return s;
+    // The directory's own entry must be durable before anything in it is.
+    const size_t slash = dir_.find_last_of('/');
+    const std::string parent =
+        slash == std::string::npos ? "." : (slash == 0 ? "/" : dir_.substr(0, slash));
+    if (absl::Status s = fs_->SyncDir(parent); !s.ok()) return s;
   }
   absl::StatusOr<std::unique_ptr<FileLock>> dir_lock = fs_->Lock(JoinPath(dir_, kLockFileName));
   if (!dir_lock.ok()) return dir_lock.status();
