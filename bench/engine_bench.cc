@@ -208,6 +208,8 @@ struct ScenarioResult {
   double cpu_cores = 0;
   double cpu_us_per_msg = 0;  // process CPU / consumed
   double caller_cpu_s = 0;    // CPU of the producer and consumer threads
+  double caller_user_s = 0;   // the user-space part of it
+  double caller_user_us_per_msg = 0;
   double caller_cpu_us_per_msg = 0;
   double work_cpu_us_per_msg = 0;  // the same without the CPU spent in durability waits
   uint64_t log_appends = 0;
@@ -242,9 +244,16 @@ struct WorkerStats {
   uint64_t timeouts = 0;
   uint64_t throttled = 0;
   uint64_t backoffs = 0;
-  double thread_cpu_s = 0;  // CPU of this caller thread (engine calls and the bench loop)
+  double thread_cpu_s = 0;   // CPU of this caller thread (engine calls and the bench loop)
+  double thread_user_s = 0;  // the user-space part of it
   std::vector<Clock::duration> lat;
 };
+
+double ThreadUserSeconds() {
+  struct rusage ru;
+  ::getrusage(RUSAGE_THREAD, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec) + ru.ru_utime.tv_usec / 1e6;
+}
 
 double ThreadCpuSeconds() {
   timespec ts{};
@@ -375,12 +384,14 @@ ScenarioResult MeasureScenario(const std::string& dir, double seconds, const std
         n, seconds, *log,
         [&](int i, Clock::time_point deadline) {
           const double cpu0 = ThreadCpuSeconds();
+          const double user0 = ThreadUserSeconds();
           if (i < config.producers) {
             producer(i, deadline);
           } else {
             consumer(i - config.producers, deadline);
           }
           stats[i].thread_cpu_s = ThreadCpuSeconds() - cpu0;
+          stats[i].thread_user_s = ThreadUserSeconds() - user0;
         },
         &cpu, &delta);
     std::vector<Clock::duration> enq_lat;
@@ -390,6 +401,7 @@ ScenarioResult MeasureScenario(const std::string& dir, double seconds, const std
       const bool is_producer = i < config.producers;
       (is_producer ? r.enqueued : r.consumed) += w.ops;
       r.caller_cpu_s += w.thread_cpu_s;
+      r.caller_user_s += w.thread_user_s;
       std::vector<Clock::duration>& lat = is_producer ? enq_lat : get_lat;
       lat.insert(lat.end(), w.lat.begin(), w.lat.end());
       r.refusals += w.refusals;
@@ -406,6 +418,7 @@ ScenarioResult MeasureScenario(const std::string& dir, double seconds, const std
     if (r.consumed > 0) {
       r.cpu_us_per_msg = cpu * 1e6 / static_cast<double>(r.consumed);
       r.caller_cpu_us_per_msg = r.caller_cpu_s * 1e6 / static_cast<double>(r.consumed);
+      r.caller_user_us_per_msg = r.caller_user_s * 1e6 / static_cast<double>(r.consumed);
       r.work_cpu_us_per_msg =
           (r.caller_cpu_s - static_cast<double>(engine.wait_cpu_nanos()) / 1e9) * 1e6 /
           static_cast<double>(r.consumed);
@@ -494,25 +507,26 @@ std::string Table(const std::string& dir, double seconds, uint64_t max_backlog, 
       "Engine: producers loop Enqueue, consumers loop Get(commit_previous), queue BENCH, fresh log "
       "per row\n";
   absl::StrAppendFormat(
-      &out, "%-13s %5s %9s %9s %5s %8s %9s %9s %8s %9s %8s %8s %8s %8s %8s %6s %9s\n", "class",
-      "p+c", "enq/s", "cons/s", "cpu", "cpu us/m", "call us/m", "work us/m", "syncs/s", "syncs/msg",
-      "rec/sync", "enq p50", "enq p99", "get p50", "get p99", "get to", "refusals");
+      &out, "%-13s %5s %9s %9s %5s %8s %9s %9s %9s %8s %9s %8s %8s %8s %8s %8s %6s %9s\n", "class",
+      "p+c", "enq/s", "cons/s", "cpu", "cpu us/m", "call us/m", "work us/m", "user us/m", "syncs/s",
+      "syncs/msg", "rec/sync", "enq p50", "enq p99", "get p50", "get p99", "get to", "refusals");
   for (const ScenarioResult& r : rs) {
     absl::StrAppendFormat(
         &out,
-        "%-13s %2d+%-2d %9.0f %9.0f %5.2f %8.2f %9.2f %9.2f %8.0f %9.3f %8.2f %8.1f %8.1f %8.1f "
-        "%8.1f %6d %9d\n",
+        "%-13s %2d+%-2d %9.0f %9.0f %5.2f %8.2f %9.2f %9.2f %9.2f %8.0f %9.3f %8.2f %8.1f %8.1f "
+        "%8.1f %8.1f %6d %9d\n",
         r.name, r.producers, r.consumers, r.enq_per_s, r.cons_per_s, r.cpu_cores, r.cpu_us_per_msg,
-        r.caller_cpu_us_per_msg, r.work_cpu_us_per_msg, r.syncs_per_s, r.syncs_per_msg,
-        r.records_per_sync, r.enq_p50_us, r.enq_p99_us, r.get_p50_us, r.get_p99_us, r.get_timeouts,
-        r.refusals);
+        r.caller_cpu_us_per_msg, r.work_cpu_us_per_msg, r.caller_user_us_per_msg, r.syncs_per_s,
+        r.syncs_per_msg, r.records_per_sync, r.enq_p50_us, r.enq_p99_us, r.get_p50_us, r.get_p99_us,
+        r.get_timeouts, r.refusals);
   }
   out +=
       "(cpu = process CPU seconds per wall second; cpu us/m = process CPU (all threads: "
       "producers,\n"
       " consumers, log writer) per consumed message; call us/m = CPU of the producer and\n"
       " consumer threads only per consumed message; work us/m = the same less their CPU\n"
-      " inside durability waits (futex sleeps and wake-ups); syncs = the log's commit fdatasyncs; "
+      " inside durability waits (futex sleeps and wake-ups); user us/m = the user-space part\n"
+      " of call us/m; syncs = the log's commit fdatasyncs; "
       "rec/sync\n"
       " = log records per fdatasync; latencies in us; get = Get(commit_previous), which includes\n"
       " the durable wait of the previous unit's SYNCPOINT; get to = Gets that found the queue\n"
