@@ -220,7 +220,7 @@ absl::Status Engine::DeleteQueue(const std::string& name, bool purge) {
     }
     queue.deleted = true;
     queue.available.SignalAll();
-    // Waiting Gets hold no reference: they look the queue up again by name.
+    // Waiting Gets keep the queue alive (shared_ptr) and look it up again by name.
     queues_.erase(it);
   }
   return WaitDurable(*lsn);
