@@ -124,6 +124,7 @@ absl::Status Log::Recover() {
   for (const SegmentFile& segment : *segments) segment_paths_[segment.header.first_lsn] = segment;
   first_lsn_ = report_.first_lsn;
   durable_lsn_ = report_.end_lsn;
+  durable_published_.store(durable_lsn_, std::memory_order_release);
   next_batch_lsn_ = AlignUp(report_.end_lsn);
   last_batch_lsn_ = last_batch_lsn;
   prepared_end_ = segments->back().header.end_lsn();
@@ -284,6 +285,7 @@ absl::StatusOr<Lsn> Log::Append(uint8_t type, absl::string_view payload) {
 }
 
 absl::Status Log::WaitDurable(Lsn lsn) {
+  if (durable_published_.load(std::memory_order_acquire) > lsn) return absl::OkStatus();
   absl::MutexLock lock(&mu_);
   if (durable_lsn_ <= lsn && failed_.ok() && !closed_) {
     ++callers_inside_;
@@ -328,10 +330,7 @@ absl::StatusOr<Lsn> Log::AppendDurable(const qmgr::v1::LogRecord& record) {
   return lsn;
 }
 
-Lsn Log::DurableLsn() const {
-  absl::MutexLock lock(&mu_);
-  return durable_lsn_;
-}
+Lsn Log::DurableLsn() const { return durable_published_.load(std::memory_order_acquire); }
 
 Lsn Log::NextLsn() const {
   absl::MutexLock lock(&mu_);
@@ -375,6 +374,7 @@ void Log::WriterLoop() {
     if (!status.ok()) {
       // A group that spans segments may have made its first part durable.
       durable_lsn_ = std::max(durable_lsn_, synced_end_);
+      durable_published_.store(durable_lsn_, std::memory_order_release);
       failed_ = absl::UnavailableError(
           absl::StrCat("system log write failed, intake stopped until restart (records from LSN ",
                        batches.front().lsn, " may or may not be on disk): ", status.message()));
@@ -384,6 +384,7 @@ void Log::WriterLoop() {
     ++stats_.commits;
     for (const PendingBatch& batch : batches) stats_.written_bytes += batch.bytes.size();
     durable_lsn_ = batches.back().end_lsn();
+    durable_published_.store(durable_lsn_, std::memory_order_release);
     WakeDurableWaiters();
   }
 }

@@ -20,6 +20,7 @@
 #ifndef QMGR_LOG_LOG_H_
 #define QMGR_LOG_LOG_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -170,6 +171,8 @@ class Log {
   Lsn last_batch_lsn_ ABSL_GUARDED_BY(mu_) = kNoLsn;
   Lsn last_record_lsn_ ABSL_GUARDED_BY(mu_) = kNoLsn;
   Lsn durable_lsn_ ABSL_GUARDED_BY(mu_) = 0;
+  // durable_lsn_ for readers without the mutex (it only grows).
+  std::atomic<Lsn> durable_published_{0};
   // WaitDurable callers by the LSN they wait for; woken (and removed) when it
   // is durable, or when the log fails or closes.
   struct DurableWaiter {
