@@ -201,19 +201,25 @@ absl::StatusOr<Lsn> Log::Append(const qmgr::v1::LogRecord& record) {
   if (type > 255) {
     return absl::InvalidArgumentError(absl::StrCat("record type ", type, " does not fit a byte"));
   }
-  std::string payload;
-  if (!record.SerializeToString(&payload)) {
-    return absl::InvalidArgumentError("log record does not serialize");
-  }
-  return Append(static_cast<uint8_t>(type), payload);
+  // Serialized straight into the batch: no intermediate copy of the payload.
+  const size_t payload_size = record.ByteSizeLong();
+  return AppendFrame(static_cast<uint8_t>(type), payload_size, [&record](char* out) {
+    record.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(out));
+  });
 }
 
 absl::StatusOr<Lsn> Log::Append(uint8_t type, absl::string_view payload) {
+  return AppendFrame(type, payload.size(),
+                     [payload](char* out) { std::memcpy(out, payload.data(), payload.size()); });
+}
+
+absl::StatusOr<Lsn> Log::AppendFrame(uint8_t type, size_t payload_size,
+                                     absl::FunctionRef<void(char*)> write_payload) {
   if (type == 0) return absl::InvalidArgumentError("record type 0 is reserved");
-  const uint64_t size = kRecordHeaderBytes + payload.size();
+  const uint64_t size = kRecordHeaderBytes + payload_size;
   absl::MutexLock lock(&mu_);
-  if (payload.size() > record_payload_bytes_max_) {
-    return absl::InvalidArgumentError(absl::StrCat("log record of ", payload.size(),
+  if (payload_size > record_payload_bytes_max_) {
+    return absl::InvalidArgumentError(absl::StrCat("log record of ", payload_size,
                                                    " bytes exceeds the log's maximum of ",
                                                    record_payload_bytes_max_));
   }
@@ -272,9 +278,9 @@ absl::StatusOr<Lsn> Log::Append(uint8_t type, absl::string_view payload) {
   const size_t at = bytes.size();
   bytes.resize(at + size);
   char* p = bytes.data() + at;
-  PutFixed32(p + kRecordLengthOffset, static_cast<uint32_t>(payload.size()));
+  PutFixed32(p + kRecordLengthOffset, static_cast<uint32_t>(payload_size));
   p[kRecordTypeOffset] = static_cast<char>(type);
-  std::memcpy(p + kRecordHeaderBytes, payload.data(), payload.size());
+  write_payload(p + kRecordHeaderBytes);
   PutFixed64(p + kRecordChecksumOffset,
              Checksum(lsn, absl::string_view(p + kRecordLengthOffset, size - kRecordLengthOffset)));
   ++open_batch_.record_count;

@@ -31,6 +31,7 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "log/file.h"
@@ -142,6 +143,10 @@ class Log {
   };
 
   Log(FileSystem* fs, std::string dir, LogOptions options);
+  // Frames a record whose payload `write_payload` writes (exactly
+  // payload_size bytes) into the open batch.
+  absl::StatusOr<Lsn> AppendFrame(uint8_t type, size_t payload_size,
+                                  absl::FunctionRef<void(char*)> write_payload);
   absl::Status Recover();
   absl::Status ZeroRange(const std::vector<SegmentFile>& segments, Lsn from, Lsn to);
   void WriterLoop();

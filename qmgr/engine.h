@@ -271,8 +271,6 @@ class Engine {
   log::Lsn next_block_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<int64_t> wait_cpu_nanos_{0};
-  // Records below this LSN are known durable (a wait for one returns at once).
-  std::atomic<log::Lsn> durable_below_{0};
   std::thread reaper_;
 };
 
