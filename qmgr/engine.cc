@@ -106,6 +106,7 @@ struct Engine::Unit {
   // The ID_RESERVE covering its inserts' ids: an unlogged insert's id is
   // handed out at the sync point, so that waits for it when nothing is logged.
   log::Lsn reserve_lsn = log::kNoLsn;
+  absl::Time begun;
   absl::Time last_used;
   int busy = 0;  // calls inside the engine now (a waiting Get): never idle
 
@@ -684,6 +685,7 @@ Engine::Unit* Engine::NewUnit(absl::Time now) {
     free_units_.pop_back();
   }
   unit->id = next_uow_++;
+  unit->begun = now;
   unit->last_used = now;
   Unit* raw = unit.get();
   units_[raw->id] = std::move(unit);
@@ -1149,6 +1151,16 @@ int Engine::ReapIdleUnits() {
   return static_cast<int>(idle.size());
 }
 
+int Engine::BackoutOpenUnits(qmgr::v1::BackoutReason reason) {
+  absl::MutexLock lock(&mu_);
+  std::vector<Unit*> open;
+  for (const auto& [id, unit] : units_) {
+    if (unit->busy == 0) open.push_back(unit.get());
+  }
+  for (Unit* unit : open) BackoutLocked(unit, reason);
+  return static_cast<int>(open.size());
+}
+
 void Engine::ReaperLoop() {
   while (true) {
     {
@@ -1275,9 +1287,11 @@ std::vector<OpenUnit> Engine::OpenUnits() const {
   const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
   std::vector<OpenUnit> out;
-  for (const auto& [id, unit] : units_) out.push_back({id, now - unit->last_used, unit->messages()});
+  for (const auto& [id, unit] : units_) {
+    out.push_back({id, now - unit->begun, now - unit->last_used, unit->messages()});
+  }
   std::sort(out.begin(), out.end(),
-            [](const OpenUnit& a, const OpenUnit& b) { return a.idle > b.idle; });
+            [](const OpenUnit& a, const OpenUnit& b) { return a.age > b.age; });
   return out;
 }
 

@@ -193,6 +193,7 @@ struct CheckpointDelta {
 
 struct OpenUnit {
   UowId id = 0;
+  absl::Duration age;   // since it began
   absl::Duration idle;  // since its last call
   uint64_t messages = 0;
 };
@@ -243,13 +244,16 @@ class Engine {
 
   // Backs out units idle longer than the timeout; returns how many.
   int ReapIdleUnits();
+  // Backs out every open unit without a Get waiting (normal shutdown);
+  // returns how many.
+  int BackoutOpenUnits(qmgr::v1::BackoutReason reason);
 
   // Checkpoint steps 1 and 2: under the latch, redo_lsn and the changes since
   // the last checkpoint. Until EndCheckpoint, spilled payloads are kept (the
   // checkpoint reads them outside the latch). One checkpoint at a time.
   CheckpointDelta BeginCheckpoint();
   void EndCheckpoint();
-  // Open units of work, the longest idle first.
+  // Open units of work, the oldest first.
   std::vector<OpenUnit> OpenUnits() const;
 
   MemoryStatus Memory() const;
