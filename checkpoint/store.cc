@@ -171,14 +171,30 @@ absl::Status Store::Write(const CheckpointDelta& delta, const qmgr::v1::Checkpoi
                                   meta.checkpoint_number()));
 }
 
-absl::Status Store::Discard(bool keep_definitions, const qmgr::v1::CheckpointMeta& meta) {
+absl::Status Store::Discard(
+    bool keep_definitions,
+    const std::map<std::string, std::optional<qmgr::v1::QueueAttributes>>& definitions,
+    const qmgr::v1::CheckpointMeta& meta) {
   rocksdb::WriteBatch batch;
   // Keys are names of at most 48 bytes or 9-byte message keys: all sort below this.
   const std::string end(64, '\xff');
   batch.DeleteRange(messages_, "", end);
   batch.DeleteRange(sessions_, "", end);
-  if (!keep_definitions) batch.DeleteRange(queues_, "", end);
   std::string value;
+  if (!keep_definitions) {
+    batch.DeleteRange(queues_, "", end);
+  } else {
+    for (const auto& [name, attributes] : definitions) {
+      if (!attributes) {
+        batch.Delete(queues_, name);
+        continue;
+      }
+      qmgr::v1::StoredQueue queue;
+      *queue.mutable_attributes() = *attributes;
+      queue.SerializeToString(&value);
+      batch.Put(queues_, name, value);
+    }
+  }
   meta.SerializeToString(&value);
   batch.Put(meta_, SliceOf(kMetaKey), value);
   rocksdb::WriteOptions write;

@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -89,9 +90,14 @@ class Store final : public StoredPayloads {
   // Payloads the delta says are spilled are read from the spill here.
   absl::Status Write(const CheckpointDelta& delta, const qmgr::v1::CheckpointMeta& meta,
                      WriteCounts* counts);
-  // Cold start: every message and session dropped (and every queue
-  // definition unless `keep_definitions`), `meta` written, in one synced batch.
-  absl::Status Discard(bool keep_definitions, const qmgr::v1::CheckpointMeta& meta);
+  // Cold start: every message and session dropped, and every queue
+  // definition unless `keep_definitions` (then `definitions` are written
+  // over them: the log's changes since the checkpoint; a missing value
+  // deletes), `meta` written, in one synced batch.
+  absl::Status Discard(
+      bool keep_definitions,
+      const std::map<std::string, std::optional<qmgr::v1::QueueAttributes>>& definitions,
+      const qmgr::v1::CheckpointMeta& meta);
 
   const std::string& path() const { return db_->path(); }
 

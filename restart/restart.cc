@@ -391,6 +391,7 @@ absl::Status ColdStart(const RestartOptions& options, checkpoint::Store* store,
                      absl::StrJoin(escaped, ", "), "); resolve them, or force"));
   }
   log::Lsn end = 0;
+  std::map<std::string, std::optional<qmgr::v1::QueueAttributes>> definitions;
   uint64_t first_free_id = meta ? std::max<uint64_t>(meta->first_free_id(), 1) : 1;
   absl::StatusOr<internal::LogOnDisk> disk = LookAtLog(options, log_dir);
   if (!disk.ok()) return disk.status();
@@ -399,8 +400,9 @@ absl::Status ColdStart(const RestartOptions& options, checkpoint::Store* store,
         log::ListSegments(options.fs, log_dir, nullptr);
     if (!segments.ok()) return segments.status();
     end = segments->back().header.end_lsn();
-    // Ids reserved after the checkpoint are in the old log; read what can be
-    // read, and past any damage leave a margin no log could fill.
+    // Ids reserved after the checkpoint, and queue definitions changed since,
+    // are in the old log: read what can be read, and past any damage leave
+    // a margin of ids no log could fill.
     bool read_to_end = false;
     absl::StatusOr<std::unique_ptr<log::LogReader>> reader =
         log::LogReader::Open(options.fs, log_dir, meta ? meta->redo_lsn() : 0);
@@ -414,18 +416,34 @@ absl::Status ColdStart(const RestartOptions& options, checkpoint::Store* store,
           break;
         }
         LogRecord record;
-        if (entry.type == LogRecord::kIdReserve && record.ParseFromString(entry.payload)) {
+        if (!record.ParseFromString(entry.payload)) continue;
+        if (record.has_id_reserve()) {
           first_free_id = std::max(first_free_id,
                                    record.id_reserve().first_id() + record.id_reserve().count());
+        } else if (record.has_queue_define()) {
+          definitions[record.queue_define().queue()] = record.queue_define().attributes();
+        } else if (record.has_queue_alter()) {
+          definitions[record.queue_alter().queue()] = record.queue_alter().attributes();
+        } else if (record.has_queue_delete()) {
+          definitions[record.queue_delete().queue()] = std::nullopt;
         }
       }
     }
     constexpr uint64_t kUnreadIdMargin = uint64_t{1} << 48;
     if (!read_to_end) first_free_id += kUnreadIdMargin;
+    // Segment by segment, oldest first: a crash midway leaves the newest
+    // ones, which a restart accepts only if they still hold everything from
+    // redo_lsn on (else row 7 refuses, and the cold start is asked again).
     const std::string aside =
         absl::StrCat(options.data_dir, "/log.cold-", absl::ToUnixSeconds(absl::Now()));
-    if (absl::Status s = options.fs->Rename(log_dir, aside); !s.ok()) return s;
+    if (absl::Status s = options.fs->CreateDir(aside); !s.ok()) return s;
     if (absl::Status s = options.fs->SyncDir(options.data_dir); !s.ok()) return s;
+    for (const log::SegmentFile& segment : *segments) {
+      const std::string name = segment.path.substr(segment.path.rfind('/') + 1);
+      if (absl::Status s = options.fs->Rename(segment.path, aside + "/" + name); !s.ok()) return s;
+    }
+    if (absl::Status s = options.fs->SyncDir(aside); !s.ok()) return s;
+    if (absl::Status s = options.fs->SyncDir(log_dir); !s.ok()) return s;
     *note = absl::StrCat("old log set aside as ", aside, ", its end LSN ", end,
                          read_to_end ? "" : " (not readable to its end: ids skip a margin)");
   }
@@ -440,7 +458,7 @@ absl::Status ColdStart(const RestartOptions& options, checkpoint::Store* store,
   cold.set_replay_bytes_per_second(meta ? meta->replay_bytes_per_second() : 0);
   // The log id is set when the new log exists; until then a crash leaves a
   // store naming no log and no segments: row 1 of the table, a new start.
-  return store->Discard(options.cold_keep_definitions, cold);
+  return store->Discard(options.cold_keep_definitions, definitions, cold);
 }
 
 absl::Status LoadCheckpoint(checkpoint::Store* store, const qmgr::v1::CheckpointMeta& meta,
@@ -686,6 +704,11 @@ absl::StatusOr<std::unique_ptr<QueueManager>> Restart(RestartOptions options) {
   qm->log_ = *std::move(log);
   const log::LogOpenReport& opened = qm->log_->open_report();
   if (opened.tail.kind != log::TailKind::kClean) report.log_tail = opened.tail.ToString();
+  if (opened.truncated && opened.tail.kind == log::TailKind::kCorrupt) {
+    report.log_tail = absl::StrCat("cut at the corruption: ", opened.tail.lost_records,
+                                   " records lost (LSN ", opened.tail.damage_lsn, " to ",
+                                   opened.tail.lost_end_lsn, "); ", report.log_tail);
+  }
   report.log_truncated = opened.truncated;
 
   State state;
@@ -696,13 +719,12 @@ absl::StatusOr<std::unique_ptr<QueueManager>> Restart(RestartOptions options) {
         !s.ok()) {
       return s;
     }
+  }
+  // A cold start's store holds no messages, but its definitions and ids.
+  if (meta->has_value()) {
     if (absl::Status s = LoadCheckpoint(qm->store_.get(), **meta, state); !s.ok()) return s;
   }
   if (absl::Status s = CheckInDoubt(qm->store_.get(), report); !s.ok()) return s;
-  if (!has_meta && meta->has_value()) {
-    state.first_free_id = std::max<uint64_t>((*meta)->first_free_id(), 1);
-    state.next_uow = std::max<UowId>((*meta)->next_uow(), 1);
-  }
   if (absl::Status s = Redo(options, log_dir, redo_from, opened.end_lsn, state, report); !s.ok()) {
     return s;
   }
