@@ -114,7 +114,9 @@ absl::Status CheckRedoRange(log::Lsn redo_lsn, log::Lsn first_lsn, log::Lsn end_
         absl::StrCat("the checkpoint redoes from LSN ", redo_lsn, " but the log begins at LSN ",
                      first_lsn, ": segments it needs were removed"));
   }
-  if (end_lsn < redo_lsn) {
+  // The next batch after the log's end starts at the next block: a
+  // checkpoint taken while no batch was open names that LSN.
+  if (log::AlignUp(end_lsn) < redo_lsn) {
     return absl::DataLossError(absl::StrCat(
         "the log ends at LSN ", end_lsn, " below the checkpoint's redo LSN ", redo_lsn,
         ": the log lost records the checkpoint reflects (was an fsync lost?)"));

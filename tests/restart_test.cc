@@ -300,6 +300,7 @@ TEST(RestartDecisionTest, EveryRowOfTheTable) {
   // 8: the log ends below redo_lsn.
   EXPECT_EQ(internal::CheckRedoRange(20000, 0, 16384).code(), absl::StatusCode::kDataLoss);
   EXPECT_TRUE(internal::CheckRedoRange(8192, 8192, 8192).ok());
+  EXPECT_TRUE(internal::CheckRedoRange(8192, 0, 8000).ok()) << "the next batch starts at 8192";
   // 9: clean, markers only, SHUTDOWN last.
   EXPECT_EQ(internal::DecideMode(true, true, true), Mode::kNormal);
   // 10: a torn tail.
