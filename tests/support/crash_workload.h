@@ -34,8 +34,9 @@ namespace qmgr::testing {
 // marker), 'C' a Get of it committed (id), 'I' an Insert committed (marker),
 // 'B' an Insert backed out (marker), 'X' an id handed out for an unlogged
 // message (id), 'H' a FASTPATH input hardened at a committed sync point (its
-// input number), 'U' a Get whose commit's outcome is unknown (the call
-// failed, so it may or may not have been committed) (id).
+// input number), 'P' a sync point about to be asked for (id of the message
+// it consumes: from now on its outcome is open until 'C'), 'U' that sync
+// point failed, so it may or may not have been committed (id).
 struct Event {
   char kind = 0;
   uint64_t id = 0;
