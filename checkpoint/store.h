@@ -90,6 +90,10 @@ class Store final : public StoredPayloads {
   // Payloads the delta says are spilled are read from the spill here.
   absl::Status Write(const CheckpointDelta& delta, const qmgr::v1::CheckpointMeta& meta,
                      WriteCounts* counts);
+  // Flushes the checkpoint's memtables to table files, so that the next open
+  // does not replay them from RocksDB's WAL; `wait`: until done.
+  absl::Status Flush(bool wait);
+
   // Cold start: every message and session dropped, and every queue
   // definition unless `keep_definitions` (then `definitions` are written
   // over them: the log's changes since the checkpoint; a missing value

@@ -41,6 +41,11 @@ struct SpillOptions {
   // Column families opened beside "spill", created if missing (the
   // checkpoint's, checkpoint/store.h).
   std::vector<std::string> column_families = {};
+  // Bounds the store's writes (RocksDB's WAL, flushes and compactions)
+  // so that a large checkpoint does not starve the system log's fdatasyncs
+  // on the same disk; 0: no bound. Writes that should be paced pass
+  // rocksdb::Env::IO_USER as their WriteOptions::rate_limiter_priority.
+  uint64_t write_bytes_per_second = 0;
   // Not owned; null: the default. Tests pass one over a fault-injecting
   // rocksdb::FileSystem.
   rocksdb::Env* env = nullptr;

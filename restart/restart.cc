@@ -85,6 +85,10 @@ std::string RestartReport::ToString() const {
   if (!log_tail.empty()) absl::StrAppend(&out, "; log tail: ", log_tail);
   absl::StrAppend(&out, "; messages per queue: {",
                   absl::StrJoin(messages_per_queue, ", ", absl::PairFormatter("=")), "}");
+  absl::StrAppend(&out, "; steps: ",
+                  absl::StrJoin(steps, ", ", [](std::string* s, const auto& step) {
+                    absl::StrAppend(s, step.first, " ", absl::FormatDuration(step.second));
+                  }));
   return out;
 }
 
@@ -179,7 +183,7 @@ void AdvanceSession(State& state, const std::string& session, uint64_t in_seq) {
   }
 }
 
-absl::Status AddAtTail(State& state, log::Lsn lsn, const qmgr::v1::Message& m) {
+absl::Status AddAtTail(State& state, log::Lsn lsn, qmgr::v1::Message&& m) {
   state.first_free_id = std::max(state.first_free_id, m.id() + 1);
   if (state.messages.contains(m.id())) return absl::OkStatus();  // redo is idempotent
   auto queue = state.queues.find(m.queue());
@@ -188,8 +192,8 @@ absl::Status AddAtTail(State& state, log::Lsn lsn, const qmgr::v1::Message& m) {
                                           "', which is not defined"));
   }
   RecoveredMessage& r = state.messages[m.id()];
-  r.m = m;
   r.position = queue->second.next_tail++;
+  r.m = std::move(m);
   r.changed = true;
   return absl::OkStatus();
 }
@@ -226,15 +230,16 @@ void MoveToTail(State& state, RecoveredMessage& r, const std::string& to_queue) 
   r.changed = true;
 }
 
-absl::Status RedoRecord(State& state, log::Lsn lsn, const LogRecord& record) {
+// Moves the messages out of `record`.
+absl::Status RedoRecord(State& state, log::Lsn lsn, LogRecord& record) {
   if (record.body_case() != LogRecord::kCheckpointEnd && record.body_case() != LogRecord::kShutdown) {
     state.only_markers = false;
   }
   state.ends_in_shutdown = record.body_case() == LogRecord::kShutdown;
   switch (record.body_case()) {
     case LogRecord::kEnqueue:
-      for (const qmgr::v1::Message& m : record.enqueue().messages()) {
-        if (absl::Status s = AddAtTail(state, lsn, m); !s.ok()) return s;
+      for (qmgr::v1::Message& m : *record.mutable_enqueue()->mutable_messages()) {
+        if (absl::Status s = AddAtTail(state, lsn, std::move(m)); !s.ok()) return s;
       }
       for (const qmgr::v1::SessionAdvance& a : record.enqueue().sessions()) {
         AdvanceSession(state, a.session(), a.in_seq());
@@ -253,8 +258,8 @@ absl::Status RedoRecord(State& state, log::Lsn lsn, const LogRecord& record) {
     case LogRecord::kSyncpoint: {
       const qmgr::v1::SyncPointRecord& sync = record.syncpoint();
       for (const uint64_t id : sync.consumed_message_ids()) Remove(state, id);
-      for (const qmgr::v1::Message& m : sync.inserted()) {
-        if (absl::Status s = AddAtTail(state, lsn, m); !s.ok()) return s;
+      for (qmgr::v1::Message& m : *record.mutable_syncpoint()->mutable_inserted()) {
+        if (absl::Status s = AddAtTail(state, lsn, std::move(m)); !s.ok()) return s;
       }
       for (const qmgr::v1::Message& m : sync.deferred_inputs()) {
         state.first_free_id = std::max(state.first_free_id, m.id() + 1);
@@ -360,6 +365,7 @@ absl::StatusOr<std::unique_ptr<checkpoint::Store>> OpenStore(const RestartOption
   spill.env = options.store_env;
   spill.statistics = options.store_statistics;
   spill.write_buffer_bytes = options.store_write_buffer_bytes;
+  spill.write_bytes_per_second = options.store_write_bytes_per_second;
   return checkpoint::Store::Open(std::move(spill));
 }
 
@@ -649,6 +655,7 @@ absl::Status QueueManager::Shutdown() {
   LogRecord record;
   record.mutable_shutdown()->set_checkpoint_number(checkpoint->checkpoint_number);
   if (absl::StatusOr<log::Lsn> lsn = log_->AppendDurable(record); !lsn.ok()) return lsn.status();
+  if (absl::Status s = store_->Flush(/*wait=*/true); !s.ok()) return s;
   return log_->Close();
 }
 
@@ -657,16 +664,24 @@ absl::StatusOr<std::unique_ptr<QueueManager>> Restart(RestartOptions options) {
   auto qm = std::unique_ptr<QueueManager>(new QueueManager());
   RestartReport& report = qm->report_;
   const std::string log_dir = options.data_dir + "/log";
+  absl::Time step_start = start;
+  const auto step_done = [&](absl::string_view step) {
+    const absl::Time now = absl::Now();
+    report.steps.emplace_back(step, now - step_start);
+    step_start = now;
+  };
 
   absl::StatusOr<std::unique_ptr<log::FileLock>> lock = LockDataDirectory(options);
   if (!lock.ok()) return lock.status();
   qm->lock_ = *std::move(lock);
+  step_done("lock");
 
   absl::StatusOr<std::unique_ptr<checkpoint::Store>> store = OpenStore(options);
   if (!store.ok()) return store.status();
   qm->store_ = *std::move(store);
   absl::StatusOr<std::optional<qmgr::v1::CheckpointMeta>> meta = qm->store_->ReadMeta();
   if (!meta.ok()) return meta.status();
+  step_done("store");
   log::LogOptions log_options = options.log;
   log_options.truncate_at_corruption = options.truncate_log_at_corruption;
   if (options.archive) {
@@ -704,6 +719,7 @@ absl::StatusOr<std::unique_ptr<QueueManager>> Restart(RestartOptions options) {
   absl::StatusOr<std::unique_ptr<log::Log>> log = log::Log::Open(options.fs, log_dir, log_options);
   if (!log.ok()) return log.status();
   qm->log_ = *std::move(log);
+  step_done("open log");
   const log::LogOpenReport& opened = qm->log_->open_report();
   if (opened.tail.kind != log::TailKind::kClean) report.log_tail = opened.tail.ToString();
   if (opened.truncated && opened.tail.kind == log::TailKind::kCorrupt) {
@@ -726,10 +742,12 @@ absl::StatusOr<std::unique_ptr<QueueManager>> Restart(RestartOptions options) {
   if (meta->has_value()) {
     if (absl::Status s = LoadCheckpoint(qm->store_.get(), **meta, state); !s.ok()) return s;
   }
+  step_done("load checkpoint");
   if (absl::Status s = CheckInDoubt(qm->store_.get(), report); !s.ok()) return s;
   if (absl::Status s = Redo(options, log_dir, redo_from, opened.end_lsn, state, report); !s.ok()) {
     return s;
   }
+  step_done("redo");
   if (options.cold) {
     report.mode = Mode::kCold;
   } else if (action == LogAction::kCreate) {
@@ -740,6 +758,7 @@ absl::StatusOr<std::unique_ptr<QueueManager>> Restart(RestartOptions options) {
   }
   if (!cold_note.empty()) report.log_tail = cold_note;
   if (absl::Status s = BackOutOpenUnits(qm->log_.get(), state, report); !s.ok()) return s;
+  step_done("back out");
 
   // StartEngine.
   EngineOptions engine_options = options.engine;
@@ -748,6 +767,7 @@ absl::StatusOr<std::unique_ptr<QueueManager>> Restart(RestartOptions options) {
   engine_options.stored_payloads = qm->store_.get();
   qm->engine_ = std::make_unique<Engine>(qm->log_.get(), std::move(engine_options),
                                          ToRestoredState(state, report));
+  step_done("start engine");
 
   // FirstCheckpoint.
   qmgr::v1::CheckpointMeta last = meta->value_or(qmgr::v1::CheckpointMeta());
@@ -759,6 +779,7 @@ absl::StatusOr<std::unique_ptr<QueueManager>> Restart(RestartOptions options) {
   absl::StatusOr<checkpoint::CheckpointReport> first =
       qm->checkpointer_->Checkpoint(checkpoint::Trigger::kRestart);
   if (!first.ok()) return first.status();
+  step_done("checkpoint");
 
   // Open.
   if (options.automatic_checkpoints) {

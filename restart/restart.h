@@ -15,6 +15,10 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -38,6 +42,9 @@ struct RestartOptions {
   rocksdb::Env* store_env = nullptr;
   std::shared_ptr<rocksdb::Statistics> store_statistics;
   uint64_t store_write_buffer_bytes = 64 << 20;
+  // Pace of the store's writes (checkpoints, flushes): below the disk's, so
+  // that the log's fdatasyncs keep their latency during a checkpoint.
+  uint64_t store_write_bytes_per_second = 64 << 20;
   bool cold = false;
   bool cold_keep_definitions = false;
   // Cold start although prepared units are in doubt.
@@ -72,6 +79,8 @@ struct RestartReport {
   absl::Duration replay_elapsed;
   double replay_bytes_per_second = 0;  // 0: too little replayed to measure
   absl::Duration elapsed;              // until open for traffic
+  // Time spent in each step, in order.
+  std::vector<std::pair<std::string, absl::Duration>> steps;
   std::string ToString() const;
 };
 
