@@ -54,8 +54,10 @@ Checkpointer::Checkpointer(log::Log* log, Engine* engine, Store* store, Checkpoi
 
 Checkpointer::~Checkpointer() { Stop(); }
 
-void Checkpointer::Start(std::function<void(const absl::StatusOr<CheckpointReport>&)> on_report) {
-  thread_ = std::thread([this, on_report = std::move(on_report)] { TriggerLoop(on_report); });
+void Checkpointer::Start(std::function<void(const absl::StatusOr<CheckpointReport>&)> on_report,
+                         std::optional<Trigger> first) {
+  thread_ = std::thread(
+      [this, on_report = std::move(on_report), first] { TriggerLoop(on_report, first); });
 }
 
 void Checkpointer::Stop() {
@@ -163,9 +165,14 @@ absl::StatusOr<CheckpointReport> Checkpointer::Checkpoint(Trigger trigger) {
 }
 
 void Checkpointer::TriggerLoop(
-    std::function<void(const absl::StatusOr<CheckpointReport>&)> on_report) {
+    std::function<void(const absl::StatusOr<CheckpointReport>&)> on_report,
+    std::optional<Trigger> first) {
+  if (first) {
+    absl::StatusOr<CheckpointReport> report = Checkpoint(*first);
+    if (on_report) on_report(report);
+  }
   while (true) {
-    absl::optional<Trigger> trigger;
+    std::optional<Trigger> trigger;
     {
       absl::MutexLock lock(&mu_);
       mu_.AwaitWithTimeout(absl::Condition(&stopping_), options_.poll_interval);

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -78,8 +79,10 @@ class Checkpointer {
   Checkpointer& operator=(const Checkpointer&) = delete;
 
   // Starts the trigger thread; `on_report` hears of each automatic checkpoint
-  // and of failures (may be empty).
-  void Start(std::function<void(const absl::StatusOr<CheckpointReport>&)> on_report);
+  // and of failures (may be empty). `first`: a checkpoint the thread takes
+  // at once (a restart's).
+  void Start(std::function<void(const absl::StatusOr<CheckpointReport>&)> on_report,
+             std::optional<Trigger> first = std::nullopt);
   void Stop();
 
   // Takes a checkpoint now (one at a time; a concurrent call waits).
@@ -94,7 +97,8 @@ class Checkpointer {
   log::Lsn redo_lsn() const;
 
  private:
-  void TriggerLoop(std::function<void(const absl::StatusOr<CheckpointReport>&)> on_report);
+  void TriggerLoop(std::function<void(const absl::StatusOr<CheckpointReport>&)> on_report,
+                   std::optional<Trigger> first);
   void Hook(Step step) const {
     if (options_.step_hook) options_.step_hook(step);
   }

@@ -14,8 +14,9 @@
 //   CheckInDoubt        prepared units (none can exist before the in-doubt
 //                       issue; a store that has some is refused)
 //   StartEngine         the engine from the rebuilt state; sessions restored
-//   FirstCheckpoint     so the next crash redoes from here
-//   Open                automatic checkpoints; traffic may start
+//   Checkpoint, Open    so the next crash redoes from here; with automatic
+//                       checkpoints it is their first, taken while traffic
+//                       starts
 //
 // The decision (store meta x log on disk x what the log holds). Rows are
 // tried in order; the first that matches decides. DecideLogAction is the
@@ -769,25 +770,29 @@ absl::StatusOr<std::unique_ptr<QueueManager>> Restart(RestartOptions options) {
                                          ToRestoredState(state, report));
   step_done("start engine");
 
-  // FirstCheckpoint.
+  // Checkpoint, then Open. With automatic checkpoints the restart's
+  // checkpoint is the checkpointer's first act, taken while traffic runs:
+  // that is as safe as taking it before (docs/checkpoint-restart.md), and a
+  // large redo does not keep the queue manager closed while it is written.
   qmgr::v1::CheckpointMeta last = meta->value_or(qmgr::v1::CheckpointMeta());
   qm->checkpointer_ = std::make_unique<checkpoint::Checkpointer>(
       qm->log_.get(), qm->engine_.get(), qm->store_.get(), options.checkpoint, last);
   if (report.replay_bytes_per_second > 0) {
     qm->checkpointer_->SetReplayRate(report.replay_bytes_per_second);
   }
-  absl::StatusOr<checkpoint::CheckpointReport> first =
-      qm->checkpointer_->Checkpoint(checkpoint::Trigger::kRestart);
-  if (!first.ok()) return first.status();
-  step_done("checkpoint");
-
-  // Open.
   if (options.automatic_checkpoints) {
-    qm->checkpointer_->Start([progress = options.progress](
-                                 const absl::StatusOr<checkpoint::CheckpointReport>& r) {
-      if (!progress) return;
-      progress(r.ok() ? r->ToString() : absl::StrCat("checkpoint failed: ", r.status().message()));
-    });
+    qm->checkpointer_->Start(
+        [progress = options.progress](const absl::StatusOr<checkpoint::CheckpointReport>& r) {
+          if (!progress) return;
+          progress(r.ok() ? r->ToString()
+                          : absl::StrCat("checkpoint failed: ", r.status().message()));
+        },
+        checkpoint::Trigger::kRestart);
+  } else {
+    absl::StatusOr<checkpoint::CheckpointReport> first =
+        qm->checkpointer_->Checkpoint(checkpoint::Trigger::kRestart);
+    if (!first.ok()) return first.status();
+    step_done("checkpoint");
   }
   report.elapsed = absl::Now() - start;
   if (options.progress) options.progress(report.ToString());
