@@ -191,6 +191,7 @@ absl::Status Store::Discard(
   const std::string end(64, '\xff');
   batch.DeleteRange(messages_, "", end);
   batch.DeleteRange(sessions_, "", end);
+  batch.DeleteRange(prepared_, "", end);
   std::string value;
   if (!keep_definitions) {
     batch.DeleteRange(queues_, "", end);

@@ -94,7 +94,7 @@ class Store final : public StoredPayloads {
   // does not replay them from RocksDB's WAL; `wait`: until done.
   absl::Status Flush(bool wait);
 
-  // Cold start: every message and session dropped, and every queue
+  // Cold start: every message, session and prepared unit dropped, and every queue
   // definition unless `keep_definitions` (then `definitions` are written
   // over them: the log's changes since the checkpoint; a missing value
   // deletes), `meta` written, in one synced batch.

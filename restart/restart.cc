@@ -19,9 +19,9 @@
 //                       starts
 //
 // The decision (store meta x log on disk x what the log holds). Rows are
-// tried in order; the first that matches decides. DecideLogAction is the
-// code for rows 1-8, and the mode rows 9-11 are decided after Redo;
-// restart_test walks every row.
+// tried in order; the first that matches decides. The code: DecideLogAction
+// (rows 1-4), Log::Open (5, 6), CheckRedoRange (7, 8), DecideMode after Redo
+// (9-11); restart_test tests every row.
 //
 // | #  | store meta | log on disk                              | decision                          |
 // |----|------------|------------------------------------------|-----------------------------------|
@@ -78,7 +78,7 @@ absl::string_view ModeName(Mode mode) {
 std::string RestartReport::ToString() const {
   std::string out = absl::StrCat(
       "restart: ", ModeName(mode), ", redo LSN ", redo_from, "..", redo_to, " (",
-      (redo_to - redo_from) >> 20, " MiB), ", records_redone, " records redone in ",
+      (redo_to > redo_from ? redo_to - redo_from : 0) >> 20, " MiB), ", records_redone, " records redone in ",
       absl::FormatDuration(replay_elapsed), ", ", units_backed_out, " units backed out (",
       messages_backed_out, " messages, ", messages_moved_to_backout_queues,
       " to backout queues), ", units_in_doubt, " in doubt, open after ",
@@ -102,7 +102,8 @@ LogAction DecideLogAction(bool has_meta, log::Lsn new_log_lsn, const LogOnDisk& 
   if (!has_meta) {                                                                  // row 3
     *why = absl::StrCat("the log begins at LSN ", disk.first_lsn,
                         " but the store holds no checkpoint: the store that retired the "
-                        "earlier segments is missing");
+                        "earlier segments is missing (or a cold start was interrupted: run it "
+                        "again)");
     return LogAction::kRefuse;
   }
   if (!disk.has_segments) {  // row 4
@@ -384,37 +385,48 @@ absl::StatusOr<internal::LogOnDisk> LookAtLog(const RestartOptions& options,
   return disk;
 }
 
-// Cold start: the old log is set aside (renamed, never deleted), the store
-// keeps only what the options say, and a new log continues the LSN.
+// Cold start: the store keeps only what the options say, then the old log
+// is set aside (moved, never deleted), and a new log continues the LSN.
+//
+// The store is emptied first, its meta naming no log but the old log's end
+// and the first id never reserved. A crash after that leaves this meta: a
+// cold start run again takes it as its floor (the moved segments can no
+// longer tell it), and any other restart refuses (row 3) or, once every
+// segment is moved, starts the new log there (row 1).
 absl::Status ColdStart(const RestartOptions& options, checkpoint::Store* store,
                        const std::optional<qmgr::v1::CheckpointMeta>& meta,
                        const std::string& log_dir, log::LogOptions* log_options,
                        std::string* note) {
   absl::StatusOr<std::vector<std::string>> prepared = store->PreparedKeys();
   if (!prepared.ok()) return prepared.status();
-  if (!prepared->empty() && !options.force) {
-    std::vector<std::string> escaped;
-    for (const std::string& key : *prepared) escaped.push_back(absl::CHexEscape(key));
+  std::vector<std::string> in_doubt;
+  for (const std::string& key : *prepared) in_doubt.push_back(absl::CHexEscape(key));
+  if (!in_doubt.empty() && !options.force) {
     return absl::FailedPreconditionError(
-        absl::StrCat("cold start refused: ", prepared->size(), " units are in doubt (",
-                     absl::StrJoin(escaped, ", "), "); resolve them, or force"));
+        absl::StrCat("cold start refused: ", in_doubt.size(), " units are in doubt (",
+                     absl::StrJoin(in_doubt, ", "), "); resolve them, or force"));
   }
-  log::Lsn end = 0;
-  std::map<std::string, std::optional<qmgr::v1::QueueAttributes>> definitions;
+  const bool resumed = meta && meta->log_id().empty();
+  log::Lsn end = meta ? meta->redo_lsn() : 0;
   uint64_t first_free_id = meta ? std::max<uint64_t>(meta->first_free_id(), 1) : 1;
+  std::map<std::string, std::optional<qmgr::v1::QueueAttributes>> definitions;
+  absl::StatusOr<std::vector<log::SegmentFile>> segments = std::vector<log::SegmentFile>();
   absl::StatusOr<internal::LogOnDisk> disk = LookAtLog(options, log_dir);
   if (!disk.ok()) return disk.status();
   if (disk->has_segments) {
-    absl::StatusOr<std::vector<log::SegmentFile>> segments =
-        log::ListSegments(options.fs, log_dir, nullptr);
+    segments = log::ListSegments(options.fs, log_dir, nullptr);
     if (!segments.ok()) return segments.status();
-    end = segments->back().header.end_lsn();
-    // Ids reserved after the checkpoint, and queue definitions changed since,
-    // are in the old log: read what can be read, and past any damage leave
-    // a margin of ids no log could fill.
-    bool read_to_end = false;
+    end = std::max(end, segments->back().header.end_lsn());
+  }
+  // Ids reserved after the checkpoint, and queue definitions changed since,
+  // are in the old log: read what can be read. When it cannot be read from
+  // the checkpoint on to its end, ids skip a margin no log could fill, and
+  // without any segment the LSN does too.
+  const log::Lsn scan_from = meta && !resumed ? meta->redo_lsn() : 0;
+  bool read_to_end = resumed;
+  if (disk->has_segments && segments->front().header.first_lsn <= scan_from) {
     absl::StatusOr<std::unique_ptr<log::LogReader>> reader =
-        log::LogReader::Open(options.fs, log_dir, meta ? meta->redo_lsn() : 0);
+        log::LogReader::Open(options.fs, log_dir, scan_from);
     if (reader.ok()) {
       log::LogEntry entry;
       while (true) {
@@ -438,23 +450,14 @@ absl::Status ColdStart(const RestartOptions& options, checkpoint::Store* store,
         }
       }
     }
-    constexpr uint64_t kUnreadIdMargin = uint64_t{1} << 48;
-    if (!read_to_end) first_free_id += kUnreadIdMargin;
-    // Segment by segment, oldest first: a crash midway leaves the newest
-    // ones, which a restart accepts only if they still hold everything from
-    // redo_lsn on (else row 7 refuses, and the cold start is asked again).
-    const std::string aside =
-        absl::StrCat(options.data_dir, "/log.cold-", absl::ToUnixSeconds(absl::Now()));
-    if (absl::Status s = options.fs->CreateDir(aside); !s.ok()) return s;
-    if (absl::Status s = options.fs->SyncDir(options.data_dir); !s.ok()) return s;
-    for (const log::SegmentFile& segment : *segments) {
-      const std::string name = segment.path.substr(segment.path.rfind('/') + 1);
-      if (absl::Status s = options.fs->Rename(segment.path, aside + "/" + name); !s.ok()) return s;
-    }
-    if (absl::Status s = options.fs->SyncDir(aside); !s.ok()) return s;
-    if (absl::Status s = options.fs->SyncDir(log_dir); !s.ok()) return s;
-    *note = absl::StrCat("old log set aside as ", aside, ", its end LSN ", end,
-                         read_to_end ? "" : " (not readable to its end: ids skip a margin)");
+  } else if (!meta) {
+    read_to_end = true;  // a new queue manager: nothing was ever reserved
+  }
+  constexpr uint64_t kUnreadIdMargin = uint64_t{1} << 48;
+  constexpr log::Lsn kUnreadLsnMargin = log::Lsn{1} << 40;
+  if (!read_to_end) {
+    first_free_id += kUnreadIdMargin;
+    if (!disk->has_segments) end += kUnreadLsnMargin;
   }
   log_options->first_lsn_if_new = log::AlignUp(end);
   log_options->create_if_missing = true;
@@ -465,9 +468,28 @@ absl::Status ColdStart(const RestartOptions& options, checkpoint::Store* store,
   cold.set_first_free_id(first_free_id);
   cold.set_next_uow(meta ? meta->next_uow() : 1);
   cold.set_replay_bytes_per_second(meta ? meta->replay_bytes_per_second() : 0);
-  // The log id is set when the new log exists; until then a crash leaves a
-  // store naming no log and no segments: row 1 of the table, a new start.
-  return store->Discard(options.cold_keep_definitions, definitions, cold);
+  if (absl::Status s = store->Discard(options.cold_keep_definitions, definitions, cold); !s.ok()) {
+    return s;
+  }
+  *note = absl::StrCat("cold start: the new log begins at LSN ", cold.redo_lsn(),
+                       ", message ids at ", first_free_id,
+                       read_to_end ? "" : " (the old log was not readable to its end)");
+  if (!in_doubt.empty()) {
+    absl::StrAppend(note, "; units in doubt discarded (forced): ", absl::StrJoin(in_doubt, ", "));
+  }
+  if (!disk->has_segments) return absl::OkStatus();
+  const std::string aside =
+      absl::StrCat(options.data_dir, "/log.cold-", absl::ToUnixSeconds(absl::Now()));
+  if (absl::Status s = options.fs->CreateDir(aside); !s.ok()) return s;
+  if (absl::Status s = options.fs->SyncDir(options.data_dir); !s.ok()) return s;
+  for (const log::SegmentFile& segment : *segments) {
+    const std::string name = segment.path.substr(segment.path.rfind('/') + 1);
+    if (absl::Status s = options.fs->Rename(segment.path, aside + "/" + name); !s.ok()) return s;
+  }
+  if (absl::Status s = options.fs->SyncDir(aside); !s.ok()) return s;
+  if (absl::Status s = options.fs->SyncDir(log_dir); !s.ok()) return s;
+  absl::StrAppend(note, "; the old log's segments are in ", aside);
+  return absl::OkStatus();
 }
 
 absl::Status LoadCheckpoint(checkpoint::Store* store, const qmgr::v1::CheckpointMeta& meta,
@@ -539,10 +561,12 @@ absl::Status Redo(const RestartOptions& options, const std::string& log_dir, log
     }
   }
   report.replay_elapsed = absl::Now() - start;
+  // The log may end just below a redo LSN at a block boundary (row 8).
+  const log::Lsn bytes = to > from ? to - from : 0;
   constexpr log::Lsn kMeasurableBytes = 16 << 20;
   const double seconds = absl::ToDoubleSeconds(report.replay_elapsed);
-  if (to - from >= kMeasurableBytes && seconds > 0) {
-    report.replay_bytes_per_second = static_cast<double>(to - from) / seconds;
+  if (bytes >= kMeasurableBytes && seconds > 0) {
+    report.replay_bytes_per_second = static_cast<double>(bytes) / seconds;
   }
   return absl::OkStatus();
 }

@@ -7,12 +7,13 @@
 //
 // Output, one line per write(2) so that a kill never leaves half a line:
 //   R <restart summary>
-//   M <id> <queue> <payload>     every message held after the restart
+//   M <id> <queue> <backout count> <payload>   every message held after the restart
 //   S <session in_seq>
 //   N <next id>
 //   READY
 //   <events>                     see tests/support/crash_workload.h
-//   KILLED at store-written      when it kills itself inside a checkpoint
+//   KILLED at store-written      when it kills itself inside a checkpoint (also
+//                                the restart's own, before READY)
 #include <signal.h>
 #include <unistd.h>
 
@@ -72,7 +73,9 @@ int main(int argc, char** argv) {
     Say(absl::StrCat("FAILED ", state.status().ToString()));
     return 1;
   }
-  for (const auto& m : state->messages) Say(absl::StrCat("M ", m.id, " ", m.queue, " ", m.marker));
+  for (const auto& m : state->messages) {
+    Say(absl::StrCat("M ", m.id, " ", m.queue, " ", m.backout_count, " ", m.marker));
+  }
   Say(absl::StrCat("S ", state->session_in_seq));
   Say(absl::StrCat("N ", state->next_id));
   Say("READY");

@@ -76,19 +76,24 @@ class Driver {
   FILE* out_ = nullptr;
 };
 
-// Reads the driver's report of what it holds after its restart.
-bool ReadState(Driver& driver, ObservedState* state, std::string* summary) {
+enum class Startup { kReady, kKilled, kFailed };
+
+// Reads the driver's report of what it holds after its restart. kKilled:
+// it killed itself in the restart's checkpoint, before READY.
+Startup ReadState(Driver& driver, ObservedState* state, std::string* summary) {
   std::string line;
   while (driver.ReadLine(&line)) {
-    if (line == "READY") return true;
-    std::vector<std::string> parts = absl::StrSplit(line, absl::MaxSplits(' ', 3));
+    if (line == "READY") return Startup::kReady;
+    if (line == "KILLED at store-written") return Startup::kKilled;
+    std::vector<std::string> parts = absl::StrSplit(line, absl::MaxSplits(' ', 4));
     if (parts[0] == "R") {
       *summary = line;
-    } else if (parts[0] == "M" && parts.size() == 4) {
+    } else if (parts[0] == "M" && parts.size() == 5) {
       ObservedState::Message m;
       EXPECT_TRUE(absl::SimpleAtoi(parts[1], &m.id));
       m.queue = parts[2];
-      m.marker = parts[3];
+      EXPECT_TRUE(absl::SimpleAtoi(parts[3], &m.backout_count));
+      m.marker = parts[4];
       state->messages.push_back(std::move(m));
     } else if (parts[0] == "S") {
       EXPECT_TRUE(absl::SimpleAtoi(parts[1], &state->session_in_seq));
@@ -96,10 +101,10 @@ bool ReadState(Driver& driver, ObservedState* state, std::string* summary) {
       EXPECT_TRUE(absl::SimpleAtoi(parts[1], &state->next_id));
     } else {
       ADD_FAILURE() << "driver: " << line;
-      return false;
+      return Startup::kFailed;
     }
   }
-  return false;
+  return Startup::kFailed;
 }
 
 TEST(CrashKillTest, NothingAcknowledgedIsLostAcrossSigkills) {
@@ -113,10 +118,16 @@ TEST(CrashKillTest, NothingAcknowledgedIsLostAcrossSigkills) {
     Driver driver(data_dir, absl::StrCat("k", round), random());
     ObservedState state;
     std::string summary;
-    ASSERT_TRUE(ReadState(driver, &state, &summary)) << "round " << round;
+    const Startup startup = ReadState(driver, &state, &summary);
+    ASSERT_NE(startup, Startup::kFailed) << "round " << round;
+    if (startup == Startup::kKilled) {  // a crash point too; the next start checks
+      ++killed_in_checkpoint;
+      continue;
+    }
     const std::vector<std::string> broken = CheckInvariants(events, state);
     ASSERT_TRUE(broken.empty()) << "round " << round << ", " << summary << ":\n"
                                 << absl::StrJoin(broken, "\n");
+    for (const Event& e : Settle(events, state)) events.push_back(e);
     if (summary.find("emergency") != std::string::npos) ++restarts_seen;
     if (round == Rounds()) break;
     // Collect acknowledgements while the load runs, then kill at random.

@@ -449,12 +449,37 @@ TEST_F(RestartTest, ColdStartIsRefusedWhileUnitsAreInDoubtUnlessForced) {
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(refused.status().message().find("XID-7"), std::string::npos) << refused.status();
-  // Forced, the cold start goes on; restoring prepared units is the in-doubt
-  // issue's, so this version then refuses to open with them.
+  // Forced, the cold start discards them and says so.
   options.force = true;
-  absl::StatusOr<std::unique_ptr<QueueManager>> forced = Restart(options);
-  ASSERT_FALSE(forced.ok());
-  EXPECT_EQ(forced.status().code(), absl::StatusCode::kUnimplemented) << forced.status();
+  ASSERT_NE(Open(options), nullptr);
+  EXPECT_EQ(qm_->restart_report().mode, Mode::kCold);
+  EXPECT_NE(qm_->restart_report().log_tail.find("in doubt discarded (forced): CICSA/QM1/XID-7"),
+            std::string::npos)
+      << qm_->restart_report().log_tail;
+}
+
+TEST_F(RestartTest, AnInterruptedColdStartRunAgainKeepsTheLsnAndIdsRunning) {
+  ASSERT_NE(Open(), nullptr);
+  Define("Q");
+  uint64_t max_id = 0;
+  for (int i = 0; i < 10; ++i) max_id = Put("Q", "old");
+  const log::Lsn old_end = qm_->log()->NextLsn();
+  Crash();
+  // The cold start empties the store and moves the segments aside, then
+  // fails to create the new log (a full disk), as a crash there would leave it.
+  RestartOptions options = Options();
+  options.cold = true;
+  options.cold_keep_definitions = true;
+  fs_.SetSpaceLimit(1);
+  absl::StatusOr<std::unique_ptr<QueueManager>> interrupted = Restart(options);
+  ASSERT_FALSE(interrupted.ok());
+  EXPECT_EQ(interrupted.status().code(), absl::StatusCode::kResourceExhausted)
+      << interrupted.status();
+  fs_.ClearSpaceLimit();
+  // Run again: the moved segments cannot tell it the old end or the ids.
+  ASSERT_NE(Open(options), nullptr);
+  EXPECT_GE(qm_->log()->FirstLsn(), old_end);
+  EXPECT_GT(Put("Q", "new"), max_id);
 }
 
 // ---- What a checkpoint writes ---------------------------------------------------

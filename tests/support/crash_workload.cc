@@ -123,7 +123,7 @@ void CrashWorkload::Consumer(int thread) {
     if (choice == 9) absl::SleepFor(absl::Milliseconds(3));  // a unit open for a while
     // From here a crash leaves the outcome open: the SYNCPOINT record may be
     // durable before this thread hears of it.
-    Emit({'P', id, ""});
+    Emit({'P', id, marker});
     absl::StatusOr<SyncPointResult> committed = engine_->SyncPoint(got->uow);
     if (!committed.ok()) {
       Emit({'U', id, ""});
@@ -164,7 +164,7 @@ absl::StatusOr<ObservedState> Observe(Engine* engine) {
         engine->Browse(queue.name, std::numeric_limits<size_t>::max());
     if (!messages.ok()) return messages.status();
     for (const qmgr::v1::Message& m : *messages) {
-      state.messages.push_back({m.id(), m.queue(), m.payload()});
+      state.messages.push_back({m.id(), m.queue(), m.payload(), m.backout_count()});
     }
   }
   state.session_in_seq = engine->SessionInSeq(CrashWorkload::kSession);
@@ -177,7 +177,7 @@ std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
   std::vector<std::string> broken;
   std::map<std::string, uint64_t> acked;  // marker -> id
   std::set<uint64_t> consumed, unknown;
-  std::set<std::string> inserted, backed_out;
+  std::set<std::string> inserted, backed_out, pending_inserts;
   uint64_t max_id = 0, hardened = 0;
   for (const Event& e : events) {
     if (e.kind != 'H') max_id = std::max(max_id, e.id);  // H carries an input number
@@ -189,8 +189,14 @@ std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
         consumed.insert(e.id);
         break;
       case 'P':
+        unknown.insert(e.id);
+        if (!e.marker.empty()) pending_inserts.insert(e.marker);
+        break;
       case 'U':
         unknown.insert(e.id);
+        break;
+      case 'S':
+        unknown.erase(e.id);
         break;
       case 'I':
         inserted.insert(e.marker);
@@ -220,9 +226,22 @@ std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
     if (backed_out.count(m.marker)) {
       broken.push_back(absl::StrCat("insert ", m.marker, " of a backed-out unit is visible"));
     }
+    if (m.queue == kOut && !inserted.count(m.marker) && !pending_inserts.count(m.marker)) {
+      broken.push_back(
+          absl::StrCat("insert ", m.marker, " is visible though its unit never asked to commit"));
+    }
     if (m.id >= state.next_id) {
       broken.push_back(absl::StrCat("message ", m.id, " is not below the next id ", state.next_id));
     }
+  }
+  uint64_t last_fresh = 0;
+  for (const ObservedState::Message& m : state.messages) {
+    if (m.queue != kIn || m.backout_count > 0) continue;
+    if (m.id < last_fresh) {
+      broken.push_back(absl::StrCat("queue order: message ", m.id, " follows message ",
+                                    last_fresh, " on ", kIn));
+    }
+    last_fresh = m.id;
   }
   for (const auto& [marker, count] : seen) {
     if (count > 1) broken.push_back(absl::StrCat(marker, " is present ", count, " times"));
@@ -247,6 +266,19 @@ std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
                                   state.session_in_seq));
   }
   return broken;
+}
+
+std::vector<Event> Settle(const std::vector<Event>& events, const ObservedState& state) {
+  std::set<uint64_t> open;
+  for (const Event& e : events) {
+    if (e.kind == 'P' || e.kind == 'U') open.insert(e.id);
+    if (e.kind == 'C' || e.kind == 'S') open.erase(e.id);
+  }
+  std::vector<Event> settled;
+  for (const ObservedState::Message& m : state.messages) {
+    if (open.count(m.id)) settled.push_back({'S', m.id, ""});
+  }
+  return settled;
 }
 
 }  // namespace qmgr::testing

@@ -8,7 +8,9 @@
 //    a Get of it was committed;
 //  - no committed Get is undone (the message does not come back);
 //  - every acknowledged Insert is present exactly once; no Insert of a unit
-//    that was backed out is ever visible;
+//    that was backed out, or never asked to commit, is ever visible;
+//  - queue order: messages never delivered (backout count 0) are in id
+//    order on the input queue, which is their commit order;
 //  - IRRECOVERABLE and unhardened deferred (FASTPATH) messages are gone;
 //  - a session's hardened input number is never lost;
 //  - ids are unique: the next id handed out is above every id acknowledged.
@@ -35,8 +37,10 @@ namespace qmgr::testing {
 // 'B' an Insert backed out (marker), 'X' an id handed out for an unlogged
 // message (id), 'H' a FASTPATH input hardened at a committed sync point (its
 // input number), 'P' a sync point about to be asked for (id of the message
-// it consumes: from now on its outcome is open until 'C'), 'U' that sync
-// point failed, so it may or may not have been committed (id).
+// it consumes, marker of the insert it carries if any: from now on its
+// outcome is open until 'C'), 'U' that sync point failed, so it may or may
+// not have been committed (id), 'S' settled: a restart showed the message
+// still there, so its open outcome was "not committed" (id).
 struct Event {
   char kind = 0;
   uint64_t id = 0;
@@ -80,6 +84,7 @@ struct ObservedState {
     uint64_t id = 0;
     std::string queue;
     std::string marker;  // the payload
+    uint32_t backout_count = 0;
   };
   std::vector<Message> messages;
   uint64_t session_in_seq = 0;
@@ -92,6 +97,10 @@ absl::StatusOr<ObservedState> Observe(Engine* engine);
 // Every invariant broken, one line each; empty when all hold.
 std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
                                          const ObservedState& state);
+
+// After a check that held: 'S' events for the messages whose outcome was
+// open and that are still there, so that later checks require them again.
+std::vector<Event> Settle(const std::vector<Event>& events, const ObservedState& state);
 
 }  // namespace qmgr::testing
 
