@@ -170,6 +170,7 @@ absl::Status Engine::DefineQueue(const std::string& name,
   absl::StatusOr<log::Lsn> lsn;
   {
     absl::MutexLock lock(&mu_);
+    if (absl::Status s = CheckOpen(); !s.ok()) return s;
     if (queues_.count(name)) {
       return absl::AlreadyExistsError(absl::StrCat("queue '", name, "' is already defined"));
     }
@@ -194,6 +195,7 @@ absl::Status Engine::AlterQueue(const std::string& name,
   absl::StatusOr<log::Lsn> lsn;
   {
     absl::MutexLock lock(&mu_);
+    if (absl::Status s = CheckOpen(); !s.ok()) return s;
     auto it = queues_.find(name);
     if (it == queues_.end()) {
       return absl::NotFoundError(absl::StrCat("queue '", name, "' is not defined"));
@@ -214,6 +216,7 @@ absl::Status Engine::DeleteQueue(const std::string& name, bool purge) {
   absl::StatusOr<log::Lsn> lsn;
   {
     absl::MutexLock lock(&mu_);
+    if (absl::Status s = CheckOpen(); !s.ok()) return s;
     auto it = queues_.find(name);
     if (it == queues_.end()) {
       return absl::NotFoundError(absl::StrCat("queue '", name, "' is not defined"));
@@ -558,6 +561,7 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<Messag
   for (MessageSpec& spec : specs) messages.push_back(NewMessage(spec, now_us));
   {
     absl::MutexLock lock(&mu_);
+    if (absl::Status s = CheckOpen(); !s.ok()) return s;
     // Validate everything first: all or nothing.
     absl::InlinedVector<Queue*, 1> queues(specs.size());
     absl::InlinedVector<MessageClass, 1> classes(specs.size());
@@ -776,6 +780,7 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
   absl::Time deadline = absl::InfinitePast();  // set when a wait begins
   bool woken = false;                          // this call consumed a wake-up
   GetResult result;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
   {
     Unit* unit = nullptr;
     bool created = false;
@@ -858,6 +863,10 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
       // The unit cannot have ended (ending refuses a unit with a Get waiting),
       // but look it up by id rather than trust the pointer.
       if (auto u = units_.find(uow); u != units_.end()) --u->second->busy;
+      if (absl::Status s = CheckOpen(); !s.ok()) {
+        drop_if_empty();
+        return s;
+      }
       now = options_.clock->Now();  // the wait took time: idle and expiry go by now
       now_us = absl::ToUnixMicros(now);
     }
@@ -909,6 +918,7 @@ absl::Status Engine::Insert(UowId uow, MessageSpec spec) {
   const absl::Time now = options_.clock->Now();
   std::unique_ptr<Message> message = NewMessage(spec, absl::ToUnixMicros(now));
   absl::MutexLock lock(&mu_);
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
   absl::StatusOr<Unit*> unit = FindUnit(uow, now);
   if (!unit.ok()) return unit.status();
   if (!spec.origin_session.empty() || spec.input_seq != 0) {
@@ -1069,6 +1079,7 @@ absl::StatusOr<SyncPointResult> Engine::SyncPoint(UowId uow) {
   std::vector<std::unique_ptr<Message>> consumed;
   {
     absl::MutexLock lock(&mu_);
+    if (absl::Status s = CheckOpen(); !s.ok()) return s;
     absl::StatusOr<Unit*> unit = FindUnit(uow, options_.clock->Now());
     if (!unit.ok()) return unit.status();
     if (absl::Status s = CheckNotWaiting(**unit); !s.ok()) return s;
@@ -1131,6 +1142,7 @@ void Engine::BackoutLocked(Unit* unit, qmgr::v1::BackoutReason reason) {
 
 absl::Status Engine::Backout(UowId uow, qmgr::v1::BackoutReason reason) {
   absl::MutexLock lock(&mu_);
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
   absl::StatusOr<Unit*> unit = FindUnit(uow, options_.clock->Now());
   if (!unit.ok()) return unit.status();
   if (absl::Status s = CheckNotWaiting(**unit); !s.ok()) return s;
@@ -1151,14 +1163,31 @@ int Engine::ReapIdleUnits() {
   return static_cast<int>(idle.size());
 }
 
-int Engine::BackoutOpenUnits(qmgr::v1::BackoutReason reason) {
-  absl::MutexLock lock(&mu_);
-  std::vector<Unit*> open;
-  for (const auto& [id, unit] : units_) {
-    if (unit->busy == 0) open.push_back(unit.get());
+absl::Status Engine::CheckOpen() const {
+  if (!quiesced_) return absl::OkStatus();
+  return absl::UnavailableError("the queue manager is shutting down");
+}
+
+bool Engine::NoGetWaiting() const {
+  return std::all_of(units_.begin(), units_.end(),
+                     [](const auto& unit) { return unit.second->busy == 0; });
+}
+
+int Engine::Quiesce(qmgr::v1::BackoutReason reason) {
+  int backed_out = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    quiesced_ = true;
+    stopping_ = true;
+    for (const auto& [name, queue] : queues_) queue->available.SignalAll();
+    mu_.Await(absl::Condition(this, &Engine::NoGetWaiting));
+    std::vector<Unit*> open;
+    for (const auto& [id, unit] : units_) open.push_back(unit.get());
+    for (Unit* unit : open) BackoutLocked(unit, reason);
+    backed_out = static_cast<int>(open.size());
   }
-  for (Unit* unit : open) BackoutLocked(unit, reason);
-  return static_cast<int>(open.size());
+  if (reaper_.joinable()) reaper_.join();
+  return backed_out;
 }
 
 void Engine::ReaperLoop() {

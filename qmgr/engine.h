@@ -244,9 +244,11 @@ class Engine {
 
   // Backs out units idle longer than the timeout; returns how many.
   int ReapIdleUnits();
-  // Backs out every open unit without a Get waiting (normal shutdown);
-  // returns how many.
-  int BackoutOpenUnits(qmgr::v1::BackoutReason reason);
+  // A normal shutdown's last step on the engine: from now on every call that
+  // changes anything answers UNAVAILABLE, waiting Gets end (UNAVAILABLE), the
+  // idle reaper stops, and every open unit is backed out with `reason`.
+  // Returns how many units were backed out.
+  int Quiesce(qmgr::v1::BackoutReason reason);
 
   // Checkpoint steps 1 and 2: under the latch, redo_lsn and the changes since
   // the last checkpoint. Until EndCheckpoint, spilled payloads are kept (the
@@ -325,6 +327,9 @@ class Engine {
   void Restore(RestoredState restored) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status WaitDurable(log::Lsn lsn);
   void ReaperLoop();
+  // UNAVAILABLE once Quiesce began.
+  absl::Status CheckOpen() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool NoGetWaiting() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   log::Log* const log_;
   const EngineOptions options_;
@@ -352,7 +357,8 @@ class Engine {
   log::Lsn block_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_block_end_ ABSL_GUARDED_BY(mu_) = 0;
   log::Lsn next_block_lsn_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;  // the reaper ends
+  bool quiesced_ ABSL_GUARDED_BY(mu_) = false;
   // Changes since the last checkpoint. Recoverable messages only, by id; a
   // message leaves changed_messages_ when it is destroyed.
   absl::flat_hash_map<uint64_t, Message*> changed_messages_ ABSL_GUARDED_BY(mu_);

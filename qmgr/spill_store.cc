@@ -103,8 +103,8 @@ rocksdb::DBOptions DatabaseOptions(const SpillOptions& options) {
   db.avoid_flush_during_shutdown = true;
   if (options.env != nullptr) db.env = options.env;
   if (options.write_bytes_per_second > 0) {
-    db.rate_limiter.reset(rocksdb::NewGenericRateLimiter(
-        static_cast<int64_t>(options.write_bytes_per_second)));
+    db.rate_limiter.reset(
+        rocksdb::NewGenericRateLimiter(static_cast<int64_t>(options.write_bytes_per_second)));
     // Written out as they go, so that no sync has a large backlog to flush.
     db.wal_bytes_per_sync = 128 << 10;
     db.bytes_per_sync = 128 << 10;

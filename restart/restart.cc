@@ -23,27 +23,26 @@
 // (rows 1-4), Log::Open (5, 6), CheckRedoRange (7, 8), DecideMode after Redo
 // (9-11); restart_test tests every row.
 //
-// | #  | store meta | log on disk                              | decision                          |
+// | #  | store meta | log on disk                              | decision |
 // |----|------------|------------------------------------------|-----------------------------------|
-// | 1  | none       | no segments                              | NEW: create the log               |
-// | 2  | none       | segments, the first where a new log      | EMERGENCY, redo from there (crash |
-// |    |            | starts (0, or where a cold start put it) | before the first checkpoint)      |
-// | 3  | none       | segments, the first elsewhere            | REFUSE: the store that retired    |
-// |    |            |                                          | them is gone                      |
-// | 4  | present    | no segments                              | REFUSE: the log is missing        |
-// | 5  | present    | another log id                           | REFUSE (Log::Open)                |
-// | 6  | any        | corrupt: a later batch claims the damage | REFUSE with segment and offset;   |
-// |    |            | durable                                  | with --truncate-log-at-corruption |
-// |    |            |                                          | cut there, report the loss, go on |
-// | 7  | present    | redo_lsn below the first LSN             | REFUSE: segments it needs are gone|
-// | 8  | present    | log ends below redo_lsn                  | REFUSE: the log lost records the  |
-// |    |            |                                          | checkpoint reflects               |
-// | 9  | present    | clean; from redo_lsn only CHECKPOINT_END | NORMAL (nothing to redo)          |
-// |    |            | records, the last record SHUTDOWN        |                                   |
-// | 10 | present    | torn tail                                | truncated (Log::Open); EMERGENCY  |
-// | 11 | present    | anything else                            | EMERGENCY                         |
-// | C  | any        | --cold                                   | COLD: refused while prepared units|
-// |    |            |                                          | exist unless forced (lists them)  |
+// | 1  | none       | no segments                              | NEW: create the log | | 2  | none
+// | segments, the first where a new log      | EMERGENCY, redo from there (crash | |    | | starts
+// (0, or where a cold start put it) | before the first checkpoint)      | | 3  | none       |
+// segments, the first elsewhere            | REFUSE: the store that retired    | |    | | | them is
+// gone                      | | 4  | present    | no segments                              |
+// REFUSE: the log is missing        | | 5  | present    | another log id | REFUSE (Log::Open) | | 6
+// | any        | corrupt: a later batch claims the damage | REFUSE with segment and offset;   | |
+// |            | durable                                  | with --truncate-log-at-corruption | |
+// |            |                                          | cut there, report the loss, go on | | 7
+// | present    | redo_lsn below the first LSN             | REFUSE: segments it needs are gone| | 8
+// | present    | log ends below redo_lsn                  | REFUSE: the log lost records the  | |
+// |            |                                          | checkpoint reflects               | | 9
+// | present    | clean; from redo_lsn only CHECKPOINT_END | NORMAL (nothing to redo)          | |
+// |            | records, the last record SHUTDOWN        |                                   | |
+// 10 | present    | torn tail                                | truncated (Log::Open); EMERGENCY  |
+// | 11 | present    | anything else                            | EMERGENCY | | C  | any        |
+// --cold                                   | COLD: refused while prepared units| |    | | | exist
+// unless forced (lists them)  |
 #include "restart/restart.h"
 
 #include <algorithm>
@@ -76,18 +75,18 @@ absl::string_view ModeName(Mode mode) {
 }
 
 std::string RestartReport::ToString() const {
-  std::string out = absl::StrCat(
-      "restart: ", ModeName(mode), ", redo LSN ", redo_from, "..", redo_to, " (",
-      (redo_to > redo_from ? redo_to - redo_from : 0) >> 20, " MiB), ", records_redone, " records redone in ",
-      absl::FormatDuration(replay_elapsed), ", ", units_backed_out, " units backed out (",
-      messages_backed_out, " messages, ", messages_moved_to_backout_queues,
-      " to backout queues), ", units_in_doubt, " in doubt, open after ",
-      absl::FormatDuration(elapsed));
+  std::string out =
+      absl::StrCat("restart: ", ModeName(mode), ", redo LSN ", redo_from, "..", redo_to, " (",
+                   (redo_to > redo_from ? redo_to - redo_from : 0) >> 20, " MiB), ", records_redone,
+                   " records redone in ", absl::FormatDuration(replay_elapsed), ", ",
+                   units_backed_out, " units backed out (", messages_backed_out, " messages, ",
+                   messages_moved_to_backout_queues, " to backout queues), ", units_in_doubt,
+                   " in doubt, open after ", absl::FormatDuration(elapsed));
   if (!log_tail.empty()) absl::StrAppend(&out, "; log tail: ", log_tail);
   absl::StrAppend(&out, "; messages per queue: {",
                   absl::StrJoin(messages_per_queue, ", ", absl::PairFormatter("=")), "}");
-  absl::StrAppend(&out, "; steps: ",
-                  absl::StrJoin(steps, ", ", [](std::string* s, const auto& step) {
+  absl::StrAppend(&out,
+                  "; steps: ", absl::StrJoin(steps, ", ", [](std::string* s, const auto& step) {
                     absl::StrAppend(s, step.first, " ", absl::FormatDuration(step.second));
                   }));
   return out;
@@ -97,9 +96,9 @@ namespace internal {
 
 LogAction DecideLogAction(bool has_meta, log::Lsn new_log_lsn, const LogOnDisk& disk,
                           std::string* why) {
-  if (!has_meta && !disk.has_segments) return LogAction::kCreate;                 // row 1
+  if (!has_meta && !disk.has_segments) return LogAction::kCreate;                    // row 1
   if (!has_meta && disk.first_lsn == new_log_lsn) return LogAction::kRedoFromStart;  // row 2
-  if (!has_meta) {                                                                  // row 3
+  if (!has_meta) {                                                                   // row 3
     *why = absl::StrCat("the log begins at LSN ", disk.first_lsn,
                         " but the store holds no checkpoint: the store that retired the "
                         "earlier segments is missing (or a cold start was interrupted: run it "
@@ -116,16 +115,16 @@ LogAction DecideLogAction(bool has_meta, log::Lsn new_log_lsn, const LogOnDisk& 
 // Rows 7 and 8, once the log is open.
 absl::Status CheckRedoRange(log::Lsn redo_lsn, log::Lsn first_lsn, log::Lsn end_lsn) {
   if (redo_lsn < first_lsn) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the checkpoint redoes from LSN ", redo_lsn, " but the log begins at LSN ",
-                     first_lsn, ": segments it needs were removed"));
+    return absl::FailedPreconditionError(absl::StrCat("the checkpoint redoes from LSN ", redo_lsn,
+                                                      " but the log begins at LSN ", first_lsn,
+                                                      ": segments it needs were removed"));
   }
   // The next batch after the log's end starts at the next block: a
   // checkpoint taken while no batch was open names that LSN.
   if (log::AlignUp(end_lsn) < redo_lsn) {
-    return absl::DataLossError(absl::StrCat(
-        "the log ends at LSN ", end_lsn, " below the checkpoint's redo LSN ", redo_lsn,
-        ": the log lost records the checkpoint reflects (was an fsync lost?)"));
+    return absl::DataLossError(
+        absl::StrCat("the log ends at LSN ", end_lsn, " below the checkpoint's redo LSN ", redo_lsn,
+                     ": the log lost records the checkpoint reflects (was an fsync lost?)"));
   }
   return absl::OkStatus();
 }
@@ -234,7 +233,8 @@ void MoveToTail(State& state, RecoveredMessage& r, const std::string& to_queue) 
 
 // Moves the messages out of `record`.
 absl::Status RedoRecord(State& state, log::Lsn lsn, LogRecord& record) {
-  if (record.body_case() != LogRecord::kCheckpointEnd && record.body_case() != LogRecord::kShutdown) {
+  if (record.body_case() != LogRecord::kCheckpointEnd &&
+      record.body_case() != LogRecord::kShutdown) {
     state.only_markers = false;
   }
   state.ends_in_shutdown = record.body_case() == LogRecord::kShutdown;
@@ -292,8 +292,8 @@ absl::Status RedoRecord(State& state, log::Lsn lsn, LogRecord& record) {
       absl::StatusOr<RecoveredMessage*> r = Find(state, lsn, move.message_id());
       if (!r.ok()) return r.status();
       if (!state.queues.contains(move.to_queue())) {
-        return Inconsistent(lsn, absl::StrCat("backout queue '", move.to_queue(),
-                                              "' is not defined"));
+        return Inconsistent(lsn,
+                            absl::StrCat("backout queue '", move.to_queue(), "' is not defined"));
       }
       (*r)->m.set_backout_count(move.backout_count());
       MoveToTail(state, **r, move.to_queue());
@@ -341,9 +341,9 @@ absl::Status RedoRecord(State& state, log::Lsn lsn, LogRecord& record) {
     default:
       // Written only by features this version does not have (prepared units,
       // session resync and output): refusing beats dropping their state.
-      return absl::UnimplementedError(absl::StrCat(
-          "the record at LSN ", lsn, " (type ", static_cast<int>(record.body_case()),
-          ") is not restored by this version of the queue manager"));
+      return absl::UnimplementedError(
+          absl::StrCat("the record at LSN ", lsn, " (type ", static_cast<int>(record.body_case()),
+                       ") is not restored by this version of the queue manager"));
   }
 }
 
@@ -354,9 +354,9 @@ absl::StatusOr<std::unique_ptr<log::FileLock>> LockDataDirectory(const RestartOp
   const std::string path = options.data_dir + "/LOCK";
   absl::StatusOr<std::unique_ptr<log::FileLock>> lock = options.fs->Lock(path);
   if (!lock.ok() && absl::IsFailedPrecondition(lock.status())) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("data directory ", options.data_dir,
-                     " is in use by another queue manager (", path, " is locked)"));
+    return absl::FailedPreconditionError(absl::StrCat("data directory ", options.data_dir,
+                                                      " is in use by another queue manager (", path,
+                                                      " is locked)"));
   }
   return lock;
 }
@@ -439,8 +439,8 @@ absl::Status ColdStart(const RestartOptions& options, checkpoint::Store* store,
         LogRecord record;
         if (!record.ParseFromString(entry.payload)) continue;
         if (record.has_id_reserve()) {
-          first_free_id = std::max(first_free_id,
-                                   record.id_reserve().first_id() + record.id_reserve().count());
+          first_free_id =
+              std::max(first_free_id, record.id_reserve().first_id() + record.id_reserve().count());
         } else if (record.has_queue_define()) {
           definitions[record.queue_define().queue()] = record.queue_define().attributes();
         } else if (record.has_queue_alter()) {
@@ -471,9 +471,9 @@ absl::Status ColdStart(const RestartOptions& options, checkpoint::Store* store,
   if (absl::Status s = store->Discard(options.cold_keep_definitions, definitions, cold); !s.ok()) {
     return s;
   }
-  *note = absl::StrCat("cold start: the new log begins at LSN ", cold.redo_lsn(),
-                       ", message ids at ", first_free_id,
-                       read_to_end ? "" : " (the old log was not readable to its end)");
+  *note =
+      absl::StrCat("cold start: the new log begins at LSN ", cold.redo_lsn(), ", message ids at ",
+                   first_free_id, read_to_end ? "" : " (the old log was not readable to its end)");
   if (!in_doubt.empty()) {
     absl::StrAppend(note, "; units in doubt discarded (forced): ", absl::StrJoin(in_doubt, ", "));
   }
@@ -510,8 +510,8 @@ absl::Status LoadCheckpoint(checkpoint::Store* store, const qmgr::v1::Checkpoint
     const uint64_t id = stored.message().id();
     auto queue = state.queues.find(stored.message().queue());
     if (queue == state.queues.end()) {
-      return absl::DataLossError(absl::StrCat("checkpoint store: message ", id,
-                                              " is for queue '", stored.message().queue(),
+      return absl::DataLossError(absl::StrCat("checkpoint store: message ", id, " is for queue '",
+                                              stored.message().queue(),
                                               "', which the store does not define"));
     }
     RecoveredQueue& q = queue->second;
@@ -554,8 +554,8 @@ absl::Status Redo(const RestartOptions& options, const std::string& log_dir, log
       const double done = static_cast<double>(entry.lsn - from);
       const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
       options.progress(absl::StrCat(
-          "redo: ", report.records_redone, " records, ", static_cast<uint64_t>(done) >> 20,
-          " of ", (to - from) >> 20, " MiB (",
+          "redo: ", report.records_redone, " records, ", static_cast<uint64_t>(done) >> 20, " of ",
+          (to - from) >> 20, " MiB (",
           static_cast<int>(100 * done / static_cast<double>(std::max<log::Lsn>(to - from, 1))),
           "%), ", static_cast<uint64_t>(done / seconds) >> 20, " MiB/s"));
     }
@@ -673,7 +673,7 @@ absl::Status QueueManager::Shutdown() {
   if (shut_down_) return absl::OkStatus();
   shut_down_ = true;
   checkpointer_->Stop();
-  engine_->BackoutOpenUnits(qmgr::v1::BACKOUT_SHUTDOWN);
+  engine_->Quiesce(qmgr::v1::BACKOUT_SHUTDOWN);
   absl::StatusOr<checkpoint::CheckpointReport> checkpoint =
       checkpointer_->Checkpoint(checkpoint::Trigger::kShutdown);
   if (!checkpoint.ok()) return checkpoint.status();
@@ -715,8 +715,8 @@ absl::StatusOr<std::unique_ptr<QueueManager>> Restart(RestartOptions options) {
   }
   std::string cold_note;
   if (options.cold) {
-    if (absl::Status s = ColdStart(options, qm->store_.get(), *meta, log_dir, &log_options,
-                                   &cold_note);
+    if (absl::Status s =
+            ColdStart(options, qm->store_.get(), *meta, log_dir, &log_options, &cold_note);
         !s.ok()) {
       return s;
     }

@@ -17,8 +17,6 @@
 #include <string>
 #include <utility>
 #include <vector>
-#include <utility>
-#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"

@@ -61,8 +61,7 @@ int main(int argc, char** argv) {
       ::raise(SIGKILL);
     }
   };
-  absl::StatusOr<std::unique_ptr<qmgr::restart::QueueManager>> qm =
-      qmgr::restart::Restart(options);
+  absl::StatusOr<std::unique_ptr<qmgr::restart::QueueManager>> qm = qmgr::restart::Restart(options);
   if (!qm.ok()) {
     Say(absl::StrCat("FAILED ", qm.status().ToString()));
     return 1;

@@ -102,8 +102,8 @@ TEST_F(CrashSimTest, NothingAcknowledgedIsLostWhenUnsyncedWritesAreDropped) {
     ASSERT_TRUE(state.ok()) << state.status();
     const std::vector<Event> events = Events();
     const std::vector<std::string> broken = CheckInvariants(events, *state);
-    ASSERT_TRUE(broken.empty()) << "round " << round << ", "
-                                << (*qm)->restart_report().ToString() << ":\n"
+    ASSERT_TRUE(broken.empty()) << "round " << round << ", " << (*qm)->restart_report().ToString()
+                                << ":\n"
                                 << absl::StrJoin(broken, "\n");
     acknowledged = events.size();
     for (const Event& e : Settle(events, *state)) events_.push_back(e);

@@ -724,6 +724,36 @@ TEST_F(EngineTest, BudgetWithoutSpillRefuses) {
 // Regressions from review: a unit cannot be ended while its Get waits; an
 // expired deferred input frees its session; a requeue within max depth
 // commits; a repeated number inside one batch is a bad batch, not "hardened".
+// Quiesce (normal shutdown): waiting Gets end, every open unit is backed out,
+// and later calls are UNAVAILABLE.
+TEST_F(EngineTest, QuiesceEndsWaitingGetsBacksOutUnitsAndRefusesCalls) {
+  Define("Q");
+  Define("EMPTY");
+  ASSERT_TRUE(engine_->Enqueue(Spec("Q", "held")).ok());
+  const GetResult held = MustGet("Q");
+  absl::Status waited;
+  std::thread waiter([&] {
+    waited = engine_->Get({0, "EMPTY", absl::Seconds(30), false}).status();
+  });
+  while (engine_->OpenUnits().size() < 2) {
+    absl::SleepFor(absl::Milliseconds(1));  // until the Get waits in a unit of its own
+  }
+  EXPECT_EQ(engine_->Quiesce(qmgr::v1::BACKOUT_SHUTDOWN), 1);
+  waiter.join();
+  EXPECT_EQ(waited.code(), absl::StatusCode::kUnavailable) << waited;
+  EXPECT_TRUE(engine_->OpenUnits().empty());
+  absl::StatusOr<QueueStatus> q = engine_->DisplayQueue("Q");
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(q->depth, 1u) << "backed out";
+  const std::vector<LogRecord> backouts = RecordsOf(LogRecord::kBackout);
+  ASSERT_EQ(backouts.size(), 1u);
+  EXPECT_EQ(backouts[0].backout().reason(), qmgr::v1::BACKOUT_SHUTDOWN);
+  EXPECT_EQ(engine_->Enqueue(Spec("Q", "late")).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(engine_->Get({0, "Q", absl::ZeroDuration(), false}).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(engine_->DefineQueue("R", {}).code(), absl::StatusCode::kUnavailable);
+}
+
 TEST_F(EngineTest, ReviewRegressions) {
   Define("Q");
   const UowId uow = engine_->BeginUnit();

@@ -148,12 +148,12 @@ TEST_F(RestartTest, EmergencyRestartRedoesTheLogAndBacksOutUnitsWithoutOutcome) 
   for (int i = 0; i < 10; ++i) Put("Q", absl::StrCat("m", i));
   ASSERT_TRUE(qm_->checkpointer()->Checkpoint(checkpoint::Trigger::kRequested).ok());
   for (int i = 10; i < 15; ++i) Put("Q", absl::StrCat("m", i));
-  Take("Q");                        // m0, in a unit left open
-  GetResult m1 = Take("Q");         // m1, committed
+  Take("Q");                 // m0, in a unit left open
+  GetResult m1 = Take("Q");  // m1, committed
   ASSERT_TRUE(engine()->SyncPoint(m1.uow).ok());
-  GetResult m2 = Take("Q");         // m2, backed out before the crash
+  GetResult m2 = Take("Q");  // m2, backed out before the crash
   ASSERT_TRUE(engine()->Backout(m2.uow).ok());
-  Put("Q", "m15");                  // makes the BACKOUT durable
+  Put("Q", "m15");  // makes the BACKOUT durable
   Crash();
 
   ASSERT_NE(Open(), nullptr);
@@ -527,9 +527,8 @@ TEST_F(RestartTest, EnqueuesKeepCompletingWhileTheCheckpointWaitsForTheStore) {
   ASSERT_NE(Open(options), nullptr);
   Define("Q");
   armed = true;
-  std::thread stalled([&] {
-    EXPECT_TRUE(qm_->checkpointer()->Checkpoint(checkpoint::Trigger::kRequested).ok());
-  });
+  std::thread stalled(
+      [&] { EXPECT_TRUE(qm_->checkpointer()->Checkpoint(checkpoint::Trigger::kRequested).ok()); });
   held.WaitForNotification();  // the checkpoint is about to write the store
   for (int i = 0; i < 200; ++i) Put("Q", "during");
   EXPECT_EQ(Contents("Q").size(), 200u);

@@ -19,7 +19,9 @@ constexpr char kPoison[] = "POISON";
 
 }  // namespace
 
-std::string Event::ToLine() const { return absl::StrCat(std::string(1, kind), " ", id, " ", marker); }
+std::string Event::ToLine() const {
+  return absl::StrCat(std::string(1, kind), " ", id, " ", marker);
+}
 
 bool Event::FromLine(const std::string& line, Event* event) {
   std::vector<std::string> parts = absl::StrSplit(line, ' ');
@@ -238,8 +240,8 @@ std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
   for (const ObservedState::Message& m : state.messages) {
     if (m.queue != kIn || m.backout_count > 0) continue;
     if (m.id < last_fresh) {
-      broken.push_back(absl::StrCat("queue order: message ", m.id, " follows message ",
-                                    last_fresh, " on ", kIn));
+      broken.push_back(absl::StrCat("queue order: message ", m.id, " follows message ", last_fresh,
+                                    " on ", kIn));
     }
     last_fresh = m.id;
   }

@@ -46,7 +46,7 @@ struct Event {
   uint64_t id = 0;
   std::string marker;
 
-  std::string ToLine() const;                    // "E 17 p3-1-9"
+  std::string ToLine() const;  // "E 17 p3-1-9"
   static bool FromLine(const std::string& line, Event* event);
 };
 
