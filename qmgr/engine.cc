@@ -51,9 +51,9 @@ struct Engine::Message {
   bool spilled = false;  // the payload is in the spill store
   // The payload is only in the checkpoint store (restored lazily).
   bool in_store = false;
-  int64_t position = 0;  // order within its queue (StoredMessage.position)
-  UowId taken_by = 0;    // the open unit holding it
-  bool stored = false;   // a checkpoint wrote (or is writing) its image
+  int64_t position = 0;           // order within its queue (StoredMessage.position)
+  UowId taken_by = 0;             // the open unit holding it
+  bool stored = false;            // a checkpoint wrote (or is writing) its image
   bool payload_in_store = false;  // ... and its payload
   // The engine's count of payload bytes in memory, charged while this holds
   // its payload. Messages are created and destroyed under the engine latch.
@@ -284,9 +284,9 @@ absl::StatusOr<std::vector<qmgr::v1::Message>> Engine::Browse(const std::string&
     if (out.size() == max_messages) break;
     qmgr::v1::Message whole = message->Whole();
     if (message->unloaded()) {
-      absl::StatusOr<std::string> payload = message->spilled
-                                                ? options_.spill->Get(message->m.id())
-                                                : options_.stored_payloads->ReadPayload(message->m.id());
+      absl::StatusOr<std::string> payload =
+          message->spilled ? options_.spill->Get(message->m.id())
+                           : options_.stored_payloads->ReadPayload(message->m.id());
       if (!payload.ok()) return payload.status();
       whole.set_payload(*std::move(payload));
     }
@@ -453,9 +453,9 @@ void Engine::Spill(Message* message) {
 }
 
 absl::Status Engine::Unspill(Message* message) {
-  absl::StatusOr<std::string> payload = message->spilled
-                                            ? options_.spill->Get(message->m.id())
-                                            : options_.stored_payloads->ReadPayload(message->m.id());
+  absl::StatusOr<std::string> payload =
+      message->spilled ? options_.spill->Get(message->m.id())
+                       : options_.stored_payloads->ReadPayload(message->m.id());
   if (!payload.ok()) {
     return absl::Status(payload.status().code(),
                         absl::StrCat("reading the payload of message ", message->m.id(), " from ",
@@ -1239,8 +1239,8 @@ void Engine::Restore(RestoredState restored) {
         assert(options_.stored_payloads != nullptr);
         message->in_store = true;
       } else {
-        message->payload = std::make_shared<const std::string>(
-            std::move(*rm.message.mutable_payload()));
+        message->payload =
+            std::make_shared<const std::string>(std::move(*rm.message.mutable_payload()));
         message->Charge(&payload_bytes_);
       }
       rm.message.clear_payload();

@@ -149,9 +149,9 @@ struct QueueStatus {
 // it starts. Everything restored is visible: restart has backed out the units
 // that were open at the crash.
 struct RestoredMessage {
-  qmgr::v1::Message message;  // with its payload, unless payload_in_store
-  int64_t position = 0;       // StoredMessage.position
-  bool stored = false;        // the store holds an image of it
+  qmgr::v1::Message message;      // with its payload, unless payload_in_store
+  int64_t position = 0;           // StoredMessage.position
+  bool stored = false;            // the store holds an image of it
   bool payload_in_store = false;  // the store holds its payload (read at Get)
   bool changed = false;           // its image differs from the store's
 };
