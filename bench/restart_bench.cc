@@ -51,7 +51,9 @@ restart::RestartOptions Options(const std::string& data_dir) {
   // Every message of the benchmark in memory: the restore, not the spill, is
   // what is measured.
   options.engine.memory_budget_bytes = 8ull << 30;
-  options.progress = [](absl::string_view line) { std::printf("  %s\n", std::string(line).c_str()); };
+  options.progress = [](absl::string_view line) {
+    std::printf("  %s\n", std::string(line).c_str());
+  };
   return options;
 }
 
@@ -136,11 +138,11 @@ void Run(const Config& config) {
     const uint64_t more = (config.log_mib << 20) / (config.payload + 64);
     const Clock::time_point fill = Clock::now();
     Fill(qm->engine(), more, config.payload);
-    std::printf("wrote %lu more messages (%lu MiB of log) in %.1f s; crashing\n",
-                static_cast<unsigned long>(more),
-                static_cast<unsigned long>(
-                    (qm->log()->NextLsn() - qm->checkpointer()->redo_lsn()) >> 20),
-                std::chrono::duration<double>(Clock::now() - fill).count());
+    std::printf(
+        "wrote %lu more messages (%lu MiB of log) in %.1f s; crashing\n",
+        static_cast<unsigned long>(more),
+        static_cast<unsigned long>((qm->log()->NextLsn() - qm->checkpointer()->redo_lsn()) >> 20),
+        std::chrono::duration<double>(Clock::now() - fill).count());
   }
   const bool dropped = DropPageCache();
   const double read_rate = ReadRate(data_dir + "/log");

@@ -70,8 +70,9 @@ void Checkpointer::Stop() {
 
 double Checkpointer::EstimatedRestartSeconds() const {
   absl::MutexLock lock(&mu_);
-  const double rate = last_.replay_bytes_per_second() > 0 ? last_.replay_bytes_per_second()
-                                                          : options_.assumed_replay_bytes_per_second;
+  const double rate = last_.replay_bytes_per_second() > 0
+                          ? last_.replay_bytes_per_second()
+                          : options_.assumed_replay_bytes_per_second;
   const log::Lsn next = log_->NextLsn();
   return next > last_.redo_lsn() ? static_cast<double>(next - last_.redo_lsn()) / rate : 0;
 }

@@ -43,8 +43,8 @@ absl::Status ForEachValue(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* family,
     }
     if (absl::Status s = fn(it->key().ToString(), std::move(value)); !s.ok()) return s;
   }
-  return FromRocksDb(it->status(), absl::StrCat("checkpoint store ", path, ": reading '",
-                                                family->GetName(), "'"));
+  return FromRocksDb(
+      it->status(), absl::StrCat("checkpoint store ", path, ": reading '", family->GetName(), "'"));
 }
 
 }  // namespace
@@ -72,7 +72,8 @@ Store::~Store() = default;
 
 absl::StatusOr<std::optional<qmgr::v1::CheckpointMeta>> Store::ReadMeta() {
   std::string value;
-  const rocksdb::Status s = db_->db()->Get(rocksdb::ReadOptions(), meta_, SliceOf(kMetaKey), &value);
+  const rocksdb::Status s =
+      db_->db()->Get(rocksdb::ReadOptions(), meta_, SliceOf(kMetaKey), &value);
   if (s.IsNotFound()) return std::nullopt;
   if (!s.ok()) return FromRocksDb(s, absl::StrCat("checkpoint store ", path(), ": reading meta"));
   qmgr::v1::CheckpointMeta meta;
@@ -93,8 +94,7 @@ absl::Status Store::ForEachSession(
   return ForEachValue<qmgr::v1::StoredSession>(db_->db(), sessions_, "", path(), fn);
 }
 
-absl::Status Store::ForEachMessage(
-    const std::function<absl::Status(qmgr::v1::StoredMessage)>& fn) {
+absl::Status Store::ForEachMessage(const std::function<absl::Status(qmgr::v1::StoredMessage)>& fn) {
   return ForEachValue<qmgr::v1::StoredMessage>(
       db_->db(), messages_, std::string(1, kImagePrefix), path(),
       [&](std::string, qmgr::v1::StoredMessage m) { return fn(std::move(m)); });
@@ -115,8 +115,8 @@ absl::StatusOr<std::string> Store::ReadPayload(uint64_t message_id) {
   const rocksdb::Status s = db_->db()->Get(rocksdb::ReadOptions(), messages_,
                                            MessageKey(kPayloadPrefix, message_id), &payload);
   if (!s.ok()) {
-    return FromRocksDb(s, absl::StrCat("checkpoint store ", path(), ": payload of message ",
-                                       message_id));
+    return FromRocksDb(
+        s, absl::StrCat("checkpoint store ", path(), ": payload of message ", message_id));
   }
   return payload;
 }
@@ -169,9 +169,9 @@ absl::Status Store::Write(const CheckpointDelta& delta, const qmgr::v1::Checkpoi
   rocksdb::WriteOptions write;
   write.sync = true;
   write.rate_limiter_priority = rocksdb::Env::IO_USER;  // paced (SpillOptions)
-  return FromRocksDb(db_->db()->Write(write, &batch),
-                     absl::StrCat("checkpoint store ", path(), ": writing checkpoint ",
-                                  meta.checkpoint_number()));
+  return FromRocksDb(
+      db_->db()->Write(write, &batch),
+      absl::StrCat("checkpoint store ", path(), ": writing checkpoint ", meta.checkpoint_number()));
 }
 
 absl::Status Store::Flush(bool wait) {
