@@ -16,6 +16,7 @@ constexpr char kOut[] = "OUT";
 constexpr char kIrrecoverable[] = "IRR";
 constexpr char kFastPath[] = "FP";
 constexpr char kPoison[] = "POISON";
+constexpr uint64_t kDepthMax = 5000;
 
 }  // namespace
 
@@ -38,7 +39,10 @@ CrashWorkload::CrashWorkload(Engine* engine, std::string prefix,
 CrashWorkload::~CrashWorkload() { Stop(); }
 
 absl::Status CrashWorkload::Start() {
+  // Bounded, so that state (and restart time) stays flat over thousands of
+  // crashes: producers meet QUEUE_FULL and retry.
   qmgr::v1::QueueAttributes in;
+  in.set_max_depth(kDepthMax);
   in.set_backout_threshold(3);
   in.set_backout_queue(kPoison);
   const std::vector<std::pair<std::string, qmgr::v1::QueueAttributes>> queues = {
@@ -115,7 +119,8 @@ void CrashWorkload::Consumer(int thread) {
       continue;
     }
     std::string marker;
-    if (choice <= 3) {  // forward a reply
+    absl::StatusOr<QueueStatus> out = engine_->DisplayQueue(kOut);
+    if (choice <= 3 && out.ok() && out->depth < kDepthMax) {  // forward a reply
       marker = absl::StrCat(prefix_, "-i", thread, "-", n);
       MessageSpec insert;
       insert.queue = kOut;
