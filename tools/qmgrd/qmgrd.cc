@@ -40,8 +40,12 @@ constexpr int kExitListen = 4;
 constexpr int kExitUsage = 64;
 
 // How long calls still running at the end of a normal shutdown get before
-// they are cancelled (a durability wait, a Get's current slice).
-constexpr absl::Duration kCallDrain = absl::Seconds(2);
+// they are cancelled. By then intake is stopped and the units are backed
+// out, so all that can still run is a durability wait (milliseconds) or a
+// Get's current slice (OperationsOptions::get_wait_slice). gRPC's Shutdown
+// waits out the whole deadline while clients keep connections open, so it
+// is short.
+constexpr absl::Duration kCallDrain = absl::Milliseconds(500);
 
 // The first shutdown request wins; later ones (a second SIGTERM) are ignored.
 class ShutdownRequest {
@@ -75,6 +79,11 @@ int ParseFlags(int argc, char** argv, ServerOptions* o) {
                  "Payload bytes held in memory before spilling to the store (0: no budget; "
                  "units like 512MiB accepted)")
       ->transform(CLI::AsSizeValue(false))
+      ->capture_default_str();
+  app.add_option("--log-segment-bytes", o->log_segment_bytes,
+                 "Size of each preallocated log segment file (a multiple of 4 KiB)")
+      ->transform(CLI::AsSizeValue(false))
+      ->check(CLI::Range(qmgr::log::kSegmentBytesMin, qmgr::log::kSegmentBytesMax))
       ->capture_default_str();
   app.add_option("--max-message-bytes", o->max_message_bytes,
                  "Largest payload of a queue that does not set its own")
@@ -192,7 +201,12 @@ int main(int argc, char** argv) {
     std::cerr << "qmgrd: cannot listen on " << options.listen_address << "\n";
     return kExitListen;
   }
+  // The server as a whole ("") and each service by its full name.
   server->GetHealthCheckService()->SetServingStatus(true);
+  for (const char* service :
+       {qmgr::v1::QueueManager::service_full_name(), qmgr::v1::Admin::service_full_name()}) {
+    server->GetHealthCheckService()->SetServingStatus(service, true);
+  }
   const std::string host = options.listen_address.substr(0, options.listen_address.rfind(':'));
   std::cerr << "qmgrd: queue manager " << options.queue_manager_name << " listening on " << host
             << ":" << port << std::endl;

@@ -44,8 +44,10 @@ absl::StatusOr<std::unique_ptr<QueueManagerInstance>> OpenQueueManager(
   }
   const std::string log_dir = log::JoinPath(options.data_dir, "log");
   std::cerr << "qmgrd: opening the log in " << log_dir << "\n";
+  log::LogOptions log_options;
+  log_options.segment_bytes = options.log_segment_bytes;
   absl::StatusOr<std::unique_ptr<log::Log>> log =
-      log::Log::Open(log::PosixFileSystem(), log_dir, log::LogOptions{});
+      log::Log::Open(log::PosixFileSystem(), log_dir, log_options);
   if (!log.ok()) {
     return absl::Status(log.status().code(), absl::StrCat("cannot open the log in ", log_dir, ": ",
                                                           log.status().message()));

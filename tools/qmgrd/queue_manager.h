@@ -25,6 +25,8 @@ struct ServerOptions {
   std::string listen_address = "127.0.0.1:7430";
   std::string queue_manager_name = "QM1";
   uint64_t memory_budget_bytes = 1ull << 30;
+  // Size of each log segment file (LogOptions::segment_bytes).
+  uint64_t log_segment_bytes = log::kSegmentBytesDefault;
   // Engine limits (EngineOptions).
   uint64_t max_message_bytes = 4u << 20;
   uint64_t unit_messages_max = 10000;
