@@ -104,6 +104,48 @@ absl::StatusOr<qmgr::v1::EnqueueBatchResponse> Operations::EnqueueBatch(
   return response;
 }
 
+std::vector<absl::StatusOr<qmgr::v1::EnqueueResponse>> Operations::EnqueueGroup(
+    std::vector<NewMessage> messages) {
+  std::vector<absl::StatusOr<qmgr::v1::EnqueueResponse>> answers;
+  answers.reserve(messages.size());
+  if (absl::Status s = CheckIntake(); !s.ok()) {
+    answers.assign(messages.size(), s);
+    return answers;
+  }
+  if (messages.size() == 1) {
+    answers.push_back(Enqueue(std::move(messages[0])));
+    return answers;
+  }
+  std::vector<MessageSpec> specs;
+  specs.reserve(messages.size());
+  for (const NewMessage& message : messages) specs.push_back(ToSpec(message));
+  absl::StatusOr<std::vector<EnqueueResult>> results = engine_->EnqueueBatch(std::move(specs));
+  if (results.ok()) {
+    for (const EnqueueResult& result : *results) answers.push_back(ToResponse(result));
+    return answers;
+  }
+  // A refusal of these kinds comes before anything is logged (validation,
+  // limits, memory, a full disk: the log's Append assigns nothing then), and
+  // one message's refusal must not be the others': each is enqueued alone.
+  // (FailedPrecondition from a log closed under a waiting call cannot happen:
+  // qmgrd closes the log only after every call ended.) Anything else, above
+  // all Unavailable from a failed log, may come after the record was
+  // appended: enqueuing again could queue twice, so every message shares the
+  // outcome, as a lone Enqueue would.
+  switch (results.status().code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kResourceExhausted:
+      break;
+    default:
+      answers.assign(messages.size(), results.status());
+      return answers;
+  }
+  for (NewMessage& message : messages) answers.push_back(Enqueue(std::move(message)));
+  return answers;
+}
+
 absl::StatusOr<qmgr::v1::GetResponse> Operations::Get(const qmgr::v1::GetRequest& request,
                                                       Owner owner, absl::Time call_deadline,
                                                       absl::FunctionRef<bool()> stop_waiting) {

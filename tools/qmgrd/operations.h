@@ -52,6 +52,13 @@ class Operations {
   absl::StatusOr<qmgr::v1::EnqueueResponse> Enqueue(qmgr::v1::NewMessage message);
   absl::StatusOr<qmgr::v1::EnqueueBatchResponse> EnqueueBatch(
       const qmgr::v1::EnqueueBatchRequest& request);
+  // Independent messages (an EnqueueStream's pending requests), each
+  // answered as if enqueued alone and in this order, but written as one
+  // ENQUEUE record with one durability wait when all are accepted. When the
+  // group is refused before anything was logged, each message is enqueued
+  // alone for its own answer; after a log failure every message gets it.
+  std::vector<absl::StatusOr<qmgr::v1::EnqueueResponse>> EnqueueGroup(
+      std::vector<qmgr::v1::NewMessage> messages);
 
   // Programs. `stop_waiting` is polled while the Get waits (the caller went
   // away); the wait also ends at `call_deadline`, the caller's own deadline.

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <map>
 #include <utility>
 
@@ -54,14 +55,17 @@ absl::Status Assign(absl::StatusOr<T> result, T* response) {
   return absl::OkStatus();
 }
 
-// EnqueueStream: reads ahead up to stream_window requests, runs each on the
-// io pool (so their durability waits share group commits), and writes the
-// answers in request order. Flow control: once the window is full it stops
-// reading, and HTTP/2 flow control holds the client back.
+// EnqueueStream: reads ahead up to stream_window requests and answers them
+// in request order. The requests read and not yet running are taken by a
+// runner on the io pool as one group (Operations::EnqueueGroup: one record,
+// one durability wait, per-message answers), at most kRunnersMax runners per
+// stream: while one waits for its fsync, the next group forms. Flow control:
+// once the window is full the reactor stops reading, and HTTP/2 flow control
+// holds the client back.
 //
 // gRPC's Start* calls are made outside mu_: decisions are taken under it
 // (the flags make each Start* happen once at a time), actions after it.
-// Lifetime: gRPC holds one reference until OnDone, each pool task another.
+// Lifetime: gRPC holds one reference until OnDone, each runner another.
 class EnqueueStreamReactor final
     : public grpc::ServerBidiReactor<v1::EnqueueRequest, v1::EnqueueStreamResponse> {
  public:
@@ -81,29 +85,16 @@ class EnqueueStreamReactor final
       if (!ok) {
         read_closed_ = true;
       } else {
-        const uint64_t seq = next_seq_++;
         ++in_flight_;
-        Ref();
-        v1::NewMessage message = std::move(*request_.mutable_message());
-        const bool queued =
-            c_->io_pool->Submit([this, seq, message = std::move(message)]() mutable {
-              absl::StatusOr<v1::EnqueueResponse> result =
-                  c_->operations->Enqueue(std::move(message));
-              v1::EnqueueStreamResponse response;
-              if (result.ok()) {
-                *response.mutable_enqueued() = *std::move(result);
-              } else {
-                *response.mutable_error() = ToRpcStatus(result.status());
-              }
-              Complete(seq, std::move(response));
-              Unref();
-            });
-        if (!queued) {
-          Unref();
-          v1::EnqueueStreamResponse refused;
-          refused.mutable_error()->set_code(kPoolFull.error_code());
-          refused.mutable_error()->set_message(kPoolFull.error_message());
-          done_[seq] = std::move(refused);
+        waiting_.emplace_back(next_seq_++, std::move(*request_.mutable_message()));
+        if (runners_ < kRunnersMax) {
+          ++runners_;
+          Ref();
+          if (!c_->io_pool->Submit([this] { RunGroups(); })) {
+            --runners_;
+            Unref();
+            if (runners_ == 0) RefuseWaitingLocked();
+          }
         }
       }
       actions = NextActionsLocked();
@@ -132,24 +123,74 @@ class EnqueueStreamReactor final
   void OnDone() override { Unref(); }
 
  private:
+  static constexpr int kRunnersMax = 2;
+
   struct Actions {
     bool read = false;
     bool write = false;
     bool finish = false;
   };
 
-  void Complete(uint64_t seq, v1::EnqueueStreamResponse response) {
-    Actions actions;
-    {
-      absl::MutexLock lock(&mu_);
-      if (broken_) {
-        --in_flight_;
-      } else {
-        done_[seq] = std::move(response);
+  // A runner: takes the waiting requests as groups until none is left.
+  void RunGroups() {
+    while (true) {
+      std::vector<uint64_t> seqs;
+      std::vector<v1::NewMessage> group;
+      {
+        absl::MutexLock lock(&mu_);
+        uint64_t bytes = 0;
+        while (!waiting_.empty() && static_cast<int>(group.size()) < c_->group_messages_max &&
+               (group.empty() ||
+                bytes + waiting_.front().second.payload().size() <= c_->group_bytes_max)) {
+          bytes += waiting_.front().second.payload().size();
+          seqs.push_back(waiting_.front().first);
+          group.push_back(std::move(waiting_.front().second));
+          waiting_.pop_front();
+        }
+        if (group.empty()) {
+          --runners_;
+          break;
+        }
       }
-      actions = NextActionsLocked();
+      std::vector<absl::StatusOr<v1::EnqueueResponse>> results =
+          c_->operations->EnqueueGroup(std::move(group));
+      Actions actions;
+      {
+        absl::MutexLock lock(&mu_);
+        for (size_t i = 0; i < seqs.size(); ++i) {
+          v1::EnqueueStreamResponse response;
+          if (results[i].ok()) {
+            *response.mutable_enqueued() = *std::move(results[i]);
+          } else {
+            *response.mutable_error() = ToRpcStatus(results[i].status());
+          }
+          CompleteLocked(seqs[i], std::move(response));
+        }
+        actions = NextActionsLocked();
+      }
+      Act(actions);
     }
-    Act(actions);
+    Unref();
+  }
+
+  // No runner could be queued: the waiting requests are refused.
+  void RefuseWaitingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (auto& [seq, message] : waiting_) {
+      v1::EnqueueStreamResponse refused;
+      refused.mutable_error()->set_code(kPoolFull.error_code());
+      refused.mutable_error()->set_message(kPoolFull.error_message());
+      CompleteLocked(seq, std::move(refused));
+    }
+    waiting_.clear();
+  }
+
+  void CompleteLocked(uint64_t seq, v1::EnqueueStreamResponse response)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (broken_) {
+      --in_flight_;
+    } else {
+      done_[seq] = std::move(response);
+    }
   }
 
   Actions NextActionsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -192,9 +233,12 @@ class EnqueueStreamReactor final
   bool read_closed_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;  // a write failed
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  int runners_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_write_seq_ ABSL_GUARDED_BY(mu_) = 0;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;  // read, answer not yet written
+  // Read, not yet taken by a runner, by seq.
+  std::deque<std::pair<uint64_t, v1::NewMessage>> waiting_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, v1::EnqueueStreamResponse> done_ ABSL_GUARDED_BY(mu_);  // by seq
 };
 

@@ -22,8 +22,11 @@ struct ServiceContext {
   WorkerPool* io_pool = nullptr;
   // Gets that may wait for a message (wait_ms > 0).
   WorkerPool* wait_pool = nullptr;
-  // EnqueueStream: requests read ahead of their answers, per stream.
+  // EnqueueStream: requests read ahead of their answers, per stream; and
+  // the most messages and payload bytes written as one group (one record).
   int stream_window = 64;
+  int group_messages_max = 64;
+  uint64_t group_bytes_max = 1u << 20;
   // Admin Checkpoint; empty: UNIMPLEMENTED.
   std::function<absl::StatusOr<CheckpointInfo>()> checkpoint;
   // Admin Shutdown: called after the RPC is answered; must not block.
