@@ -528,6 +528,26 @@ TEST(QmgrdLeaseTest, UnaryUnitIsBackedOutWhenItsLeaseExpires) {
   EXPECT_EQ(got.message().backout_count(), 1u);
 }
 
+TEST(QmgrdPoolTest, CallsBeyondTheQueuedLimitAreRefusedNotQueuedWithoutBound) {
+  Server server({"--wait-threads", "1", "--queued-calls-max", "1"});
+  ASSERT_TRUE(server.Start().ok());
+  server.Define("EMPTY");
+  // One waiting Get holds the only wait thread, a second waits in its queue.
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < 2; ++i) {
+    waiters.emplace_back([&] {
+      v1::GetResponse got;
+      EXPECT_TRUE(server.Get("EMPTY", &got, 0, /*wait_ms=*/600).ok());
+    });
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  v1::GetResponse got;
+  EXPECT_REFUSED(server.Get("EMPTY", &got, 0, /*wait_ms=*/600), kResourceExhausted, "");
+  // Gets that do not wait use the other pool.
+  EXPECT_TRUE(server.Get("EMPTY", &got).ok());
+  for (std::thread& t : waiters) t.join();
+}
+
 std::string BackoutRecords(const std::string& data_dir) {
   const std::string command =
       absl::StrCat(QMGRCTL_PATH, " --data-dir ", data_dir, " log print --type BACKOUT 2>&1");
