@@ -173,7 +173,7 @@ absl::StatusOr<qmgr::v1::GetResponse> Operations::Get(const qmgr::v1::GetRequest
     absl::StatusOr<GetResult> result = engine_->Get(options);
     if (result.ok()) {
       if (options.commit_previous) RemoveUnit(options.uow);
-      if (result->uow != options.uow || options.commit_previous) AddUnit(result->uow, owner);
+      if (result->uow != options.uow) AddUnit(result->uow, owner);  // a new unit
       response.set_uow(result->uow);
       *response.mutable_message() = std::move(result->message);
       return response;

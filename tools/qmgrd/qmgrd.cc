@@ -100,7 +100,7 @@ int ParseFlags(int argc, char** argv, ServerOptions* o) {
   int64_t lease_ms = absl::ToInt64Milliseconds(o->unit_lease);
   app.add_option("--unit-lease-ms", lease_ms,
                  "A unit of work with no call for this long is backed out")
-      ->check(CLI::PositiveNumber)
+      ->check(CLI::Range(int64_t{1}, int64_t{24 * 3600 * 1000}))
       ->capture_default_str();
   int64_t get_wait_max_ms = absl::ToInt64Milliseconds(o->get_wait_max);
   app.add_option("--get-wait-max-ms", get_wait_max_ms, "Longest wait a Get may ask for")
