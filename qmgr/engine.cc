@@ -49,6 +49,12 @@ struct Engine::Message {
   // it): a restart restores it, so taking and dropping it must be logged too.
   bool logged = false;
   bool spilled = false;  // the payload is in the spill store
+  // The payload is only in the checkpoint store (restored lazily).
+  bool in_store = false;
+  int64_t position = 0;  // order within its queue (StoredMessage.position)
+  UowId taken_by = 0;    // the open unit holding it
+  bool stored = false;   // a checkpoint wrote (or is writing) its image
+  bool payload_in_store = false;  // ... and its payload
   // The engine's count of payload bytes in memory, charged while this holds
   // its payload. Messages are created and destroyed under the engine latch.
   uint64_t* memory = nullptr;
@@ -67,6 +73,7 @@ struct Engine::Message {
     charged = 0;
   }
   // The message as logged or handed out: with its payload.
+  bool unloaded() const { return spilled || in_store; }
   qmgr::v1::Message Whole() const {
     qmgr::v1::Message whole = m;
     if (payload != nullptr) whole.set_payload(*payload);
@@ -82,6 +89,10 @@ struct Engine::Queue {
   uint64_t expired_discarded = 0;
   uint64_t backout_moved_in = 0;
   bool deleted = false;
+  // Positions: the next message made visible at the tail takes next_tail;
+  // one returned to the head takes next_head - 1.
+  int64_t next_tail = 0;
+  int64_t next_head = 0;
   absl::CondVar available;  // a message became visible, or the queue was deleted
 
   uint64_t depth_max() const { return attributes.max_depth(); }
@@ -95,13 +106,14 @@ struct Engine::Unit {
   // The ID_RESERVE covering its inserts' ids: an unlogged insert's id is
   // handed out at the sync point, so that waits for it when nothing is logged.
   log::Lsn reserve_lsn = log::kNoLsn;
+  absl::Time begun;
   absl::Time last_used;
   int busy = 0;  // calls inside the engine now (a waiting Get): never idle
 
   uint64_t messages() const { return taken.size() + inserted.size(); }
 };
 
-Engine::Engine(log::Log* log, EngineOptions options)
+Engine::Engine(log::Log* log, EngineOptions options, RestoredState restored)
     : log_(log),
       options_(std::move(options)),
       record_bytes_max_(std::min(options_.unit_bytes_max,
@@ -110,6 +122,10 @@ Engine::Engine(log::Log* log, EngineOptions options)
                                      : log->record_payload_bytes_max() / 2)) {
   assert(options_.first_free_id > 0 && options_.id_block > 1);
   next_id_ = block_end_ = next_block_end_ = options_.first_free_id;
+  {
+    absl::MutexLock lock(&mu_);
+    Restore(std::move(restored));
+  }
   if (options_.reaper_interval > absl::ZeroDuration()) {
     reaper_ = std::thread([this] { ReaperLoop(); });
   }
@@ -166,6 +182,8 @@ absl::Status Engine::DefineQueue(const std::string& name,
     queue->name = name;
     queue->attributes = attributes;
     queues_[name] = std::move(queue);
+    changed_queues_.insert(name);
+    deleted_queues_.erase(name);
   }
   return WaitDurable(*lsn);
 }
@@ -186,6 +204,7 @@ absl::Status Engine::AlterQueue(const std::string& name,
     lsn = log_->Append(record);
     if (!lsn.ok()) return lsn.status();
     it->second->attributes = attributes;
+    changed_queues_.insert(name);
     it->second->available.SignalAll();  // get-inhibit may have been lifted
   }
   return WaitDurable(*lsn);
@@ -217,7 +236,10 @@ absl::Status Engine::DeleteQueue(const std::string& name, bool purge) {
     for (const auto& message : queue.visible) {
       if (message->spilled) DropSpilled(*message);
       ForgetDeferredInput(*message);
+      Retire(*message);
     }
+    changed_queues_.erase(name);
+    deleted_queues_.insert(name);
     queue.deleted = true;
     queue.available.SignalAll();
     // Waiting Gets keep the queue alive (shared_ptr) and look it up again by name.
@@ -258,8 +280,10 @@ absl::StatusOr<std::vector<qmgr::v1::Message>> Engine::Browse(const std::string&
   for (const auto& message : it->second->visible) {
     if (out.size() == max_messages) break;
     qmgr::v1::Message whole = message->Whole();
-    if (message->spilled && options_.spill != nullptr) {
-      absl::StatusOr<std::string> payload = options_.spill->Get(message->m.id());
+    if (message->unloaded()) {
+      absl::StatusOr<std::string> payload = message->spilled
+                                                ? options_.spill->Get(message->m.id())
+                                                : options_.stored_payloads->ReadPayload(message->m.id());
       if (!payload.ok()) return payload.status();
       whole.set_payload(*std::move(payload));
     }
@@ -416,6 +440,7 @@ absl::Status Engine::CheckMemory(uint64_t incoming) const {
 }
 
 void Engine::Spill(Message* message) {
+  deferred_spill_drops_.erase(message->m.id());  // a pending drop would now lose it
   if (!options_.spill->Put(message->m.id(), *message->payload).ok()) {
     return;  // kept in memory; CheckMemory refuses new messages if this goes on
   }
@@ -425,16 +450,20 @@ void Engine::Spill(Message* message) {
 }
 
 absl::Status Engine::Unspill(Message* message) {
-  absl::StatusOr<std::string> payload = options_.spill->Get(message->m.id());
+  absl::StatusOr<std::string> payload = message->spilled
+                                            ? options_.spill->Get(message->m.id())
+                                            : options_.stored_payloads->ReadPayload(message->m.id());
   if (!payload.ok()) {
     return absl::Status(payload.status().code(),
-                        absl::StrCat("reading the spilled payload of message ", message->m.id(),
-                                     ": ", payload.status().message()));
+                        absl::StrCat("reading the payload of message ", message->m.id(), " from ",
+                                     message->spilled ? "the spill" : "the checkpoint store", ": ",
+                                     payload.status().message()));
   }
   message->payload = std::make_shared<const std::string>(*std::move(payload));
-  message->spilled = false;
   message->Charge(&payload_bytes_);
-  DropSpilled(*message);
+  if (message->spilled) DropSpilled(*message);
+  message->spilled = false;
+  message->in_store = false;
   return absl::OkStatus();
 }
 
@@ -449,8 +478,22 @@ void Engine::ForgetDeferredInput(const Message& message) {
 }
 
 void Engine::DropSpilled(const Message& message) {
+  if (checkpointing_) {
+    deferred_spill_drops_.insert(message.m.id());
+    return;
+  }
   // A failure leaves garbage that the next start drops with the spill.
   options_.spill->Delete(message.m.id()).IgnoreError();
+}
+
+void Engine::MarkChanged(Message* message) {
+  if (message->logged) changed_messages_[message->m.id()] = message;
+}
+
+void Engine::Retire(const Message& message) {
+  if (!message.logged) return;
+  changed_messages_.erase(message.m.id());
+  if (message.stored) deleted_messages_.push_back(message.m.id());
 }
 
 MemoryStatus Engine::Memory() const {
@@ -469,12 +512,16 @@ void Engine::MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at
   // Beyond the budget, newly queued payloads go to the spill store: the tail
   // of a queue is read last. Returning (backed-out) ones stay in memory.
   if (!at_head && options_.spill != nullptr && options_.memory_budget_bytes > 0 &&
-      payload_bytes_ > options_.memory_budget_bytes && !message->spilled) {
+      payload_bytes_ > options_.memory_budget_bytes && !message->unloaded()) {
     Spill(message.get());
   }
+  message->taken_by = 0;
+  MarkChanged(message.get());
   if (at_head) {
+    message->position = --queue->next_head;
     queue->visible.push_front(std::move(message));
   } else {
+    message->position = queue->next_tail++;
     queue->visible.push_back(std::move(message));
   }
   queue->available.Signal();
@@ -608,7 +655,10 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<Messag
       const MessageSpec& spec = specs[i];
       if (!spec.origin_session.empty()) {
         Session& session = sessions_[spec.origin_session];
-        if (classes[i] == qmgr::v1::RECOVERABLE) session.in_seq = spec.input_seq;
+        if (classes[i] == qmgr::v1::RECOVERABLE) {
+          session.in_seq = spec.input_seq;
+          changed_sessions_.insert(spec.origin_session);
+        }
         if (IsDeferred(classes[i])) session.outstanding_seq = spec.input_seq;
       }
       if (messages[i]->logged) {
@@ -635,6 +685,7 @@ Engine::Unit* Engine::NewUnit(absl::Time now) {
     free_units_.pop_back();
   }
   unit->id = next_uow_++;
+  unit->begun = now;
   unit->last_used = now;
   Unit* raw = unit.get();
   units_[raw->id] = std::move(unit);
@@ -689,6 +740,7 @@ Engine::Message* Engine::TakeNext(Queue* queue, int64_t now_us) {
     ++queue->expired_discarded;
     if (front->spilled) DropSpilled(*front);
     ForgetDeferredInput(*front);
+    Retire(*front);
     queue->visible.pop_front();
   }
   return nullptr;
@@ -809,7 +861,7 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
       now = options_.clock->Now();  // the wait took time: idle and expiry go by now
       now_us = absl::ToUnixMicros(now);
     }
-    if (message->spilled) {
+    if (message->unloaded()) {
       if (absl::Status s = Unspill(message); !s.ok()) {
         drop_if_empty();
         return s;
@@ -844,6 +896,8 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
     result.uow = uow;
     result.message = message->m;
     *payload = message->payload;
+    message->taken_by = uow;
+    MarkChanged(message);
     unit->taken.push_back(std::move(queue->visible.front()));
     queue->visible.pop_front();
     ++queue->taken;
@@ -986,6 +1040,7 @@ absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* resul
     auto it = queues_.find(message->m.queue());
     assert(it != queues_.end() && "a queue with taken messages is never deleted");
     --it->second->taken;
+    Retire(*message);
     // Freed by the caller after the latch is released.
     message->Uncharge();
     consumed->push_back(std::move(message));
@@ -993,6 +1048,7 @@ absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* resul
   for (const auto& [name, seq] : hardened) {
     Session& session = sessions_[name];
     session.in_seq = std::max(session.in_seq, seq);
+    changed_sessions_.insert(name);
     // Response mode: the terminal waits for the reply. Without one the input
     // is done at its sync point; with one, when the reply is acknowledged
     // (sessions issue).
@@ -1095,6 +1151,16 @@ int Engine::ReapIdleUnits() {
   return static_cast<int>(idle.size());
 }
 
+int Engine::BackoutOpenUnits(qmgr::v1::BackoutReason reason) {
+  absl::MutexLock lock(&mu_);
+  std::vector<Unit*> open;
+  for (const auto& [id, unit] : units_) {
+    if (unit->busy == 0) open.push_back(unit.get());
+  }
+  for (Unit* unit : open) BackoutLocked(unit, reason);
+  return static_cast<int>(open.size());
+}
+
 void Engine::ReaperLoop() {
   while (true) {
     {
@@ -1122,6 +1188,111 @@ absl::Status Engine::WaitDurable(log::Lsn lsn) {
   absl::Status status = log_->WaitDurable(lsn);
   wait_cpu_nanos_.fetch_add(ThreadCpuNanos() - start, std::memory_order_relaxed);
   return status;
+}
+
+// ---- Checkpoint and restart -------------------------------------------------
+
+void Engine::Restore(RestoredState restored) {
+  next_uow_ = std::max<UowId>(next_uow_, restored.next_uow);
+  for (RestoredQueue& rq : restored.queues) {
+    auto queue = std::make_shared<Queue>();
+    queue->name = rq.name;
+    queue->attributes = rq.attributes;
+    if (rq.changed) changed_queues_.insert(rq.name);
+    if (!rq.messages.empty()) {
+      queue->next_head = rq.messages.front().position;
+      queue->next_tail = rq.messages.back().position + 1;
+    }
+    for (RestoredMessage& rm : rq.messages) {
+      assert(rm.position >= queue->next_head && rm.position < queue->next_tail);
+      auto message = std::make_unique<Message>();
+      if (rm.payload_in_store && rm.message.payload().empty()) {
+        assert(options_.stored_payloads != nullptr);
+        message->in_store = true;
+      } else {
+        message->payload = std::make_shared<const std::string>(
+            std::move(*rm.message.mutable_payload()));
+        message->Charge(&payload_bytes_);
+      }
+      rm.message.clear_payload();
+      message->m = std::move(rm.message);
+      message->logged = true;
+      message->position = rm.position;
+      message->stored = rm.stored;
+      message->payload_in_store = rm.payload_in_store;
+      if (rm.changed || !rm.stored) MarkChanged(message.get());
+      if (!message->in_store && options_.spill != nullptr && options_.memory_budget_bytes > 0 &&
+          payload_bytes_ > options_.memory_budget_bytes) {
+        Spill(message.get());
+      }
+      queue->visible.push_back(std::move(message));
+    }
+    queues_[rq.name] = std::move(queue);
+  }
+  for (const auto& [name, in_seq] : restored.sessions) sessions_[name].in_seq = in_seq;
+  changed_sessions_.insert(restored.changed_sessions.begin(), restored.changed_sessions.end());
+  deleted_messages_ = std::move(restored.deleted_messages);
+  deleted_queues_.insert(restored.deleted_queues.begin(), restored.deleted_queues.end());
+}
+
+CheckpointDelta Engine::BeginCheckpoint() {
+  absl::MutexLock lock(&mu_);
+  assert(!checkpointing_ && "one checkpoint at a time");
+  checkpointing_ = true;
+  CheckpointDelta delta;
+  delta.redo_lsn = log_->NextLsn();
+  delta.first_free_id = std::max(block_end_, next_block_end_);
+  delta.next_uow = next_uow_;
+  delta.messages.reserve(changed_messages_.size());
+  for (const auto& [id, message] : changed_messages_) {
+    CheckpointDelta::MessageImage& out = delta.messages.emplace_back();
+    *out.image.mutable_message() = message->m;
+    out.image.set_position(message->position);
+    out.image.set_taken_by_uow(message->taken_by);
+    if (!message->payload_in_store) {
+      if (message->spilled) {
+        out.payload_in_spill = true;
+      } else {
+        out.payload = message->payload;
+      }
+      message->payload_in_store = true;
+    }
+    message->stored = true;
+  }
+  changed_messages_.clear();
+  delta.deleted_messages = std::move(deleted_messages_);
+  deleted_messages_.clear();
+  for (const std::string& name : changed_queues_) {
+    delta.queues.emplace_back(name, queues_.at(name)->attributes);
+  }
+  changed_queues_.clear();
+  delta.deleted_queues.assign(deleted_queues_.begin(), deleted_queues_.end());
+  deleted_queues_.clear();
+  for (const std::string& name : changed_sessions_) {
+    delta.sessions.emplace_back(name, sessions_.at(name).in_seq);
+  }
+  changed_sessions_.clear();
+  return delta;
+}
+
+void Engine::EndCheckpoint() {
+  absl::MutexLock lock(&mu_);
+  assert(checkpointing_);
+  checkpointing_ = false;
+  for (const uint64_t id : deferred_spill_drops_) options_.spill->Delete(id).IgnoreError();
+  deferred_spill_drops_.clear();
+}
+
+std::vector<OpenUnit> Engine::OpenUnits() const {
+  const absl::Time now = options_.clock->Now();
+  absl::MutexLock lock(&mu_);
+  std::vector<OpenUnit> out;
+  for (const auto& [id, unit] : units_) {
+    out.push_back({id, now - unit->begun, now - unit->last_used, unit->messages()});
+  }
+  std::sort(out.begin(), out.end(),
+            [](const OpenUnit& a, const OpenUnit& b) { return a.age > b.age; });
+  return out;
 }
 
 uint64_t Engine::SessionInSeq(const std::string& session) const {

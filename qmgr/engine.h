@@ -31,6 +31,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -40,11 +41,20 @@
 #include "qmgr/spill_store.h"
 #include "qmgr/status.h"
 #include "qmgr/v1/log.pb.h"
+#include "qmgr/v1/store.pb.h"
 
 namespace qmgr {
 
 using UowId = uint64_t;
 using MessageClass = qmgr::v1::MessageClass;
+
+// Reads payloads that only the checkpoint store holds: a restart leaves the
+// payloads of checkpointed messages on disk until a Get needs them.
+class StoredPayloads {
+ public:
+  virtual ~StoredPayloads() = default;
+  virtual absl::StatusOr<std::string> ReadPayload(uint64_t message_id) = 0;
+};
 
 struct EngineOptions {
   // Bounds per unit of work, so that no SYNCPOINT record exceeds the log's
@@ -70,6 +80,9 @@ struct EngineOptions {
   // RESOURCE_EXHAUSTED. 0: no budget.
   uint64_t memory_budget_bytes = 1ull << 30;
   SpillStore* spill = nullptr;  // not owned; may be null
+  // Payloads of restored messages (RestoredMessage::payload_in_store). Not
+  // owned; required when a restored message has its payload there.
+  StoredPayloads* stored_payloads = nullptr;
   // Account the CPU that calling threads spend waiting for durability
   // (wait_cpu_nanos): two thread-CPU clock reads per wait, so off by default.
   bool measure_wait_cpu = false;
@@ -132,10 +145,64 @@ struct QueueStatus {
   uint64_t backout_moved_in = 0;
 };
 
+// What restart (restart/) rebuilt from the store and the log, for the engine
+// it starts. Everything restored is visible: restart has backed out the units
+// that were open at the crash.
+struct RestoredMessage {
+  qmgr::v1::Message message;  // with its payload, unless payload_in_store
+  int64_t position = 0;       // StoredMessage.position
+  bool stored = false;        // the store holds an image of it
+  bool payload_in_store = false;  // the store holds its payload (read at Get)
+  bool changed = false;           // its image differs from the store's
+};
+
+struct RestoredQueue {
+  std::string name;
+  qmgr::v1::QueueAttributes attributes;
+  bool changed = false;                   // the store's definition differs
+  std::vector<RestoredMessage> messages;  // head first, positions ascending
+};
+
+struct RestoredState {
+  std::vector<RestoredQueue> queues;
+  std::map<std::string, uint64_t> sessions;  // name -> in_seq
+  std::vector<std::string> changed_sessions;
+  std::vector<uint64_t> deleted_messages;  // in the store, gone since
+  std::vector<std::string> deleted_queues;
+  UowId next_uow = 1;
+};
+
+// What changed since the last checkpoint (DESIGN.md, "Checkpoints", step 2),
+// taken under the engine latch: the state as of redo_lsn.
+struct CheckpointDelta {
+  log::Lsn redo_lsn = 0;
+  uint64_t first_free_id = 0;  // no id at or above it has been reserved
+  UowId next_uow = 0;
+  struct MessageImage {
+    qmgr::v1::StoredMessage image;
+    // The payload, when the store lacks it: here, or in the spill store.
+    std::shared_ptr<const std::string> payload;
+    bool payload_in_spill = false;
+  };
+  std::vector<MessageImage> messages;
+  std::vector<uint64_t> deleted_messages;
+  std::vector<std::pair<std::string, qmgr::v1::QueueAttributes>> queues;
+  std::vector<std::string> deleted_queues;
+  std::vector<std::pair<std::string, uint64_t>> sessions;  // name, in_seq
+};
+
+struct OpenUnit {
+  UowId id = 0;
+  absl::Duration age;   // since it began
+  absl::Duration idle;  // since its last call
+  uint64_t messages = 0;
+};
+
 class Engine {
  public:
-  // `log` must outlive the engine. Starts the idle reaper.
-  Engine(log::Log* log, EngineOptions options);
+  // `log` must outlive the engine. Starts the idle reaper. `restored`: the
+  // state restart rebuilt (empty for a new queue manager).
+  Engine(log::Log* log, EngineOptions options, RestoredState restored = {});
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -177,6 +244,17 @@ class Engine {
 
   // Backs out units idle longer than the timeout; returns how many.
   int ReapIdleUnits();
+  // Backs out every open unit without a Get waiting (normal shutdown);
+  // returns how many.
+  int BackoutOpenUnits(qmgr::v1::BackoutReason reason);
+
+  // Checkpoint steps 1 and 2: under the latch, redo_lsn and the changes since
+  // the last checkpoint. Until EndCheckpoint, spilled payloads are kept (the
+  // checkpoint reads them outside the latch). One checkpoint at a time.
+  CheckpointDelta BeginCheckpoint();
+  void EndCheckpoint();
+  // Open units of work, the oldest first.
+  std::vector<OpenUnit> OpenUnits() const;
 
   MemoryStatus Memory() const;
   // CPU spent by calling threads inside durability waits (measure_wait_cpu).
@@ -240,6 +318,11 @@ class Engine {
   void DropSpilled(const Message& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at_head)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The next checkpoint writes this message's image (if it is recoverable).
+  void MarkChanged(Message* message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The message leaves the engine for good (consumed, expired, purged).
+  void Retire(const Message& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Restore(RestoredState restored) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status WaitDurable(log::Lsn lsn);
   void ReaperLoop();
 
@@ -270,6 +353,17 @@ class Engine {
   uint64_t next_block_end_ ABSL_GUARDED_BY(mu_) = 0;
   log::Lsn next_block_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // Changes since the last checkpoint. Recoverable messages only, by id; a
+  // message leaves changed_messages_ when it is destroyed.
+  absl::flat_hash_map<uint64_t, Message*> changed_messages_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> deleted_messages_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> changed_queues_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> deleted_queues_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> changed_sessions_ ABSL_GUARDED_BY(mu_);
+  // Between BeginCheckpoint and EndCheckpoint: spill deletions wait, since
+  // the checkpoint may still read those payloads.
+  bool checkpointing_ ABSL_GUARDED_BY(mu_) = false;
+  absl::flat_hash_set<uint64_t> deferred_spill_drops_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> wait_cpu_nanos_{0};
   std::thread reaper_;
 };

@@ -11,30 +11,13 @@
 #include "rocksdb/env.h"
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/options.h"
+#include "rocksdb/rate_limiter.h"
 #include "rocksdb/table.h"
 
 namespace qmgr {
-namespace {
 
-constexpr size_t kKeyBytes = 8;
-// Bounds the file descriptors RocksDB keeps; tables beyond it are reopened.
-constexpr int kOpenFilesMax = 256;
-// Bounds the disk taken by RocksDB's informational LOG files.
-constexpr size_t kInfoLogFilesMax = 4;
-
-// Big-endian, so that RocksDB's bytewise order is message id order.
-std::string KeyOf(uint64_t message_id) {
-  std::string key(kKeyBytes, '\0');
-  for (size_t i = 0; i < kKeyBytes; ++i) {
-    key[kKeyBytes - 1 - i] = static_cast<char>(message_id >> (8 * i));
-  }
-  return key;
-}
-
-absl::Status FromRocksDb(const rocksdb::Status& s, absl::string_view path,
-                         absl::string_view operation) {
-  const std::string message =
-      absl::StrCat("spill store ", path, ": ", operation, ": ", s.ToString());
+absl::Status FromRocksDb(const rocksdb::Status& s, absl::string_view context) {
+  const std::string message = absl::StrCat(context, ": ", s.ToString());
   // NoSpace and SpaceLimit are IOErrors with a subcode: test them first.
   if (s.IsNoSpace() || s.subcode() == rocksdb::Status::kSpaceLimit) {
     return absl::ResourceExhaustedError(message);
@@ -60,6 +43,28 @@ absl::Status FromRocksDb(const rocksdb::Status& s, absl::string_view path,
     default:  // kIOError and the rest: the disk or RocksDB failed.
       return absl::InternalError(message);
   }
+}
+
+namespace {
+
+constexpr size_t kKeyBytes = 8;
+// Bounds the file descriptors RocksDB keeps; tables beyond it are reopened.
+constexpr int kOpenFilesMax = 256;
+// Bounds the disk taken by RocksDB's informational LOG files.
+constexpr size_t kInfoLogFilesMax = 4;
+
+// Big-endian, so that RocksDB's bytewise order is message id order.
+std::string KeyOf(uint64_t message_id) {
+  std::string key(kKeyBytes, '\0');
+  for (size_t i = 0; i < kKeyBytes; ++i) {
+    key[kKeyBytes - 1 - i] = static_cast<char>(message_id >> (8 * i));
+  }
+  return key;
+}
+
+absl::Status FromRocksDb(const rocksdb::Status& s, absl::string_view path,
+                         absl::string_view operation) {
+  return qmgr::FromRocksDb(s, absl::StrCat("spill store ", path, ": ", operation));
 }
 
 rocksdb::CompressionType Compression() {
@@ -96,6 +101,15 @@ rocksdb::DBOptions DatabaseOptions(const SpillOptions& options) {
   // Writes outside the spill go through the WAL, and the spill is dropped at
   // the next Open: flushing memtables on close would only write garbage.
   db.avoid_flush_during_shutdown = true;
+  if (options.env != nullptr) db.env = options.env;
+  if (options.write_bytes_per_second > 0) {
+    db.rate_limiter.reset(rocksdb::NewGenericRateLimiter(
+        static_cast<int64_t>(options.write_bytes_per_second)));
+    // Written out as they go, so that no sync has a large backlog to flush.
+    db.wal_bytes_per_sync = 128 << 10;
+    db.bytes_per_sync = 128 << 10;
+  }
+  db.statistics = options.statistics;
   return db;
 }
 
@@ -103,7 +117,7 @@ rocksdb::DBOptions DatabaseOptions(const SpillOptions& options) {
 // no database there yet.
 absl::StatusOr<std::vector<std::string>> ExistingFamilies(const rocksdb::DBOptions& db_options,
                                                           const std::string& path) {
-  const rocksdb::Status current = rocksdb::Env::Default()->FileExists(path + "/CURRENT");
+  const rocksdb::Status current = db_options.env->FileExists(path + "/CURRENT");
   if (current.IsNotFound()) return std::vector<std::string>{rocksdb::kDefaultColumnFamilyName};
   if (!current.ok()) return FromRocksDb(current, path, "looking for CURRENT");
   std::vector<std::string> names;
@@ -125,6 +139,9 @@ absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const SpillOptions&
   const bool had_spill =
       std::find(names->begin(), names->end(), kSpillColumnFamily) != names->end();
   if (!had_spill) names->emplace_back(kSpillColumnFamily);
+  for (const std::string& wanted : options.column_families) {
+    if (std::find(names->begin(), names->end(), wanted) == names->end()) names->push_back(wanted);
+  }
 
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
   for (const std::string& name : *names) families.emplace_back(name, family_options);

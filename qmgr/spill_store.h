@@ -21,6 +21,9 @@
 namespace rocksdb {
 class DB;
 class ColumnFamilyHandle;
+class Env;
+class Statistics;
+class Status;
 }  // namespace rocksdb
 
 namespace qmgr {
@@ -35,7 +38,22 @@ struct SpillOptions {
   // column families together are held to twice this (db_write_buffer_size).
   // Reads go through a block cache of kSpillBlockCacheBytes.
   uint64_t write_buffer_bytes = 64 << 20;
+  // Column families opened beside "spill", created if missing (the
+  // checkpoint's, checkpoint/store.h).
+  std::vector<std::string> column_families = {};
+  // Bounds the store's writes (RocksDB's WAL, flushes and compactions)
+  // so that a large checkpoint does not starve the system log's fdatasyncs
+  // on the same disk; 0: no bound. Writes that should be paced pass
+  // rocksdb::Env::IO_USER as their WriteOptions::rate_limiter_priority.
+  uint64_t write_bytes_per_second = 0;
+  // Not owned; null: the default. Tests pass one over a fault-injecting
+  // rocksdb::FileSystem.
+  rocksdb::Env* env = nullptr;
+  std::shared_ptr<rocksdb::Statistics> statistics = nullptr;  // may be null
 };
+
+// A RocksDB status as an absl::Status, the message prefixed with `context`.
+absl::Status FromRocksDb(const rocksdb::Status& s, absl::string_view context);
 
 // Block cache shared by every column family opened by SpillStore::Open, for
 // data blocks; index and filter blocks stay with the table readers (bounded by

@@ -1,0 +1,252 @@
+#include "tests/support/crash_workload.h"
+
+#include <algorithm>
+#include <limits>
+#include <random>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace qmgr::testing {
+namespace {
+
+constexpr char kIn[] = "IN";
+constexpr char kOut[] = "OUT";
+constexpr char kIrrecoverable[] = "IRR";
+constexpr char kFastPath[] = "FP";
+constexpr char kPoison[] = "POISON";
+
+}  // namespace
+
+std::string Event::ToLine() const { return absl::StrCat(std::string(1, kind), " ", id, " ", marker); }
+
+bool Event::FromLine(const std::string& line, Event* event) {
+  std::vector<std::string> parts = absl::StrSplit(line, ' ');
+  if (parts.size() != 3 || parts[0].size() != 1) return false;
+  event->kind = parts[0][0];
+  event->marker = parts[2];
+  return absl::SimpleAtoi(parts[1], &event->id);
+}
+
+CrashWorkload::CrashWorkload(Engine* engine, std::string prefix,
+                             std::function<void(const Event&)> on_event)
+    : engine_(engine), prefix_(std::move(prefix)), on_event_(std::move(on_event)) {}
+
+CrashWorkload::~CrashWorkload() { Stop(); }
+
+absl::Status CrashWorkload::Start() {
+  qmgr::v1::QueueAttributes in;
+  in.set_backout_threshold(3);
+  in.set_backout_queue(kPoison);
+  const std::vector<std::pair<std::string, qmgr::v1::QueueAttributes>> queues = {
+      {kPoison, {}}, {kIn, in}, {kOut, {}}, {kIrrecoverable, {}}, {kFastPath, {}}};
+  for (const auto& [name, attributes] : queues) {
+    absl::Status s = engine_->DefineQueue(name, attributes);
+    if (!s.ok() && !absl::IsAlreadyExists(s)) return s;
+  }
+  for (int i = 0; i < 2; ++i) threads_.emplace_back([this, i] { Producer(i); });
+  for (int i = 0; i < 2; ++i) threads_.emplace_back([this, i] { Consumer(i); });
+  threads_.emplace_back([this] { Terminal(); });
+  return absl::OkStatus();
+}
+
+void CrashWorkload::Stop() {
+  stop_ = true;
+  for (std::thread& t : threads_) t.join();
+  threads_.clear();
+}
+
+void CrashWorkload::Emit(Event event) {
+  absl::MutexLock lock(&emit_mu_);
+  on_event_(event);
+}
+
+void CrashWorkload::Producer(int thread) {
+  for (uint64_t n = 0; !stop_; ++n) {
+    const std::string marker = absl::StrCat(prefix_, "-p", thread, "-", n);
+    if (n % 8 == 7) {
+      std::vector<MessageSpec> batch(4);
+      for (size_t i = 0; i < batch.size(); ++i) {
+        batch[i].queue = kIn;
+        batch[i].payload = absl::StrCat(marker, "b", i);
+      }
+      std::vector<std::string> payloads;
+      for (const MessageSpec& spec : batch) payloads.push_back(spec.payload);
+      absl::StatusOr<std::vector<EnqueueResult>> r = engine_->EnqueueBatch(std::move(batch));
+      if (!r.ok()) continue;
+      for (size_t i = 0; i < r->size(); ++i) Emit({'E', (*r)[i].message_id, payloads[i]});
+      continue;
+    }
+    MessageSpec spec;
+    spec.payload = marker;
+    if (n % 5 == 4) {
+      spec.queue = kIrrecoverable;
+      spec.message_class = qmgr::v1::IRRECOVERABLE;
+      absl::StatusOr<EnqueueResult> r = engine_->Enqueue(std::move(spec));
+      if (r.ok()) Emit({'X', r->message_id, marker});
+      continue;
+    }
+    spec.queue = kIn;
+    absl::StatusOr<EnqueueResult> r = engine_->Enqueue(std::move(spec));
+    if (r.ok()) Emit({'E', r->message_id, marker});
+  }
+}
+
+void CrashWorkload::Consumer(int thread) {
+  std::mt19937_64 random(std::hash<std::string>()(prefix_) + thread);
+  for (uint64_t n = 0; !stop_; ++n) {
+    GetOptions get;
+    get.queue = kIn;
+    get.wait = absl::Milliseconds(20);
+    absl::StatusOr<GetResult> got = engine_->Get(get);
+    if (!got.ok()) continue;
+    const uint64_t id = got->message.id();
+    const int choice = static_cast<int>(random() % 10);
+    if (choice == 0) {  // back out, sometimes with an insert that must vanish
+      const std::string marker = absl::StrCat(prefix_, "-b", thread, "-", n);
+      MessageSpec insert;
+      insert.queue = kOut;
+      insert.payload = marker;
+      const bool inserted = engine_->Insert(got->uow, std::move(insert)).ok();
+      if (engine_->Backout(got->uow).ok() && inserted) Emit({'B', 0, marker});
+      continue;
+    }
+    std::string marker;
+    if (choice <= 3) {  // forward a reply
+      marker = absl::StrCat(prefix_, "-i", thread, "-", n);
+      MessageSpec insert;
+      insert.queue = kOut;
+      insert.payload = marker;
+      if (!engine_->Insert(got->uow, std::move(insert)).ok()) marker.clear();
+    }
+    if (choice == 9) absl::SleepFor(absl::Milliseconds(3));  // a unit open for a while
+    // From here a crash leaves the outcome open: the SYNCPOINT record may be
+    // durable before this thread hears of it.
+    Emit({'P', id, ""});
+    absl::StatusOr<SyncPointResult> committed = engine_->SyncPoint(got->uow);
+    if (!committed.ok()) {
+      Emit({'U', id, ""});
+      continue;
+    }
+    Emit({'C', id, ""});
+    if (!marker.empty()) Emit({'I', 0, marker});
+  }
+}
+
+void CrashWorkload::Terminal() {
+  uint64_t seq = engine_->SessionInSeq(kSession);
+  while (!stop_) {
+    MessageSpec input;
+    input.queue = kFastPath;
+    input.payload = absl::StrCat(prefix_, "-f", seq + 1);
+    input.message_class = qmgr::v1::FASTPATH;
+    input.origin_session = kSession;
+    input.input_seq = seq + 1;
+    if (!engine_->Enqueue(std::move(input)).ok()) {
+      absl::SleepFor(absl::Milliseconds(1));
+      continue;
+    }
+    ++seq;
+    GetOptions get;
+    get.queue = kFastPath;
+    get.wait = absl::Milliseconds(100);
+    absl::StatusOr<GetResult> got = engine_->Get(get);
+    if (!got.ok()) continue;
+    if (engine_->SyncPoint(got->uow).ok()) Emit({'H', got->message.input_seq(), ""});
+  }
+}
+
+absl::StatusOr<ObservedState> Observe(Engine* engine) {
+  ObservedState state;
+  for (const QueueStatus& queue : engine->DisplayQueues()) {
+    absl::StatusOr<std::vector<qmgr::v1::Message>> messages =
+        engine->Browse(queue.name, std::numeric_limits<size_t>::max());
+    if (!messages.ok()) return messages.status();
+    for (const qmgr::v1::Message& m : *messages) {
+      state.messages.push_back({m.id(), m.queue(), m.payload()});
+    }
+  }
+  state.session_in_seq = engine->SessionInSeq(CrashWorkload::kSession);
+  state.next_id = engine->next_free_id();
+  return state;
+}
+
+std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
+                                         const ObservedState& state) {
+  std::vector<std::string> broken;
+  std::map<std::string, uint64_t> acked;  // marker -> id
+  std::set<uint64_t> consumed, unknown;
+  std::set<std::string> inserted, backed_out;
+  uint64_t max_id = 0, hardened = 0;
+  for (const Event& e : events) {
+    if (e.kind != 'H') max_id = std::max(max_id, e.id);  // H carries an input number
+    switch (e.kind) {
+      case 'E':
+        acked[e.marker] = e.id;
+        break;
+      case 'C':
+        consumed.insert(e.id);
+        break;
+      case 'P':
+      case 'U':
+        unknown.insert(e.id);
+        break;
+      case 'I':
+        inserted.insert(e.marker);
+        break;
+      case 'B':
+        backed_out.insert(e.marker);
+        break;
+      case 'H':
+        hardened = std::max(hardened, e.id);
+        break;
+      default:
+        break;
+    }
+  }
+  std::map<std::string, int> seen;
+  std::set<uint64_t> ids;
+  for (const ObservedState::Message& m : state.messages) {
+    ++seen[m.marker];
+    if (!ids.insert(m.id).second) broken.push_back(absl::StrCat("id ", m.id, " appears twice"));
+    if (m.queue == kIrrecoverable || m.queue == kFastPath) {
+      broken.push_back(absl::StrCat("message ", m.id, " (", m.marker, ") survived on ", m.queue));
+    }
+    if (consumed.count(m.id)) {
+      broken.push_back(absl::StrCat("message ", m.id, " (", m.marker,
+                                    ") is back although its Get was committed"));
+    }
+    if (backed_out.count(m.marker)) {
+      broken.push_back(absl::StrCat("insert ", m.marker, " of a backed-out unit is visible"));
+    }
+    if (m.id >= state.next_id) {
+      broken.push_back(absl::StrCat("message ", m.id, " is not below the next id ", state.next_id));
+    }
+  }
+  for (const auto& [marker, count] : seen) {
+    if (count > 1) broken.push_back(absl::StrCat(marker, " is present ", count, " times"));
+  }
+  for (const auto& [marker, id] : acked) {
+    if (consumed.count(id) || unknown.count(id)) continue;
+    if (!seen.count(marker)) {
+      broken.push_back(absl::StrCat("acknowledged message ", id, " (", marker, ") is lost"));
+    }
+  }
+  for (const std::string& marker : inserted) {
+    if (!seen.count(marker)) {
+      broken.push_back(absl::StrCat("acknowledged insert ", marker, " is lost"));
+    }
+  }
+  if (state.next_id <= max_id) {
+    broken.push_back(absl::StrCat("the next id ", state.next_id,
+                                  " does not exceed an id acknowledged before, ", max_id));
+  }
+  if (state.session_in_seq < hardened) {
+    broken.push_back(absl::StrCat("session input ", hardened, " was hardened but in_seq is ",
+                                  state.session_in_seq));
+  }
+  return broken;
+}
+
+}  // namespace qmgr::testing

@@ -1,0 +1,98 @@
+// A load of every message class for crash tests, and the checker that holds
+// a restarted queue manager to what the load was told before the crash.
+//
+// The workload reports each acknowledgement as an event, the moment the
+// engine answers OK; the crash may come at any instant after. The checker
+// then asserts the invariants of the checkpoint/restart issue:
+//  - every acknowledged RECOVERABLE message is present exactly once, unless
+//    a Get of it was committed;
+//  - no committed Get is undone (the message does not come back);
+//  - every acknowledged Insert is present exactly once; no Insert of a unit
+//    that was backed out is ever visible;
+//  - IRRECOVERABLE and unhardened deferred (FASTPATH) messages are gone;
+//  - a session's hardened input number is never lost;
+//  - ids are unique: the next id handed out is above every id acknowledged.
+#ifndef QMGR_TESTS_SUPPORT_CRASH_WORKLOAD_H_
+#define QMGR_TESTS_SUPPORT_CRASH_WORKLOAD_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "qmgr/engine.h"
+
+namespace qmgr::testing {
+
+// One acknowledgement. Kinds: 'E' RECOVERABLE enqueue acknowledged (id,
+// marker), 'C' a Get of it committed (id), 'I' an Insert committed (marker),
+// 'B' an Insert backed out (marker), 'X' an id handed out for an unlogged
+// message (id), 'H' a FASTPATH input hardened at a committed sync point (its
+// input number), 'P' a sync point about to be asked for (id of the message
+// it consumes: from now on its outcome is open until 'C'), 'U' that sync
+// point failed, so it may or may not have been committed (id).
+struct Event {
+  char kind = 0;
+  uint64_t id = 0;
+  std::string marker;
+
+  std::string ToLine() const;                    // "E 17 p3-1-9"
+  static bool FromLine(const std::string& line, Event* event);
+};
+
+class CrashWorkload {
+ public:
+  // Markers start with `prefix`, unique per run. `on_event` is called from
+  // the workload's threads, serialized.
+  CrashWorkload(Engine* engine, std::string prefix, std::function<void(const Event&)> on_event);
+  ~CrashWorkload();
+
+  // Defines the queues (those missing) and starts the threads.
+  absl::Status Start();
+  // Stops the threads; errors they met after a crash are expected.
+  void Stop();
+
+  static constexpr char kSession[] = "TERM1";
+
+ private:
+  void Producer(int thread);
+  void Consumer(int thread);
+  void Terminal();
+  void Emit(Event event);
+
+  Engine* const engine_;
+  const std::string prefix_;
+  const std::function<void(const Event&)> on_event_;
+  absl::Mutex emit_mu_;
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> threads_;
+};
+
+// What a restarted queue manager holds, as the checker sees it.
+struct ObservedState {
+  struct Message {
+    uint64_t id = 0;
+    std::string queue;
+    std::string marker;  // the payload
+  };
+  std::vector<Message> messages;
+  uint64_t session_in_seq = 0;
+  uint64_t next_id = 0;  // the next id the engine hands out
+};
+
+// Reads the state through the engine (Browse every queue).
+absl::StatusOr<ObservedState> Observe(Engine* engine);
+
+// Every invariant broken, one line each; empty when all hold.
+std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
+                                         const ObservedState& state);
+
+}  // namespace qmgr::testing
+
+#endif  // QMGR_TESTS_SUPPORT_CRASH_WORKLOAD_H_
