@@ -70,7 +70,8 @@ class QueueManagerInstance {
   Engine* engine() const { return engine_.get(); }
   log::Log* log() const { return log_.get(); }
 
-  // Takes a checkpoint (Admin Checkpoint). Empty until checkpoint/ exists;
+  // Takes a checkpoint (Admin Checkpoint). Empty until qmgrd starts through
+  // restart/ (Checkpointer::Checkpoint(Trigger::kRequested));
   // the Admin service then answers UNIMPLEMENTED.
   std::function<absl::StatusOr<CheckpointInfo>()> checkpoint;
 
@@ -91,7 +92,7 @@ class QueueManagerInstance {
 // is refused), the spill store at <data>/store, and builds the engine.
 // Progress goes to stderr.
 //
-// Until restart/ exists this is a cold start only: a log that already holds
+// It does not call restart::Restart yet, so it is a cold start only: a log that already holds
 // records is refused (FailedPrecondition), because an engine built over it
 // would not see its messages and would reuse its message ids.
 absl::StatusOr<std::unique_ptr<QueueManagerInstance>> OpenQueueManager(

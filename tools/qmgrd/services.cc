@@ -436,7 +436,8 @@ grpc::ServerUnaryReactor* AdminService::Checkpoint(grpc::CallbackServerContext* 
   if (!c_->checkpoint) {
     return Inline(ctx, [] {
       return absl::UnimplementedError(
-          "this qmgrd cannot take checkpoints yet: they come with the checkpoint module");
+          "this qmgrd cannot take checkpoints yet: it does not start through restart/, which runs "
+          "the checkpointer");
     });
   }
   return OnPool(c_->io_pool, ctx, [this, response] {
