@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(
   build-essential cmake pkg-config git
-  libprotobuf-dev protobuf-compiler
+  libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libabsl-dev libxxhash-dev libcli11-dev libgoogle-perftools-dev librocksdb-dev
   libgtest-dev libgmock-dev
 )

@@ -1,0 +1,54 @@
+// The real qmgrd binary as a child process, for integration tests: started
+// on a free loopback port (it binds port 0 and prints the port), in a data
+// directory the test owns, with its stderr in a file.
+#ifndef QMGR_TESTS_SUPPORT_QMGRD_PROCESS_H_
+#define QMGR_TESTS_SUPPORT_QMGRD_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace qmgr::testing {
+
+class QmgrdProcess {
+ public:
+  // `binary`: the qmgrd path; `args`: flags beyond --data-dir and --listen.
+  QmgrdProcess(std::string binary, std::string data_dir, std::vector<std::string> args = {});
+  // Kills (SIGKILL) a child still running.
+  ~QmgrdProcess();
+  QmgrdProcess(const QmgrdProcess&) = delete;
+  QmgrdProcess& operator=(const QmgrdProcess&) = delete;
+
+  // Starts the child and waits until it listens and its health service
+  // answers SERVING. An error names what went wrong and includes its stderr.
+  absl::Status Start(absl::Duration timeout = absl::Seconds(20));
+  // Starts the child and waits for it to exit (for refusals at startup).
+  std::optional<int> RunToExit(absl::Duration timeout = absl::Seconds(20));
+
+  void Signal(int signal);
+  // The exit code, or nullopt if it did not exit within `timeout` (or died
+  // of a signal).
+  std::optional<int> WaitExit(absl::Duration timeout);
+
+  const std::string& target() const { return target_; }
+  std::string Stderr() const;
+
+ private:
+  void Spawn();
+
+  const std::string binary_;
+  const std::string data_dir_;
+  const std::vector<std::string> args_;
+  const std::string stderr_path_;
+  pid_t pid_ = -1;
+  std::string target_;
+};
+
+}  // namespace qmgr::testing
+
+#endif  // QMGR_TESTS_SUPPORT_QMGRD_PROCESS_H_

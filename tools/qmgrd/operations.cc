@@ -1,0 +1,348 @@
+#include "tools/qmgrd/operations.h"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "qmgr/status.h"
+
+namespace qmgr::server {
+namespace {
+
+using qmgr::v1::NewMessage;
+
+// A Get answers this long before its caller's deadline: a message taken
+// after the caller left would come back only when its lease ends, with its
+// backout count raised.
+constexpr absl::Duration kDeadlineMargin = absl::Milliseconds(50);
+constexpr uint32_t kBrowseDefaultMessages = 100;
+constexpr uint32_t kBrowseMessagesMax = 10000;
+// Per message of a BrowseResponse beyond its own size: tag and length.
+constexpr uint64_t kBrowseFramingBytes = 16;
+
+MessageSpec ToSpec(NewMessage message) {
+  MessageSpec spec;
+  spec.queue = std::move(*message.mutable_queue());
+  spec.payload = std::move(*message.mutable_payload());
+  spec.message_class = message.class_();
+  spec.correlation_id = std::move(*message.mutable_correlation_id());
+  spec.reply_to = std::move(*message.mutable_reply_to());
+  spec.expiry_time_us = message.expiry_time_us();
+  spec.origin_session = std::move(*message.mutable_session());
+  spec.input_seq = message.input_seq();
+  return spec;
+}
+
+qmgr::v1::EnqueueResponse ToResponse(const EnqueueResult& result) {
+  qmgr::v1::EnqueueResponse response;
+  response.set_message_id(result.message_id);
+  response.set_lsn(result.lsn == log::kNoLsn ? 0 : result.lsn);
+  response.set_durability(result.durability == Durability::kDurable ? qmgr::v1::DURABLE
+                                                                    : qmgr::v1::IN_MEMORY);
+  return response;
+}
+
+}  // namespace
+
+Operations::Operations(Engine* engine, OperationsOptions options)
+    : engine_(engine), options_(std::move(options)) {}
+
+absl::Status Operations::CheckIntake() const {
+  if (!intake_stopped()) return absl::OkStatus();
+  return absl::UnavailableError(
+      "the queue manager is shutting down: no new messages or units of work");
+}
+
+uint32_t Operations::lease_ms() const {
+  return static_cast<uint32_t>(
+      std::min<int64_t>(absl::ToInt64Milliseconds(options_.unit_lease), UINT32_MAX));
+}
+
+absl::Status Operations::CheckOwner(UowId uow, Owner owner) {
+  absl::MutexLock lock(&mu_);
+  auto it = units_.find(uow);
+  if (owner != kLeaseOwner) {
+    if (it == units_.end() || it->second.owner != owner) {
+      return absl::NotFoundError(absl::StrCat("unit of work ", uow, " is not open on this stream"));
+    }
+  } else if (it != units_.end() && it->second.owner != kLeaseOwner) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "unit of work ", uow, " belongs to a ProgramStream: only that stream can use it"));
+  }
+  if (it != units_.end()) it->second.last_used = absl::Now();
+  return absl::OkStatus();
+}
+
+void Operations::AddUnit(UowId uow, Owner owner) {
+  absl::MutexLock lock(&mu_);
+  units_[uow] = UnitEntry{owner, absl::Now()};
+}
+
+void Operations::RemoveUnit(UowId uow) {
+  absl::MutexLock lock(&mu_);
+  units_.erase(uow);
+}
+
+absl::StatusOr<qmgr::v1::EnqueueResponse> Operations::Enqueue(NewMessage message) {
+  if (absl::Status s = CheckIntake(); !s.ok()) return s;
+  absl::StatusOr<EnqueueResult> result = engine_->Enqueue(ToSpec(std::move(message)));
+  if (!result.ok()) return result.status();
+  return ToResponse(*result);
+}
+
+absl::StatusOr<qmgr::v1::EnqueueBatchResponse> Operations::EnqueueBatch(
+    const qmgr::v1::EnqueueBatchRequest& request) {
+  if (absl::Status s = CheckIntake(); !s.ok()) return s;
+  std::vector<MessageSpec> specs;
+  specs.reserve(request.messages_size());
+  for (const NewMessage& message : request.messages()) specs.push_back(ToSpec(message));
+  absl::StatusOr<std::vector<EnqueueResult>> results = engine_->EnqueueBatch(std::move(specs));
+  if (!results.ok()) return results.status();
+  qmgr::v1::EnqueueBatchResponse response;
+  for (const EnqueueResult& result : *results) *response.add_results() = ToResponse(result);
+  return response;
+}
+
+std::vector<absl::StatusOr<qmgr::v1::EnqueueResponse>> Operations::EnqueueGroup(
+    std::vector<NewMessage> messages) {
+  std::vector<absl::StatusOr<qmgr::v1::EnqueueResponse>> answers;
+  answers.reserve(messages.size());
+  if (absl::Status s = CheckIntake(); !s.ok()) {
+    answers.assign(messages.size(), s);
+    return answers;
+  }
+  if (messages.size() == 1) {
+    answers.push_back(Enqueue(std::move(messages[0])));
+    return answers;
+  }
+  std::vector<MessageSpec> specs;
+  specs.reserve(messages.size());
+  for (const NewMessage& message : messages) specs.push_back(ToSpec(message));
+  absl::StatusOr<std::vector<EnqueueResult>> results = engine_->EnqueueBatch(std::move(specs));
+  if (results.ok()) {
+    for (const EnqueueResult& result : *results) answers.push_back(ToResponse(result));
+    return answers;
+  }
+  // A refusal of these kinds comes before anything is logged (validation,
+  // limits, memory, a full disk: the log's Append assigns nothing then), and
+  // one message's refusal must not be the others': each is enqueued alone.
+  // (FailedPrecondition from a log closed under a waiting call cannot happen:
+  // qmgrd closes the log only after every call ended.) Anything else, above
+  // all Unavailable from a failed log, may come after the record was
+  // appended: enqueuing again could queue twice, so every message shares the
+  // outcome, as a lone Enqueue would.
+  switch (results.status().code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kResourceExhausted:
+      break;
+    default:
+      answers.assign(messages.size(), results.status());
+      return answers;
+  }
+  for (NewMessage& message : messages) answers.push_back(Enqueue(std::move(message)));
+  return answers;
+}
+
+absl::StatusOr<qmgr::v1::GetResponse> Operations::Get(const qmgr::v1::GetRequest& request,
+                                                      Owner owner, absl::Time call_deadline,
+                                                      absl::FunctionRef<bool()> stop_waiting) {
+  if (absl::Status s = CheckIntake(); !s.ok()) return s;
+  if (request.uow() != 0) {
+    if (absl::Status s = CheckOwner(request.uow(), owner); !s.ok()) return s;
+  }
+  absl::Time deadline =
+      absl::Now() + std::min(absl::Milliseconds(request.wait_ms()), options_.get_wait_max);
+  if (call_deadline != absl::InfiniteFuture()) {
+    deadline = std::min(deadline, call_deadline - kDeadlineMargin);
+  }
+  GetOptions options;
+  options.uow = request.uow();
+  options.queue = request.queue();
+  options.commit_previous = request.commit_previous() && request.uow() != 0;
+  qmgr::v1::GetResponse response;
+  response.set_lease_ms(lease_ms());
+  // The wait goes in slices, so that a caller that left, or a shutdown, ends
+  // it within a slice; after the first slice with commit_previous, the
+  // previous unit is committed and the next slices take into a new unit.
+  while (true) {
+    options.wait =
+        std::clamp(deadline - absl::Now(), absl::ZeroDuration(), options_.get_wait_slice);
+    absl::StatusOr<GetResult> result = engine_->Get(options);
+    if (result.ok()) {
+      if (options.commit_previous) RemoveUnit(options.uow);
+      if (result->uow != options.uow) AddUnit(result->uow, owner);  // a new unit
+      response.set_uow(result->uow);
+      *response.mutable_message() = std::move(result->message);
+      return response;
+    }
+    if (!absl::IsDeadlineExceeded(result.status())) return result.status();
+    if (options.commit_previous) {
+      RemoveUnit(options.uow);
+      options.commit_previous = false;
+      options.uow = 0;
+    }
+    if (absl::Now() >= deadline || stop_waiting() || intake_stopped()) {
+      response.set_uow(options.uow);
+      return response;
+    }
+  }
+}
+
+absl::StatusOr<qmgr::v1::InsertResponse> Operations::Insert(const qmgr::v1::InsertRequest& request,
+                                                            Owner owner) {
+  UowId uow = request.uow();
+  const bool created = uow == 0;
+  if (created) {
+    if (absl::Status s = CheckIntake(); !s.ok()) return s;
+    uow = engine_->BeginUnit();
+  } else if (absl::Status s = CheckOwner(uow, owner); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = engine_->Insert(uow, ToSpec(request.message())); !s.ok()) {
+    // A unit made for this insert holds nothing: end it rather than leave it
+    // to the reaper.
+    if (created) engine_->Backout(uow).IgnoreError();
+    return s;
+  }
+  if (created) AddUnit(uow, owner);
+  qmgr::v1::InsertResponse response;
+  response.set_uow(uow);
+  response.set_lease_ms(lease_ms());
+  return response;
+}
+
+absl::StatusOr<qmgr::v1::SyncPointResponse> Operations::SyncPoint(
+    const qmgr::v1::SyncPointRequest& request, Owner owner) {
+  if (absl::Status s = CheckOwner(request.uow(), owner); !s.ok()) return s;
+  absl::StatusOr<SyncPointResult> result = engine_->SyncPoint(request.uow());
+  // Only a refusal because a Get of the unit still waits leaves it open;
+  // after any other failure (QUEUE_FULL backs it out) it is gone.
+  if (result.ok() || !absl::IsFailedPrecondition(result.status())) RemoveUnit(request.uow());
+  if (!result.ok()) return result.status();
+  qmgr::v1::SyncPointResponse response;
+  response.set_lsn(result->lsn == log::kNoLsn ? 0 : result->lsn);
+  response.set_consumed(result->consumed);
+  response.set_inserted(result->inserted);
+  return response;
+}
+
+absl::StatusOr<qmgr::v1::BackoutResponse> Operations::Backout(
+    const qmgr::v1::BackoutRequest& request, Owner owner) {
+  if (absl::Status s = CheckOwner(request.uow(), owner); !s.ok()) return s;
+  absl::Status s = engine_->Backout(request.uow(), qmgr::v1::BACKOUT_REQUESTED);
+  if (s.ok() || absl::IsNotFound(s)) RemoveUnit(request.uow());
+  if (!s.ok()) return s;
+  return qmgr::v1::BackoutResponse();
+}
+
+void Operations::ReleaseOwner(Owner owner, qmgr::v1::BackoutReason reason) {
+  std::vector<UowId> held;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [uow, entry] : units_) {
+      if (entry.owner == owner) held.push_back(uow);
+    }
+    for (UowId uow : held) units_.erase(uow);
+  }
+  // NotFound: the reaper or a shutdown ended it first.
+  for (UowId uow : held) engine_->Backout(uow, reason).IgnoreError();
+}
+
+void Operations::StopIntake() { intake_stopped_.store(true, std::memory_order_release); }
+
+size_t Operations::LiveUnits() const {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  return std::count_if(units_.begin(), units_.end(), [&](const auto& entry) {
+    return now - entry.second.last_used <= options_.unit_lease;
+  });
+}
+
+int Operations::BackoutAll(qmgr::v1::BackoutReason reason) {
+  std::vector<UowId> all;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [uow, entry] : units_) all.push_back(uow);
+  }
+  int ended = 0;
+  for (UowId uow : all) {
+    absl::Status s = engine_->Backout(uow, reason);
+    if (s.ok()) ++ended;
+    if (s.ok() || absl::IsNotFound(s)) RemoveUnit(uow);
+  }
+  return ended;
+}
+
+absl::Status Operations::DefineQueue(const qmgr::v1::DefineQueueRequest& request) {
+  return engine_->DefineQueue(request.queue(), request.attributes());
+}
+
+absl::Status Operations::AlterQueue(const qmgr::v1::AlterQueueRequest& request) {
+  return engine_->AlterQueue(request.queue(), request.attributes());
+}
+
+absl::Status Operations::DeleteQueue(const qmgr::v1::DeleteQueueRequest& request) {
+  return engine_->DeleteQueue(request.queue(), request.purge());
+}
+
+absl::StatusOr<qmgr::v1::DisplayQueuesResponse> Operations::DisplayQueues(
+    const qmgr::v1::DisplayQueuesRequest& request) const {
+  std::vector<QueueStatus> queues;
+  if (request.queues().empty()) {
+    queues = engine_->DisplayQueues();
+  } else {
+    for (const std::string& name : request.queues()) {
+      absl::StatusOr<QueueStatus> queue = engine_->DisplayQueue(name);
+      if (!queue.ok()) return queue.status();
+      queues.push_back(*std::move(queue));
+    }
+  }
+  qmgr::v1::DisplayQueuesResponse response;
+  for (const QueueStatus& q : queues) {
+    qmgr::v1::QueueInfo* info = response.add_queues();
+    info->set_name(q.name);
+    *info->mutable_attributes() = q.attributes;
+    info->set_depth(q.depth);
+    info->set_taken(q.taken);
+    info->set_expired_discarded(q.expired_discarded);
+    info->set_backout_moved_in(q.backout_moved_in);
+  }
+  const MemoryStatus memory = engine_->Memory();
+  qmgr::v1::MemoryInfo* m = response.mutable_memory();
+  m->set_budget_bytes(memory.budget_bytes);
+  m->set_payload_bytes_in_memory(memory.payload_bytes_in_memory);
+  m->set_spilled_messages(memory.spilled_messages);
+  m->set_spilled_bytes(memory.spilled_bytes);
+  absl::MutexLock lock(&mu_);
+  response.set_open_units(units_.size());
+  return response;
+}
+
+absl::StatusOr<qmgr::v1::BrowseResponse> Operations::Browse(
+    const qmgr::v1::BrowseRequest& request) const {
+  const uint32_t wanted = request.max_messages() == 0
+                              ? kBrowseDefaultMessages
+                              : std::min(request.max_messages(), kBrowseMessagesMax);
+  // One more than wanted, to tell whether there were more.
+  absl::StatusOr<std::vector<qmgr::v1::Message>> messages =
+      engine_->Browse(request.queue(), wanted + 1);
+  if (!messages.ok()) return messages.status();
+  qmgr::v1::BrowseResponse response;
+  uint64_t bytes = 0;
+  for (qmgr::v1::Message& message : *messages) {
+    const uint64_t size = message.ByteSizeLong() + kBrowseFramingBytes;
+    if (static_cast<uint32_t>(response.messages_size()) == wanted ||
+        bytes + size > options_.max_send_bytes) {
+      response.set_truncated(true);
+      break;
+    }
+    bytes += size;
+    *response.add_messages() = std::move(message);
+  }
+  return response;
+}
+
+}  // namespace qmgr::server

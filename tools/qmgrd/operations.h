@@ -1,0 +1,123 @@
+// The queue manager's RPC semantics, apart from gRPC: proto requests in,
+// proto responses or absl::Status out. The gRPC services (services.h) only
+// move calls onto threads and statuses onto the wire.
+//
+// Units of work opened through the server have an owner: a ProgramStream
+// (its id), or a lease (unary calls). A stream's units can be used only on
+// that stream and are backed out when it ends (ReleaseOwner); leased units
+// can be used by any unary call and are backed out by the engine's idle
+// reaper when no call touched them for the lease (EngineOptions::
+// unit_idle_timeout).
+//
+// Thread-safe.
+#ifndef QMGR_TOOLS_QMGRD_OPERATIONS_H_
+#define QMGR_TOOLS_QMGRD_OPERATIONS_H_
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "qmgr/engine.h"
+#include "qmgr/v1/qmgr.pb.h"
+
+namespace qmgr::server {
+
+// Who holds a unit: kLeaseOwner, or a ProgramStream's id from NewStreamOwner.
+using Owner = uint64_t;
+inline constexpr Owner kLeaseOwner = 0;
+
+struct OperationsOptions {
+  // The engine's unit_idle_timeout: reported to callers as lease_ms.
+  absl::Duration unit_lease = absl::Seconds(60);
+  absl::Duration get_wait_max = absl::Seconds(60);
+  // A Get waits in slices this long, checking between them whether its
+  // caller is gone or the server is shutting down.
+  absl::Duration get_wait_slice = absl::Milliseconds(100);
+  // The largest response the server sends (Browse stops short of it).
+  uint64_t max_send_bytes = 16u << 20;
+};
+
+class Operations {
+ public:
+  // `engine` must outlive this.
+  Operations(Engine* engine, OperationsOptions options);
+
+  // Producers. Intake: Unavailable once StopIntake was called.
+  absl::StatusOr<qmgr::v1::EnqueueResponse> Enqueue(qmgr::v1::NewMessage message);
+  absl::StatusOr<qmgr::v1::EnqueueBatchResponse> EnqueueBatch(
+      const qmgr::v1::EnqueueBatchRequest& request);
+  // Independent messages (an EnqueueStream's pending requests), each
+  // answered as if enqueued alone and in this order, but written as one
+  // ENQUEUE record with one durability wait when all are accepted. When the
+  // group is refused before anything was logged, each message is enqueued
+  // alone for its own answer; after a log failure every message gets it.
+  std::vector<absl::StatusOr<qmgr::v1::EnqueueResponse>> EnqueueGroup(
+      std::vector<qmgr::v1::NewMessage> messages);
+
+  // Programs. `stop_waiting` is polled while the Get waits (the caller went
+  // away); the wait also ends at `call_deadline`, the caller's own deadline.
+  // No message within the wait is not an error: the response has none.
+  absl::StatusOr<qmgr::v1::GetResponse> Get(const qmgr::v1::GetRequest& request, Owner owner,
+                                            absl::Time call_deadline,
+                                            absl::FunctionRef<bool()> stop_waiting);
+  absl::StatusOr<qmgr::v1::InsertResponse> Insert(const qmgr::v1::InsertRequest& request,
+                                                  Owner owner);
+  absl::StatusOr<qmgr::v1::SyncPointResponse> SyncPoint(const qmgr::v1::SyncPointRequest& request,
+                                                        Owner owner);
+  absl::StatusOr<qmgr::v1::BackoutResponse> Backout(const qmgr::v1::BackoutRequest& request,
+                                                    Owner owner);
+
+  Owner NewStreamOwner() { return next_stream_owner_.fetch_add(1, std::memory_order_relaxed); }
+  // Backs out every unit `owner` still holds. REQUIRES: no call of that
+  // owner is running (a stream calls it once its last operation answered).
+  void ReleaseOwner(Owner owner, qmgr::v1::BackoutReason reason);
+
+  // Admin.
+  absl::Status DefineQueue(const qmgr::v1::DefineQueueRequest& request);
+  absl::Status AlterQueue(const qmgr::v1::AlterQueueRequest& request);
+  absl::Status DeleteQueue(const qmgr::v1::DeleteQueueRequest& request);
+  absl::StatusOr<qmgr::v1::DisplayQueuesResponse> DisplayQueues(
+      const qmgr::v1::DisplayQueuesRequest& request) const;
+  absl::StatusOr<qmgr::v1::BrowseResponse> Browse(const qmgr::v1::BrowseRequest& request) const;
+
+  // Shutdown. After StopIntake, new messages and new units are refused
+  // (Unavailable) while open units may still insert, commit and back out.
+  void StopIntake();
+  bool intake_stopped() const { return intake_stopped_.load(std::memory_order_acquire); }
+  // Units that may still be open: not ended through the server, and touched
+  // within a lease (an older one has been, or is about to be, reaped).
+  size_t LiveUnits() const;
+  // Backs out every unit the server knows of, with `reason`; a unit whose
+  // Get is still waiting is left to its caller. Returns how many it ended.
+  int BackoutAll(qmgr::v1::BackoutReason reason);
+
+ private:
+  struct UnitEntry {
+    Owner owner = kLeaseOwner;
+    absl::Time last_used;
+  };
+
+  absl::Status CheckIntake() const;
+  // OK when `owner` may use `uow` (and marks it used).
+  absl::Status CheckOwner(UowId uow, Owner owner);
+  void AddUnit(UowId uow, Owner owner);
+  void RemoveUnit(UowId uow);
+  uint32_t lease_ms() const;
+
+  Engine* const engine_;
+  const OperationsOptions options_;
+  std::atomic<bool> intake_stopped_{false};
+  std::atomic<Owner> next_stream_owner_{1};
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<UowId, UnitEntry> units_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace qmgr::server
+
+#endif  // QMGR_TOOLS_QMGRD_OPERATIONS_H_

@@ -1,0 +1,468 @@
+#include "tools/qmgrd/services.h"
+
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <map>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "client/rpc_status.h"
+
+namespace qmgr::server {
+namespace {
+
+using qmgr::rpc::ToGrpcStatus;
+using qmgr::rpc::ToRpcStatus;
+namespace v1 = qmgr::v1;
+
+const grpc::Status kPoolFull(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             "too many calls in progress on the queue manager; retry later");
+
+absl::Time CallDeadline(const grpc::CallbackServerContext* ctx) {
+  const std::chrono::system_clock::time_point deadline = ctx->deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
+  return absl::FromChrono(deadline);
+}
+
+// Runs `work` (returning absl::Status, filling the response) on `pool` and
+// finishes the call with its status.
+template <typename Work>
+grpc::ServerUnaryReactor* OnPool(WorkerPool* pool, grpc::CallbackServerContext* ctx, Work work) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (!pool->Submit(
+          [reactor, work = std::move(work)]() mutable { reactor->Finish(ToGrpcStatus(work())); })) {
+    reactor->Finish(kPoolFull);
+  }
+  return reactor;
+}
+
+// For calls that never block: runs `work` on the gRPC thread.
+template <typename Work>
+grpc::ServerUnaryReactor* Inline(grpc::CallbackServerContext* ctx, Work work) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(work()));
+  return reactor;
+}
+
+template <typename T>
+absl::Status Assign(absl::StatusOr<T> result, T* response) {
+  if (!result.ok()) return result.status();
+  *response = *std::move(result);
+  return absl::OkStatus();
+}
+
+// EnqueueStream: reads ahead up to stream_window requests and answers them
+// in request order. The requests read and not yet running are taken by a
+// runner on the io pool as one group (Operations::EnqueueGroup: one record,
+// one durability wait, per-message answers), at most kRunnersMax runners per
+// stream: while one waits for its fsync, the next group forms. Flow control:
+// once the window is full the reactor stops reading, and HTTP/2 flow control
+// holds the client back.
+//
+// gRPC's Start* calls are made outside mu_: decisions are taken under it
+// (the flags make each Start* happen once at a time), actions after it.
+// Lifetime: gRPC holds one reference until OnDone, each runner another.
+class EnqueueStreamReactor final
+    : public grpc::ServerBidiReactor<v1::EnqueueRequest, v1::EnqueueStreamResponse> {
+ public:
+  explicit EnqueueStreamReactor(const ServiceContext* c) : c_(c) {
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = true;
+    }
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = false;
+      if (!ok) {
+        read_closed_ = true;
+      } else {
+        ++in_flight_;
+        waiting_.emplace_back(next_seq_++, std::move(*request_.mutable_message()));
+        if (runners_ < kRunnersMax) {
+          ++runners_;
+          Ref();
+          if (!c_->io_pool->Submit([this] { RunGroups(); })) {
+            --runners_;
+            Unref();
+            if (runners_ == 0) RefuseWaitingLocked();
+          }
+        }
+      }
+      actions = NextActionsLocked();
+    }
+    Act(actions);
+  }
+
+  void OnWriteDone(bool ok) override {
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      --in_flight_;
+      ++next_write_seq_;
+      if (!ok) {
+        // The client is gone: answers still coming are dropped.
+        broken_ = true;
+        in_flight_ -= done_.size();
+        done_.clear();
+      }
+      actions = NextActionsLocked();
+    }
+    Act(actions);
+  }
+
+  void OnDone() override { Unref(); }
+
+ private:
+  static constexpr int kRunnersMax = 2;
+
+  struct Actions {
+    bool read = false;
+    bool write = false;
+    bool finish = false;
+  };
+
+  // A runner: takes the waiting requests as groups until none is left.
+  void RunGroups() {
+    while (true) {
+      std::vector<uint64_t> seqs;
+      std::vector<v1::NewMessage> group;
+      {
+        absl::MutexLock lock(&mu_);
+        uint64_t bytes = 0;
+        while (!waiting_.empty() && static_cast<int>(group.size()) < c_->group_messages_max &&
+               (group.empty() ||
+                bytes + waiting_.front().second.payload().size() <= c_->group_bytes_max)) {
+          bytes += waiting_.front().second.payload().size();
+          seqs.push_back(waiting_.front().first);
+          group.push_back(std::move(waiting_.front().second));
+          waiting_.pop_front();
+        }
+        if (group.empty()) {
+          --runners_;
+          break;
+        }
+      }
+      std::vector<absl::StatusOr<v1::EnqueueResponse>> results =
+          c_->operations->EnqueueGroup(std::move(group));
+      Actions actions;
+      {
+        absl::MutexLock lock(&mu_);
+        for (size_t i = 0; i < seqs.size(); ++i) {
+          v1::EnqueueStreamResponse response;
+          if (results[i].ok()) {
+            *response.mutable_enqueued() = *std::move(results[i]);
+          } else {
+            *response.mutable_error() = ToRpcStatus(results[i].status());
+          }
+          CompleteLocked(seqs[i], std::move(response));
+        }
+        actions = NextActionsLocked();
+      }
+      Act(actions);
+    }
+    Unref();
+  }
+
+  // No runner could be queued: the waiting requests are refused.
+  void RefuseWaitingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (auto& [seq, message] : waiting_) {
+      v1::EnqueueStreamResponse refused;
+      refused.mutable_error()->set_code(kPoolFull.error_code());
+      refused.mutable_error()->set_message(kPoolFull.error_message());
+      CompleteLocked(seq, std::move(refused));
+    }
+    waiting_.clear();
+  }
+
+  void CompleteLocked(uint64_t seq, v1::EnqueueStreamResponse response)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (broken_) {
+      --in_flight_;
+    } else {
+      done_[seq] = std::move(response);
+    }
+  }
+
+  Actions NextActionsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Actions a;
+    if (!writing_ && !broken_) {
+      auto next = done_.find(next_write_seq_);
+      if (next != done_.end()) {
+        response_ = std::move(next->second);
+        done_.erase(next);
+        writing_ = a.write = true;
+      }
+    }
+    if (!reading_ && !read_closed_ && !broken_ && in_flight_ < c_->stream_window) {
+      reading_ = a.read = true;
+    }
+    if ((read_closed_ || broken_) && !reading_ && !writing_ && in_flight_ == 0 && !finished_) {
+      finished_ = a.finish = true;
+    }
+    return a;
+  }
+
+  void Act(const Actions& a) {
+    if (a.write) StartWrite(&response_);
+    if (a.read) StartRead(&request_);
+    if (a.finish) Finish(grpc::Status::OK);
+  }
+
+  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  const ServiceContext* const c_;
+  std::atomic<int> refs_{1};  // gRPC's, released at OnDone
+  absl::Mutex mu_;
+  v1::EnqueueRequest request_;          // the read in progress
+  v1::EnqueueStreamResponse response_;  // the write in progress
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;  // a write failed
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  int runners_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_write_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;  // read, answer not yet written
+  // Read, not yet taken by a runner, by seq.
+  std::deque<std::pair<uint64_t, v1::NewMessage>> waiting_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, v1::EnqueueStreamResponse> done_ ABSL_GUARDED_BY(mu_);  // by seq
+};
+
+// ProgramStream: one operation at a time (read, run, write, read...), so
+// answers are in order and a unit is never ended under its own waiting Get.
+// The stream owns the units it opens; when the stream ends, however it ends,
+// they are backed out with BACKOUT_CALLER_GONE.
+class ProgramStreamReactor final
+    : public grpc::ServerBidiReactor<v1::ProgramRequest, v1::ProgramResponse> {
+ public:
+  ProgramStreamReactor(const ServiceContext* c, grpc::CallbackServerContext* ctx)
+      : c_(c), ctx_(ctx), owner_(c->operations->NewStreamOwner()) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      End();  // the client closed its side, or is gone
+      return;
+    }
+    // Only a Get can block (a wait for a message, a durability wait), and a
+    // SyncPoint (its durability wait); the rest runs here.
+    WorkerPool* pool = nullptr;
+    if (request_.has_get()) {
+      pool = request_.get().wait_ms() > 0 ? c_->wait_pool : c_->io_pool;
+    } else if (request_.has_sync_point()) {
+      pool = c_->io_pool;
+    }
+    if (pool == nullptr) {
+      Run();
+    } else if (!pool->Submit([this] { Run(); })) {
+      response_.Clear();
+      response_.mutable_error()->set_code(kPoolFull.error_code());
+      response_.mutable_error()->set_message(kPoolFull.error_message());
+      StartWrite(&response_);
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      End();
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  // Runs request_ into response_ and writes it; touches nothing after.
+  void Run() {
+    Operations* ops = c_->operations;
+    absl::Status status;
+    response_.Clear();
+    switch (request_.op_case()) {
+      case v1::ProgramRequest::kGet:
+        status = Assign(ops->Get(request_.get(), owner_, CallDeadline(ctx_),
+                                 [this] { return ctx_->IsCancelled(); }),
+                        response_.mutable_get());
+        break;
+      case v1::ProgramRequest::kInsert:
+        status = Assign(ops->Insert(request_.insert(), owner_), response_.mutable_insert());
+        break;
+      case v1::ProgramRequest::kSyncPoint:
+        status =
+            Assign(ops->SyncPoint(request_.sync_point(), owner_), response_.mutable_sync_point());
+        break;
+      case v1::ProgramRequest::kBackout:
+        status = Assign(ops->Backout(request_.backout(), owner_), response_.mutable_backout());
+        break;
+      case v1::ProgramRequest::OP_NOT_SET:
+        status = absl::InvalidArgumentError("ProgramRequest names no operation");
+        break;
+    }
+    if (!status.ok()) *response_.mutable_error() = ToRpcStatus(status);
+    StartWrite(&response_);
+  }
+
+  void End() {
+    // No operation is running: reads and writes alternate with them.
+    c_->operations->ReleaseOwner(owner_, v1::BACKOUT_CALLER_GONE);
+    Finish(grpc::Status::OK);
+  }
+
+  const ServiceContext* const c_;
+  grpc::CallbackServerContext* const ctx_;
+  const Owner owner_;
+  v1::ProgramRequest request_;
+  v1::ProgramResponse response_;
+};
+
+}  // namespace
+
+// ---- QueueManager ----------------------------------------------------------
+
+grpc::ServerUnaryReactor* QueueManagerService::Enqueue(grpc::CallbackServerContext* ctx,
+                                                       const v1::EnqueueRequest* request,
+                                                       v1::EnqueueResponse* response) {
+  return OnPool(c_->io_pool, ctx, [this, request, response] {
+    return Assign(c_->operations->Enqueue(request->message()), response);
+  });
+}
+
+grpc::ServerUnaryReactor* QueueManagerService::EnqueueBatch(grpc::CallbackServerContext* ctx,
+                                                            const v1::EnqueueBatchRequest* request,
+                                                            v1::EnqueueBatchResponse* response) {
+  return OnPool(c_->io_pool, ctx, [this, request, response] {
+    return Assign(c_->operations->EnqueueBatch(*request), response);
+  });
+}
+
+grpc::ServerBidiReactor<v1::EnqueueRequest, v1::EnqueueStreamResponse>*
+QueueManagerService::EnqueueStream(grpc::CallbackServerContext*) {
+  return new EnqueueStreamReactor(c_);
+}
+
+grpc::ServerUnaryReactor* QueueManagerService::Get(grpc::CallbackServerContext* ctx,
+                                                   const v1::GetRequest* request,
+                                                   v1::GetResponse* response) {
+  WorkerPool* pool = request->wait_ms() > 0 ? c_->wait_pool : c_->io_pool;
+  return OnPool(pool, ctx, [this, ctx, request, response] {
+    return Assign(c_->operations->Get(*request, kLeaseOwner, CallDeadline(ctx),
+                                      [ctx] { return ctx->IsCancelled(); }),
+                  response);
+  });
+}
+
+grpc::ServerUnaryReactor* QueueManagerService::Insert(grpc::CallbackServerContext* ctx,
+                                                      const v1::InsertRequest* request,
+                                                      v1::InsertResponse* response) {
+  return Inline(ctx,
+                [&] { return Assign(c_->operations->Insert(*request, kLeaseOwner), response); });
+}
+
+grpc::ServerUnaryReactor* QueueManagerService::SyncPoint(grpc::CallbackServerContext* ctx,
+                                                         const v1::SyncPointRequest* request,
+                                                         v1::SyncPointResponse* response) {
+  return OnPool(c_->io_pool, ctx, [this, request, response] {
+    return Assign(c_->operations->SyncPoint(*request, kLeaseOwner), response);
+  });
+}
+
+grpc::ServerUnaryReactor* QueueManagerService::Backout(grpc::CallbackServerContext* ctx,
+                                                       const v1::BackoutRequest* request,
+                                                       v1::BackoutResponse* response) {
+  return Inline(ctx,
+                [&] { return Assign(c_->operations->Backout(*request, kLeaseOwner), response); });
+}
+
+grpc::ServerBidiReactor<v1::ProgramRequest, v1::ProgramResponse>*
+QueueManagerService::ProgramStream(grpc::CallbackServerContext* ctx) {
+  return new ProgramStreamReactor(c_, ctx);
+}
+
+// ---- Admin -------------------------------------------------------------------
+
+grpc::ServerUnaryReactor* AdminService::DefineQueue(grpc::CallbackServerContext* ctx,
+                                                    const v1::DefineQueueRequest* request,
+                                                    v1::DefineQueueResponse*) {
+  return OnPool(c_->io_pool, ctx,
+                [this, request] { return c_->operations->DefineQueue(*request); });
+}
+
+grpc::ServerUnaryReactor* AdminService::AlterQueue(grpc::CallbackServerContext* ctx,
+                                                   const v1::AlterQueueRequest* request,
+                                                   v1::AlterQueueResponse*) {
+  return OnPool(c_->io_pool, ctx, [this, request] { return c_->operations->AlterQueue(*request); });
+}
+
+grpc::ServerUnaryReactor* AdminService::DeleteQueue(grpc::CallbackServerContext* ctx,
+                                                    const v1::DeleteQueueRequest* request,
+                                                    v1::DeleteQueueResponse*) {
+  return OnPool(c_->io_pool, ctx,
+                [this, request] { return c_->operations->DeleteQueue(*request); });
+}
+
+grpc::ServerUnaryReactor* AdminService::DisplayQueues(grpc::CallbackServerContext* ctx,
+                                                      const v1::DisplayQueuesRequest* request,
+                                                      v1::DisplayQueuesResponse* response) {
+  return Inline(ctx, [&] { return Assign(c_->operations->DisplayQueues(*request), response); });
+}
+
+grpc::ServerUnaryReactor* AdminService::Browse(grpc::CallbackServerContext* ctx,
+                                               const v1::BrowseRequest* request,
+                                               v1::BrowseResponse* response) {
+  // A spilled payload is read back from RocksDB: off the gRPC thread.
+  return OnPool(c_->io_pool, ctx, [this, request, response] {
+    return Assign(c_->operations->Browse(*request), response);
+  });
+}
+
+grpc::ServerUnaryReactor* AdminService::Checkpoint(grpc::CallbackServerContext* ctx,
+                                                   const v1::CheckpointRequest*,
+                                                   v1::CheckpointResponse* response) {
+  if (!c_->checkpoint) {
+    return Inline(ctx, [] {
+      return absl::UnimplementedError(
+          "this qmgrd cannot take checkpoints yet: it does not start through restart/, which runs "
+          "the checkpointer");
+    });
+  }
+  return OnPool(c_->io_pool, ctx, [this, response] {
+    absl::StatusOr<CheckpointInfo> info = c_->checkpoint();
+    if (!info.ok()) return info.status();
+    response->set_checkpoint_number(info->checkpoint_number);
+    response->set_redo_lsn(info->redo_lsn);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* AdminService::Shutdown(grpc::CallbackServerContext* ctx,
+                                                 const v1::ShutdownRequest* request,
+                                                 v1::ShutdownResponse*) {
+  if (!v1::ShutdownMode_IsValid(request->mode())) {
+    return Inline(ctx, [&] {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shutdown mode ", request->mode(), " is unknown"));
+    });
+  }
+  const v1::ShutdownMode mode = request->mode() == v1::IMMEDIATE ? v1::IMMEDIATE : v1::NORMAL;
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  c_->request_shutdown(mode);
+  return reactor;
+}
+
+}  // namespace qmgr::server
