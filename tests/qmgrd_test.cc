@@ -211,11 +211,16 @@ TEST_F(QmgrdTest, BrowseShowsMessagesOldestFirstAndSaysWhenTruncated) {
   EXPECT_REFUSED_ABSL(server_.client().Browse("NOPE").status(), kNotFound, "");
 }
 
-TEST_F(QmgrdTest, CheckpointIsUnimplementedUntilTheCheckpointModuleExists) {
+TEST_F(QmgrdTest, CheckpointAnswersItsNumberAndRedoLsn) {
+  server_.Define("CP");
+  ASSERT_TRUE(server_.Enqueue("CP", "x").ok());
   v1::CheckpointRequest request;
-  v1::CheckpointResponse response;
-  EXPECT_REFUSED(server_.admin().Checkpoint(server_.Context().get(), request, &response),
-                 kUnimplemented, "");
+  v1::CheckpointResponse first, second;
+  ASSERT_TRUE(server_.admin().Checkpoint(server_.Context().get(), request, &first).ok());
+  ASSERT_TRUE(server_.Enqueue("CP", "y").ok());
+  ASSERT_TRUE(server_.admin().Checkpoint(server_.Context().get(), request, &second).ok());
+  EXPECT_GT(second.checkpoint_number(), first.checkpoint_number());
+  EXPECT_GT(second.redo_lsn(), first.redo_lsn());
 }
 
 // --- Producers -------------------------------------------------------------
@@ -617,7 +622,7 @@ TEST(QmgrdExclusiveTest, SecondQmgrdOnTheSameDataDirectoryIsRefused) {
   ASSERT_TRUE(first.Start().ok());
   QmgrdProcess second(QMGRD_PATH, dir.path() + "/data", kFastFlags);
   EXPECT_EQ(second.RunToExit(), 3);
-  EXPECT_TRUE(absl::StrContains(second.Stderr(), "is locked: another process has this directory"))
+  EXPECT_TRUE(absl::StrContains(second.Stderr(), "is in use by another queue manager"))
       << second.Stderr();
 }
 

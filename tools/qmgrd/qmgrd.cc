@@ -1,9 +1,11 @@
 // qmgrd: the queue manager's gRPC server (docs/server.md).
 //
-// Starts the queue manager (OpenQueueManager), serves QueueManager, Admin,
-// grpc.health.v1 and server reflection, and on SIGTERM, SIGINT or Admin
-// Shutdown stops: intake first, then open units get the grace period, the
-// rest are backed out, calls still running are cancelled, the log is closed.
+// Restarts the queue manager (OpenQueueManager: restart/), serves
+// QueueManager, Admin, grpc.health.v1 and server reflection, and on SIGTERM,
+// SIGINT or Admin Shutdown stops: intake first, then open units get the grace
+// period, the rest are backed out, calls still running are cancelled; then a
+// normal shutdown takes the shutdown checkpoint and logs SHUTDOWN, an
+// immediate one just closes the log.
 //
 // Exit codes: 0 after a shutdown; 64 bad flags; 3 the data directory cannot
 // be used (another qmgrd holds it, unreadable log, ...); 4 cannot listen;
@@ -127,6 +129,28 @@ int ParseFlags(int argc, char** argv, ServerOptions* o) {
                  "Normal shutdown: how long open units get to end before being backed out")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  app.add_option("--checkpoint-log-bytes", o->checkpoint_log_bytes,
+                 "Checkpoint after this much log since the last one (0: never for this reason)")
+      ->transform(CLI::AsSizeValue(false))
+      ->capture_default_str();
+  int64_t checkpoint_interval_s = absl::ToInt64Seconds(o->checkpoint_interval);
+  app.add_option("--checkpoint-interval-s", checkpoint_interval_s,
+                 "Checkpoint this often while the log moves (0: never for this reason)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--max-restart-seconds", o->max_restart_seconds,
+                 "Checkpoint when the emergency-restart estimate passes this (0: off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_flag("--archive", o->archive,
+               "Move retired log segments to DATA/archive instead of deleting them");
+  app.add_flag("--cold", o->cold,
+               "Cold start: discard every message and session (the LSN and ids keep running)");
+  app.add_flag("--cold-keep-definitions", o->cold_keep_definitions,
+               "With --cold: keep the queue definitions");
+  app.add_flag("--force", o->force, "With --cold: discard units in doubt too");
+  app.add_flag("--truncate-log-at-corruption", o->truncate_log_at_corruption,
+               "Start although the log is corrupt: cut it at the damage and report the loss");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -138,6 +162,7 @@ int ParseFlags(int argc, char** argv, ServerOptions* o) {
   o->unit_lease = absl::Milliseconds(lease_ms);
   o->get_wait_max = absl::Milliseconds(get_wait_max_ms);
   o->shutdown_grace = absl::Milliseconds(grace_ms);
+  o->checkpoint_interval = absl::Seconds(checkpoint_interval_s);
   return -1;
 }
 
@@ -245,8 +270,8 @@ int main(int argc, char** argv) {
   // Units opened by calls that completed during the above.
   backed_out += operations.BackoutAll(qmgr::v1::BACKOUT_SHUTDOWN);
   std::cerr << "qmgrd: " << backed_out << " open unit(s) of work backed out" << std::endl;
-  if (absl::Status s = (*qm)->Close(); !s.ok()) {
-    std::cerr << "qmgrd: closing the log failed: " << s.message() << "\n";
+  if (absl::Status s = (*qm)->Close(mode); !s.ok()) {
+    std::cerr << "qmgrd: " << ModeName(mode) << " shutdown failed: " << s.message() << "\n";
     return kExitCloseFailed;
   }
   std::cerr << "qmgrd: stopped" << std::endl;

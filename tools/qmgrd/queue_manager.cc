@@ -6,8 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "log/file.h"
-#include "log/segment.h"
+#include "checkpoint/checkpointer.h"
 
 namespace qmgr::server {
 
@@ -18,19 +17,28 @@ uint64_t MaxReceiveBytes(const ServerOptions& options) {
          options.unit_messages_max * kFramingBytesPerMessage;
 }
 
-QueueManagerInstance::QueueManagerInstance(std::unique_ptr<log::Log> log,
-                                           std::unique_ptr<SpillStore> spill,
-                                           std::unique_ptr<Engine> engine)
-    : log_(std::move(log)), spill_(std::move(spill)), engine_(std::move(engine)) {}
+QueueManagerInstance::QueueManagerInstance(std::unique_ptr<restart::QueueManager> qm)
+    : qm_(std::move(qm)) {
+  checkpoint = [this]() -> absl::StatusOr<CheckpointInfo> {
+    absl::StatusOr<checkpoint::CheckpointReport> report =
+        qm_->checkpointer()->Checkpoint(checkpoint::Trigger::kRequested);
+    if (!report.ok()) return report.status();
+    std::cerr << "qmgrd: " << report->ToString() << std::endl;
+    return CheckpointInfo{report->checkpoint_number, report->redo_lsn};
+  };
+}
 
-QueueManagerInstance::~QueueManagerInstance() { Close().IgnoreError(); }
+QueueManagerInstance::~QueueManagerInstance() { Close(qmgr::v1::IMMEDIATE).IgnoreError(); }
 
-absl::Status QueueManagerInstance::Close() {
+absl::Status QueueManagerInstance::Close(qmgr::v1::ShutdownMode mode) {
   if (closed_) return close_status_;
   closed_ = true;
-  engine_.reset();  // uses the spill store and the log
-  close_status_ = log_->Close();
-  spill_.reset();
+  if (mode == qmgr::v1::IMMEDIATE) {
+    close_status_ = qm_->log()->Close();
+  } else {
+    close_status_ = qm_->Shutdown();
+  }
+  qm_.reset();
   return close_status_;
 }
 
@@ -42,50 +50,35 @@ absl::StatusOr<std::unique_ptr<QueueManagerInstance>> OpenQueueManager(
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create data directory ", options.data_dir, ": ", ec.message()));
   }
-  const std::string log_dir = log::JoinPath(options.data_dir, "log");
-  std::cerr << "qmgrd: opening the log in " << log_dir << "\n";
-  log::LogOptions log_options;
-  log_options.segment_bytes = options.log_segment_bytes;
-  absl::StatusOr<std::unique_ptr<log::Log>> log =
-      log::Log::Open(log::PosixFileSystem(), log_dir, log_options);
-  if (!log.ok()) {
-    return absl::Status(log.status().code(), absl::StrCat("cannot open the log in ", log_dir, ": ",
-                                                          log.status().message()));
-  }
-  const log::LogOpenReport& report = (*log)->open_report();
-  if (report.end_lsn != report.first_lsn) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the log in ", log_dir, " holds records (LSN ", report.first_lsn, "..", report.end_lsn,
-        "): restart from an existing log is not implemented yet; start on an empty data "
-        "directory"));
-  }
-  std::cerr << "qmgrd: log " << (report.created ? "created" : "opened (empty)") << ", "
-            << report.segments << " segment(s)\n";
-
-  SpillOptions spill_options;
-  spill_options.path = log::JoinPath(options.data_dir, "store");
-  absl::StatusOr<std::unique_ptr<SpillStore>> spill = SpillStore::Open(spill_options);
-  if (!spill.ok()) {
-    return absl::Status(spill.status().code(),
-                        absl::StrCat("cannot open the store in ", spill_options.path, ": ",
-                                     spill.status().message()));
-  }
-
-  EngineOptions engine_options;
-  engine_options.unit_messages_max = options.unit_messages_max;
-  engine_options.unit_bytes_max = options.unit_bytes_max;
-  engine_options.unit_idle_timeout = options.unit_lease;
+  restart::RestartOptions r;
+  r.data_dir = options.data_dir;
+  r.log.segment_bytes = options.log_segment_bytes;
+  r.cold = options.cold;
+  r.cold_keep_definitions = options.cold_keep_definitions;
+  r.force = options.force;
+  r.truncate_log_at_corruption = options.truncate_log_at_corruption;
+  r.archive = options.archive;
+  r.engine.unit_messages_max = options.unit_messages_max;
+  r.engine.unit_bytes_max = options.unit_bytes_max;
+  r.engine.unit_idle_timeout = options.unit_lease;
   // The reaper looks often enough that a lease ends within a quarter of its
   // length after it expires, and at least once a second.
-  engine_options.reaper_interval =
+  r.engine.reaper_interval =
       std::clamp(options.unit_lease / 4, absl::Milliseconds(10), absl::Seconds(1));
-  engine_options.default_max_message_bytes = options.max_message_bytes;
-  engine_options.memory_budget_bytes = options.memory_budget_bytes;
-  engine_options.spill = spill->get();
-  auto engine = std::make_unique<Engine>(log->get(), engine_options);
-  std::cerr << "qmgrd: queue manager " << options.queue_manager_name << " cold-started\n";
-  return std::make_unique<QueueManagerInstance>(*std::move(log), *std::move(spill),
-                                                std::move(engine));
+  r.engine.default_max_message_bytes = options.max_message_bytes;
+  r.engine.memory_budget_bytes = options.memory_budget_bytes;
+  r.checkpoint.log_bytes = options.checkpoint_log_bytes;
+  r.checkpoint.interval = options.checkpoint_interval;
+  r.checkpoint.max_restart_seconds = options.max_restart_seconds;
+  r.progress = [](absl::string_view line) { std::cerr << "qmgrd: " << line << std::endl; };
+  std::cerr << "qmgrd: restarting queue manager " << options.queue_manager_name << " in "
+            << options.data_dir << std::endl;
+  absl::StatusOr<std::unique_ptr<restart::QueueManager>> qm = restart::Restart(std::move(r));
+  if (!qm.ok()) {
+    return absl::Status(qm.status().code(), absl::StrCat("restart in ", options.data_dir,
+                                                         " refused: ", qm.status().message()));
+  }
+  return std::make_unique<QueueManagerInstance>(*std::move(qm));
 }
 
 }  // namespace qmgr::server

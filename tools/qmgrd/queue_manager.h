@@ -1,7 +1,6 @@
-// What qmgrd serves: the log, the spill store and the engine over them, and
-// the one function that opens them (OpenQueueManager). Restart from store +
-// log (restart/) replaces the body of OpenQueueManager; nothing else in
-// qmgrd knows how the engine came to be.
+// What qmgrd serves: the queue manager that restart/ brings back from the
+// store and the log, and the one function that opens it (OpenQueueManager);
+// nothing else in qmgrd knows how the engine came to be.
 #ifndef QMGR_TOOLS_QMGRD_QUEUE_MANAGER_H_
 #define QMGR_TOOLS_QMGRD_QUEUE_MANAGER_H_
 
@@ -14,7 +13,8 @@
 #include "absl/time/time.h"
 #include "log/log.h"
 #include "qmgr/engine.h"
-#include "qmgr/spill_store.h"
+#include "qmgr/v1/qmgr.pb.h"
+#include "restart/restart.h"
 
 namespace qmgr::server {
 
@@ -45,6 +45,17 @@ struct ServerOptions {
   int stream_window = 64;
   // Normal shutdown: how long open units get to end before being backed out.
   absl::Duration shutdown_grace = absl::Seconds(10);
+  // Checkpoint triggers (checkpoint::CheckpointOptions; 0 turns one off).
+  uint64_t checkpoint_log_bytes = 64ull << 20;
+  absl::Duration checkpoint_interval = absl::Seconds(60);
+  double max_restart_seconds = 10;
+  // Retired log segments go to DATA/archive instead of being deleted.
+  bool archive = false;
+  // Restart (restart::RestartOptions).
+  bool cold = false;
+  bool cold_keep_definitions = false;
+  bool force = false;
+  bool truncate_log_at_corruption = false;
 };
 
 // The largest gRPC message qmgrd accepts: an EnqueueBatch carries at most
@@ -56,45 +67,39 @@ struct CheckpointInfo {
   uint64_t redo_lsn = 0;
 };
 
-// Owns the log, the spill store and the engine, destroyed in that reverse
-// order. Not thread-safe itself; the engine and log are.
+// The restarted queue manager (store, log, engine, checkpointer). Not
+// thread-safe itself; the engine and the log are.
 class QueueManagerInstance {
  public:
-  QueueManagerInstance(std::unique_ptr<log::Log> log, std::unique_ptr<SpillStore> spill,
-                       std::unique_ptr<Engine> engine);
-  // Close()s.
+  explicit QueueManagerInstance(std::unique_ptr<restart::QueueManager> qm);
+  // Close(IMMEDIATE)s.
   ~QueueManagerInstance();
   QueueManagerInstance(const QueueManagerInstance&) = delete;
   QueueManagerInstance& operator=(const QueueManagerInstance&) = delete;
 
-  Engine* engine() const { return engine_.get(); }
-  log::Log* log() const { return log_.get(); }
+  Engine* engine() const { return qm_->engine(); }
+  log::Log* log() const { return qm_->log(); }
+  // The restart's emergency-restart estimate, for the admin tool.
+  double EstimatedRestartSeconds() const { return qm_->checkpointer()->EstimatedRestartSeconds(); }
 
-  // Takes a checkpoint (Admin Checkpoint). Empty until qmgrd starts through
-  // restart/ (Checkpointer::Checkpoint(Trigger::kRequested));
-  // the Admin service then answers UNIMPLEMENTED.
+  // Takes a checkpoint (Admin Checkpoint).
   std::function<absl::StatusOr<CheckpointInfo>()> checkpoint;
 
-  // Destroys the engine (REQUIRES: no call into it is running or will come),
-  // then closes the log: every appended record is durable once it returns OK.
-  absl::Status Close();
+  // REQUIRES: no call into the engine is running or will come. NORMAL: the
+  // shutdown checkpoint and SHUTDOWN (the next restart is a normal one).
+  // IMMEDIATE: the log is closed without them (the next restart is an
+  // emergency restart; nothing acknowledged is lost either way).
+  absl::Status Close(qmgr::v1::ShutdownMode mode);
 
  private:
-  std::unique_ptr<log::Log> log_;
-  std::unique_ptr<SpillStore> spill_;
-  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<restart::QueueManager> qm_;
   bool closed_ = false;
   absl::Status close_status_;
 };
 
-// Opens <data>/log (creating it, and the data directory, if missing; the log
-// takes a flock on <data>/log/LOCK, so a second qmgrd on the same directory
-// is refused), the spill store at <data>/store, and builds the engine.
-// Progress goes to stderr.
-//
-// It does not call restart::Restart yet, so it is a cold start only: a log that already holds
-// records is refused (FailedPrecondition), because an engine built over it
-// would not see its messages and would reuse its message ids.
+// Restarts the queue manager in options.data_dir (created with its parents
+// if missing): restart::Restart, its progress and summary on stderr. A
+// second qmgrd on the same directory is refused.
 absl::StatusOr<std::unique_ptr<QueueManagerInstance>> OpenQueueManager(
     const ServerOptions& options);
 
