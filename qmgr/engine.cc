@@ -108,7 +108,8 @@ struct Engine::Unit {
   log::Lsn reserve_lsn = log::kNoLsn;
   absl::Time begun;
   absl::Time last_used;
-  int busy = 0;  // calls inside the engine now (a waiting Get): never idle
+  int busy = 0;         // calls inside the engine now (a waiting Get): never idle
+  bool exempt = false;  // from the idle timeout (ExemptFromIdleTimeout)
 
   uint64_t messages() const { return taken.size() + inserted.size(); }
 };
@@ -709,6 +710,7 @@ void Engine::EndUnit(UowId uow) {
     unit->record_bytes = 0;
     unit->reserve_lsn = log::kNoLsn;
     unit->busy = 0;
+    unit->exempt = false;
     free_units_.push_back(std::move(unit));
   }
 }
@@ -1155,12 +1157,22 @@ int Engine::ReapIdleUnits() {
   const absl::Time now = options_.clock->Now();
   std::vector<Unit*> idle;
   for (const auto& [id, unit] : units_) {
-    if (unit->busy == 0 && now - unit->last_used > options_.unit_idle_timeout) {
+    if (unit->busy == 0 && !unit->exempt && now - unit->last_used > options_.unit_idle_timeout) {
       idle.push_back(unit.get());
     }
   }
   for (Unit* unit : idle) BackoutLocked(unit, qmgr::v1::BACKOUT_IDLE_TIMEOUT);
   return static_cast<int>(idle.size());
+}
+
+absl::Status Engine::ExemptFromIdleTimeout(UowId uow) {
+  absl::MutexLock lock(&mu_);
+  auto it = units_.find(uow);
+  if (it == units_.end()) {
+    return absl::NotFoundError(absl::StrCat("unit of work ", uow, " is not open"));
+  }
+  it->second->exempt = true;
+  return absl::OkStatus();
 }
 
 absl::Status Engine::CheckOpen() const {

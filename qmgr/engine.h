@@ -244,6 +244,9 @@ class Engine {
 
   // Backs out units idle longer than the timeout; returns how many.
   int ReapIdleUnits();
+  // The unit's owner ends it (a stream that backs it out when it goes): the
+  // idle timeout no longer applies to it. NotFound for a unit not open.
+  absl::Status ExemptFromIdleTimeout(UowId uow);
   // A normal shutdown's last step on the engine: from now on every call that
   // changes anything answers UNAVAILABLE, waiting Gets end (UNAVAILABLE), the
   // idle reaper stops, and every open unit is backed out with `reason`.

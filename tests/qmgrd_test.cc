@@ -533,6 +533,21 @@ TEST(QmgrdLeaseTest, UnaryUnitIsBackedOutWhenItsLeaseExpires) {
   EXPECT_EQ(got.message().backout_count(), 1u);
 }
 
+TEST(QmgrdLeaseTest, AStreamsUnitOutlivesTheLeaseAndCommits) {
+  Server server({"--unit-lease-ms", "200"});
+  ASSERT_TRUE(server.Start().ok());
+  server.Define("HELD");
+  ASSERT_TRUE(server.Enqueue("HELD", "x").ok());
+  absl::StatusOr<std::unique_ptr<client::Program>> program = server.client().OpenProgram();
+  ASSERT_TRUE(program.ok()) << program.status();
+  client::UnitOfWork unit = (*program)->Begin();
+  absl::StatusOr<std::optional<v1::Message>> got = unit.Get("HELD", absl::ZeroDuration());
+  ASSERT_TRUE(got.ok() && got->has_value()) << got.status();
+  absl::SleepFor(absl::Milliseconds(600));  // three leases, thinking
+  EXPECT_TRUE(unit.Commit().ok());
+  EXPECT_EQ(server.Depth("HELD"), 0u);
+}
+
 TEST(QmgrdPoolTest, CallsBeyondTheQueuedLimitAreRefusedNotQueuedWithoutBound) {
   Server server({"--wait-threads", "1", "--queued-calls-max", "1"});
   ASSERT_TRUE(server.Start().ok());

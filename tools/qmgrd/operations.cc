@@ -75,6 +75,9 @@ absl::Status Operations::CheckOwner(UowId uow, Owner owner) {
 }
 
 void Operations::AddUnit(UowId uow, Owner owner) {
+  // A stream's unit lives as long as the stream (ReleaseOwner ends it), not
+  // a lease. It was opened by the call now running, so it is still open.
+  if (owner != kLeaseOwner) engine_->ExemptFromIdleTimeout(uow).IgnoreError();
   absl::MutexLock lock(&mu_);
   units_[uow] = UnitEntry{owner, absl::Now()};
 }

@@ -32,7 +32,7 @@ struct ServerOptions {
   uint64_t unit_messages_max = 10000;
   uint64_t unit_bytes_max = 8u << 20;
   // A unit with no call for this long is backed out (the lease of units held
-  // by unary calls; also applies to stream-held units, see docs/server.md).
+  // by unary calls; a stream's units live as long as the stream).
   absl::Duration unit_lease = absl::Seconds(60);
   // Threads that run engine calls waiting for durability, and threads that
   // run Gets waiting for a message; and how many calls may queue for either.
