@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <future>
 #include <memory>
 #include <optional>
@@ -209,6 +210,22 @@ TEST_F(QmgrdTest, BrowseShowsMessagesOldestFirstAndSaysWhenTruncated) {
   EXPECT_TRUE(two->truncated());
   EXPECT_EQ(server_.Depth("BR"), 3u);  // browsing takes nothing
   EXPECT_REFUSED_ABSL(server_.client().Browse("NOPE").status(), kNotFound, "");
+}
+
+TEST_F(QmgrdTest, QmgrctlCheckpointAsksQmgrdForOne) {
+  const std::string out = absl::StrCat(server_.data_dir(), "/../qmgrctl.out");
+  const std::string command =
+      absl::StrCat(QMGRCTL_PATH, " checkpoint --server ", server_.process().target(), " > ", out);
+  EXPECT_EQ(std::system(command.c_str()), 0);
+  std::ifstream file(out);
+  std::string line;
+  std::getline(file, line);
+  EXPECT_TRUE(absl::StartsWith(line, "checkpoint ")) << line;
+  EXPECT_TRUE(absl::StrContains(line, " taken, redo LSN ")) << line;
+  // Nobody there: EX_UNAVAILABLE, with a message.
+  const std::string nobody = absl::StrCat(
+      QMGRCTL_PATH, " checkpoint --server 127.0.0.1:1 --connect-timeout-ms 200 2> ", out, ".err");
+  EXPECT_EQ(WEXITSTATUS(std::system(nobody.c_str())), 69);
 }
 
 TEST_F(QmgrdTest, CheckpointAnswersItsNumberAndRedoLsn) {

@@ -1,13 +1,20 @@
 // qmgrctl: the queue manager's admin tool. Offline verbs read a data
-// directory read-only; online verbs (later) talk to qmgrd's Admin service.
+// directory read-only; online verbs talk to qmgrd's Admin service.
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_split.h"
+#include "client/client.h"
 #include "log/segment.h"
 #include "tools/log_commands.h"
+
+namespace {
+// Online verbs.
+constexpr int kExitRefused = 4;       // qmgrd answered with an error
+constexpr int kExitUnreachable = 69;  // no qmgrd at --server (EX_UNAVAILABLE)
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace qmgr::tools;
@@ -39,6 +46,17 @@ int main(int argc, char** argv) {
       "verify", "Check every checksum and the LSN chain (exit 0 clean, 1 torn tail, 2 corrupt)");
   verify_cmd->add_flag("--json", json, "JSON output");
 
+  std::string server = "127.0.0.1:7430";
+  CLI::App* checkpoint_cmd =
+      app.add_subcommand("checkpoint", "Ask qmgrd for a checkpoint now (Admin.Checkpoint)");
+  checkpoint_cmd->add_option("--server", server, "qmgrd's address (HOST:PORT)")
+      ->capture_default_str();
+  int connect_timeout_ms = 3000;
+  checkpoint_cmd
+      ->add_option("--connect-timeout-ms", connect_timeout_ms, "How long to try to connect")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -63,6 +81,29 @@ int main(int argc, char** argv) {
   }
   if (log_dir.empty()) log_dir = qmgr::log::JoinPath(data_dir, "log");
 
+  if (checkpoint_cmd->parsed()) {
+    qmgr::client::ClientOptions options;
+    options.target = server;
+    options.connect_timeout = absl::Milliseconds(connect_timeout_ms);
+    absl::StatusOr<std::unique_ptr<qmgr::client::Client>> client =
+        qmgr::client::Client::Connect(options);
+    if (!client.ok()) {
+      std::cerr << "qmgrctl: cannot reach qmgrd at " << server << ": " << client.status().message()
+                << "\n";
+      return kExitUnreachable;
+    }
+    qmgr::v1::CheckpointRequest request;
+    qmgr::v1::CheckpointResponse response;
+    const grpc::Status status =
+        (*client)->admin()->Checkpoint((*client)->NewContext().get(), request, &response);
+    if (!status.ok()) {
+      std::cerr << "qmgrctl: checkpoint refused: " << status.error_message() << "\n";
+      return kExitRefused;
+    }
+    std::cout << "checkpoint " << response.checkpoint_number() << " taken, redo LSN "
+              << response.redo_lsn() << "\n";
+    return 0;
+  }
   if (print_cmd->parsed()) return LogPrint(log_dir, print, std::cout, std::cerr);
   if (stats_cmd->parsed()) return LogStats(log_dir, json, std::cout, std::cerr);
   if (verify_cmd->parsed()) return LogVerify(log_dir, json, std::cout, std::cerr);
