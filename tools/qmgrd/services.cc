@@ -458,11 +458,25 @@ grpc::ServerUnaryReactor* AdminService::Shutdown(grpc::CallbackServerContext* ct
           absl::StrCat("shutdown mode ", request->mode(), " is unknown"));
     });
   }
-  const v1::ShutdownMode mode = request->mode() == v1::IMMEDIATE ? v1::IMMEDIATE : v1::NORMAL;
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
-  c_->request_shutdown(mode);
-  return reactor;
+  // The shutdown is requested once the answer is sent (OnDone): an immediate
+  // shutdown cancels every call still running, and this one must not be.
+  class ShutdownReactor final : public grpc::ServerUnaryReactor {
+   public:
+    ShutdownReactor(std::function<void(v1::ShutdownMode)> request, v1::ShutdownMode mode)
+        : request_(std::move(request)), mode_(mode) {
+      Finish(grpc::Status::OK);
+    }
+    void OnDone() override {
+      request_(mode_);
+      delete this;
+    }
+
+   private:
+    const std::function<void(v1::ShutdownMode)> request_;
+    const v1::ShutdownMode mode_;
+  };
+  return new ShutdownReactor(c_->request_shutdown,
+                             request->mode() == v1::IMMEDIATE ? v1::IMMEDIATE : v1::NORMAL);
 }
 
 }  // namespace qmgr::server
