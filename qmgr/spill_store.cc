@@ -66,7 +66,6 @@ absl::Status FromRocksDb(const rocksdb::Status& s, absl::string_view path,
   return qmgr::FromRocksDb(s, absl::StrCat("spill store ", path, ": ", operation));
 }
 
-
 rocksdb::ColumnFamilyOptions FamilyOptions(const SpillOptions& options,
                                            const std::shared_ptr<rocksdb::Cache>& cache) {
   rocksdb::BlockBasedTableOptions table;
