@@ -530,6 +530,32 @@ TEST_F(QmgrdTest, ProducerPipelinesAndReportsRefusalsPerMessage) {
   EXPECT_EQ(server_.Depth("PROD"), 49u);
 }
 
+// A stream's messages are applied in stream order: a session's numbered
+// inputs pipelined on one stream all harden, in order, none SEQUENCE_GAP.
+TEST_F(QmgrdTest, PipelinedSessionInputOnAStreamHardensInOrder) {
+  server_.Define("SEQ");
+  absl::StatusOr<std::unique_ptr<client::Producer>> producer = server_.client().OpenProducer(32);
+  ASSERT_TRUE(producer.ok());
+  std::vector<std::future<absl::StatusOr<client::Enqueued>>> answers;
+  for (int i = 1; i <= 300; ++i) {
+    v1::NewMessage m;
+    m.set_queue("SEQ");
+    m.set_payload(absl::StrCat(i));
+    m.set_session("TERM9");
+    m.set_input_seq(i);
+    answers.push_back((*producer)->EnqueueAsync(m));
+  }
+  for (auto& answer : answers) {
+    absl::StatusOr<client::Enqueued> r = answer.get();
+    EXPECT_TRUE(r.ok()) << r.status();
+  }
+  EXPECT_TRUE((*producer)->Close().ok());
+  absl::StatusOr<v1::BrowseResponse> browsed = server_.client().Browse("SEQ", 1000);
+  ASSERT_TRUE(browsed.ok());
+  ASSERT_EQ(browsed->messages_size(), 300);
+  for (int i = 0; i < 300; ++i) EXPECT_EQ(browsed->messages(i).payload(), absl::StrCat(i + 1));
+}
+
 // --- Leases, shutdown, exclusivity -------------------------------------------
 
 TEST(QmgrdLeaseTest, UnaryUnitIsBackedOutWhenItsLeaseExpires) {

@@ -36,6 +36,10 @@ namespace {
 using qmgr::server::ServerOptions;
 
 constexpr int kExitOk = 0;
+// Keepalive pings to clients: every 20 s, the connection dropped when one
+// is not answered within 10 s.
+constexpr int kKeepaliveTimeMs = 20000;
+constexpr int kKeepaliveTimeoutMs = 10000;
 constexpr int kExitCloseFailed = 1;
 constexpr int kExitDataDir = 3;
 constexpr int kExitListen = 4;
@@ -229,6 +233,12 @@ int main(int argc, char** argv) {
       static_cast<int>(std::min<uint64_t>(qmgr::server::MaxReceiveBytes(options), INT32_MAX));
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
+  // A client whose host or network died sends nothing more: without pings a
+  // stream (and the units it holds, which no lease ends) would wait forever.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     std::cerr << "qmgrd: cannot listen on " << options.listen_address << "\n";

@@ -58,8 +58,11 @@ absl::Status Assign(absl::StatusOr<T> result, T* response) {
 // EnqueueStream: reads ahead up to stream_window requests and answers them
 // in request order. The requests read and not yet running are taken by a
 // runner on the io pool as one group (Operations::EnqueueGroup: one record,
-// one durability wait, per-message answers), at most kRunnersMax runners per
-// stream: while one waits for its fsync, the next group forms. Flow control:
+// one durability wait, per-message answers), one runner per stream: while it
+// waits for its fsync, the next group forms. Two runners overlapped their
+// waits but could append group B before group A, out of stream order (a
+// session's next input then failed SEQUENCE_GAP); overlapping needs the
+// engine to append and wait in separate calls. Flow control:
 // once the window is full the reactor stops reading, and HTTP/2 flow control
 // holds the client back.
 //
@@ -123,7 +126,7 @@ class EnqueueStreamReactor final
   void OnDone() override { Unref(); }
 
  private:
-  static constexpr int kRunnersMax = 2;
+  static constexpr int kRunnersMax = 1;
 
   struct Actions {
     bool read = false;
