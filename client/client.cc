@@ -247,6 +247,7 @@ void Producer::ReadLoop() {
   }
   absl::Status status = FromGrpcStatus(stream_->Finish());
   absl::MutexLock lock(&mu_);
+  finished_ = status;
   broken_ = Broken("the enqueue stream", status.ok() ? absl::UnavailableError("closed") : status);
   for (auto& promise : pending_) promise.set_value(broken_);
   pending_.clear();
@@ -263,7 +264,8 @@ absl::Status Producer::Close() {
     stream_->WritesDone();
   }
   if (reader_.joinable()) reader_.join();
-  return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  return finished_.ok() ? absl::OkStatus() : broken_;
 }
 
 // ---- Program ---------------------------------------------------------------
@@ -292,7 +294,7 @@ absl::StatusOr<v1::ProgramResponse> Program::Call(const v1::ProgramRequest& requ
 absl::Status Program::Close() {
   if (closed_) return absl::OkStatus();
   closed_ = true;
-  if (!broken_.ok()) return absl::OkStatus();  // Finish was already called
+  if (!broken_.ok()) return broken_;  // Finish was already called
   stream_->WritesDone();
   return FromGrpcStatus(stream_->Finish());
 }

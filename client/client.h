@@ -137,7 +137,8 @@ class Producer {
   absl::StatusOr<Enqueued> Enqueue(qmgr::v1::NewMessage message) {
     return EnqueueAsync(std::move(message)).get();
   }
-  // Waits for every answer, then ends the stream.
+  // Waits for every answer, then ends the stream. An error when the stream
+  // ended badly (the server went away): answers may be missing.
   absl::Status Close();
 
  private:
@@ -155,7 +156,8 @@ class Producer {
   absl::Mutex write_mu_;  // one Write (or WritesDone) at a time
   mutable absl::Mutex mu_;
   std::deque<std::promise<absl::StatusOr<Enqueued>>> pending_ ABSL_GUARDED_BY(mu_);
-  absl::Status broken_ ABSL_GUARDED_BY(mu_);  // set once the stream failed
+  absl::Status broken_ ABSL_GUARDED_BY(mu_);    // set once the stream failed
+  absl::Status finished_ ABSL_GUARDED_BY(mu_);  // what the stream ended with
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   std::thread reader_;
 };
@@ -173,6 +175,8 @@ class Program {
 
   // A unit of work; it opens at its first Get or Insert.
   UnitOfWork Begin();
+  // Ends the stream; an error when it had broken (its open units were
+  // backed out).
   absl::Status Close();
 
  private:

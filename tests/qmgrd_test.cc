@@ -556,6 +556,27 @@ TEST_F(QmgrdTest, PipelinedSessionInputOnAStreamHardensInOrder) {
   for (int i = 0; i < 300; ++i) EXPECT_EQ(browsed->messages(i).payload(), absl::StrCat(i + 1));
 }
 
+TEST(QmgrdClientTest, CloseSaysWhenTheStreamEndedBadly) {
+  Server server;
+  ASSERT_TRUE(server.Start().ok());
+  server.Define("GONE");
+  absl::StatusOr<std::unique_ptr<client::Producer>> producer = server.client().OpenProducer(8);
+  ASSERT_TRUE(producer.ok());
+  v1::NewMessage m;
+  m.set_queue("GONE");
+  m.set_payload("x");
+  ASSERT_TRUE((*producer)->Enqueue(m).ok());
+  absl::StatusOr<std::unique_ptr<client::Program>> program = server.client().OpenProgram();
+  ASSERT_TRUE(program.ok());
+  server.process().Signal(SIGKILL);
+  server.process().WaitExit(absl::Seconds(10));
+  EXPECT_FALSE((*producer)->Enqueue(m).ok());
+  EXPECT_FALSE((*producer)->Close().ok());
+  client::UnitOfWork unit = (*program)->Begin();
+  EXPECT_FALSE(unit.Get("GONE", absl::ZeroDuration()).ok());
+  EXPECT_FALSE((*program)->Close().ok());
+}
+
 // --- Leases, shutdown, exclusivity -------------------------------------------
 
 TEST(QmgrdLeaseTest, UnaryUnitIsBackedOutWhenItsLeaseExpires) {
