@@ -119,5 +119,28 @@ TEST_F(OperationsTest, StreamUnitsBelongToTheirStreamAndAreBackedOutWhenReleased
   EXPECT_EQ(ops_->LiveUnits(), 0u);
 }
 
+// Leased units that their lease ended leave the server's books: the count of
+// open units does not grow with every client that went away.
+TEST_F(OperationsTest, LeasedUnitsEndedByTheReaperAreForgotten) {
+  OperationsOptions options;
+  options.unit_lease = absl::Milliseconds(1);
+  ops_ = std::make_unique<Operations>(engine_.get(), options);
+  for (int i = 0; i < 1100; ++i) {
+    ASSERT_TRUE(ops_->Enqueue(To("Q")).ok());
+    v1::GetRequest get;
+    get.set_queue("Q");
+    absl::StatusOr<v1::GetResponse> got =
+        ops_->Get(get, kLeaseOwner, absl::InfiniteFuture(), [] { return false; });
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_TRUE(engine_->Backout(got->uow()).ok());  // as the reaper would
+    absl::SleepFor(absl::Microseconds(10));
+  }
+  absl::StatusOr<v1::DisplayQueuesResponse> display = ops_->DisplayQueues({});
+  ASSERT_TRUE(display.ok());
+  EXPECT_LT(display->open_units(), 1024u);
+  absl::SleepFor(absl::Milliseconds(5));  // past the last one's lease
+  EXPECT_EQ(ops_->LiveUnits(), 0u);
+}
+
 }  // namespace
 }  // namespace qmgr::server

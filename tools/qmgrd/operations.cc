@@ -78,8 +78,18 @@ void Operations::AddUnit(UowId uow, Owner owner) {
   // A stream's unit lives as long as the stream (ReleaseOwner ends it), not
   // a lease. It was opened by the call now running, so it is still open.
   if (owner != kLeaseOwner) engine_->ExemptFromIdleTimeout(uow).IgnoreError();
+  const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
-  units_[uow] = UnitEntry{owner, absl::Now()};
+  units_[uow] = UnitEntry{owner, now};
+  constexpr int kPruneEvery = 1024;
+  if (++adds_since_prune_ < kPruneEvery) return;
+  adds_since_prune_ = 0;
+  // Twice the lease: the reaper, which looks every quarter lease, has ended
+  // these (a call that finds one gone gets NOT_FOUND from the engine anyway).
+  absl::erase_if(units_, [&](const auto& entry) {
+    return entry.second.owner == kLeaseOwner &&
+           now - entry.second.last_used > 2 * options_.unit_lease;
+  });
 }
 
 void Operations::RemoveUnit(UowId uow) {
@@ -259,8 +269,9 @@ void Operations::StopIntake() { intake_stopped_.store(true, std::memory_order_re
 size_t Operations::LiveUnits() const {
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
+  // A stream's unit lives as long as its stream; a leased one as its lease.
   return std::count_if(units_.begin(), units_.end(), [&](const auto& entry) {
-    return now - entry.second.last_used <= options_.unit_lease;
+    return entry.second.owner != kLeaseOwner || now - entry.second.last_used <= options_.unit_lease;
   });
 }
 

@@ -116,6 +116,9 @@ class Operations {
   std::atomic<Owner> next_stream_owner_{1};
   mutable absl::Mutex mu_;
   absl::flat_hash_map<UowId, UnitEntry> units_ ABSL_GUARDED_BY(mu_);
+  // Leased units the engine's reaper ended stay in units_ until a prune,
+  // every kPruneEvery additions.
+  int adds_since_prune_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace qmgr::server
