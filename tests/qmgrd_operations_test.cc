@@ -80,8 +80,11 @@ TEST_F(OperationsTest, LogFailureIsEveryMessagesAnswerAndNothingIsRetried) {
   ASSERT_EQ(answers.size(), 2u);
   EXPECT_TRUE(absl::IsUnavailable(answers[0].status())) << answers[0].status();
   EXPECT_TRUE(absl::IsUnavailable(answers[1].status()));
-  // Appended once, as a group: a retry one by one would have queued twice.
-  EXPECT_EQ(engine_->DisplayQueue("Q")->depth, 2u);
+  // Appended once, as a group (2), or not at all when the failed sync was the
+  // log allocator's, before the append (0): a retry one by one would have
+  // queued them again (more than 2), a partial group would show 1.
+  const uint64_t depth = engine_->DisplayQueue("Q")->depth;
+  EXPECT_TRUE(depth == 0 || depth == 2) << depth;
 }
 
 TEST_F(OperationsTest, StopIntakeRefusesNewWorkButLetsOpenUnitsCommit) {
