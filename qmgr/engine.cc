@@ -285,9 +285,7 @@ absl::StatusOr<std::vector<qmgr::v1::Message>> Engine::Browse(const std::string&
     if (out.size() == max_messages) break;
     qmgr::v1::Message whole = message->Whole();
     if (message->unloaded()) {
-      absl::StatusOr<std::string> payload =
-          message->spilled ? options_.spill->Get(message->m.id())
-                           : options_.stored_payloads->ReadPayload(message->m.id());
+      absl::StatusOr<std::string> payload = ReadUnloaded(*message);
       if (!payload.ok()) return payload.status();
       whole.set_payload(*std::move(payload));
     }
@@ -453,16 +451,20 @@ void Engine::Spill(Message* message) {
   message->spilled = true;
 }
 
+absl::StatusOr<std::string> Engine::ReadUnloaded(const Message& message) const {
+  absl::StatusOr<std::string> payload = message.spilled
+                                            ? options_.spill->Get(message.m.id())
+                                            : options_.stored_payloads->ReadPayload(message.m.id());
+  if (payload.ok()) return payload;
+  return absl::Status(payload.status().code(),
+                      absl::StrCat("reading the payload of message ", message.m.id(), " from ",
+                                   message.spilled ? "the spill" : "the checkpoint store", ": ",
+                                   payload.status().message()));
+}
+
 absl::Status Engine::Unspill(Message* message) {
-  absl::StatusOr<std::string> payload =
-      message->spilled ? options_.spill->Get(message->m.id())
-                       : options_.stored_payloads->ReadPayload(message->m.id());
-  if (!payload.ok()) {
-    return absl::Status(payload.status().code(),
-                        absl::StrCat("reading the payload of message ", message->m.id(), " from ",
-                                     message->spilled ? "the spill" : "the checkpoint store", ": ",
-                                     payload.status().message()));
-  }
+  absl::StatusOr<std::string> payload = ReadUnloaded(*message);
+  if (!payload.ok()) return payload.status();
   message->payload = std::make_shared<const std::string>(*std::move(payload));
   message->Charge(&payload_bytes_);
   if (message->spilled) DropSpilled(*message);

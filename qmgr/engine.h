@@ -319,6 +319,9 @@ class Engine {
   // relieve it.
   absl::Status CheckMemory(uint64_t incoming) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Spill(Message* message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The payload of a message whose payload is not in memory.
+  absl::StatusOr<std::string> ReadUnloaded(const Message& message) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Unspill(Message* message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropSpilled(const Message& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at_head)

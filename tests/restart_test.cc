@@ -110,6 +110,17 @@ class RestartTest : public ::testing::Test {
 
   std::string LogDir() const { return tmp_.path() + "/qm/log"; }
 
+  // Every file of the log directory but its lock.
+  void RemoveSegments() {
+    absl::StatusOr<std::vector<std::string>> names = fs_.ListDir(LogDir());
+    ASSERT_TRUE(names.ok());
+    for (const std::string& name : *names) {
+      if (name != "LOCK") {
+        ASSERT_TRUE(fs_.Remove(LogDir() + "/" + name).ok());
+      }
+    }
+  }
+
   qmgr::testing::TempDir tmp_;
   FaultFileSystem fs_;
   ManualClock clock_{absl::FromUnixSeconds(1'700'000'000)};
@@ -346,13 +357,7 @@ TEST_F(RestartTest, Row3LogWithoutItsStoreIsRefused) {
 TEST_F(RestartTest, Row4StoreWithoutItsLogIsRefused) {
   ASSERT_NE(Open(), nullptr);
   qm_.reset();
-  absl::StatusOr<std::vector<std::string>> names = fs_.ListDir(LogDir());
-  ASSERT_TRUE(names.ok());
-  for (const std::string& name : *names) {
-    if (name != "LOCK") {
-      ASSERT_TRUE(fs_.Remove(LogDir() + "/" + name).ok());
-    }
-  }
+  RemoveSegments();
   absl::StatusOr<std::unique_ptr<QueueManager>> qm = Restart(Options());
   ASSERT_FALSE(qm.ok());
   EXPECT_NE(qm.status().message().find("no segments"), std::string::npos) << qm.status();
@@ -361,9 +366,7 @@ TEST_F(RestartTest, Row4StoreWithoutItsLogIsRefused) {
 TEST_F(RestartTest, Row5AnotherLogIsRefused) {
   ASSERT_NE(Open(), nullptr);
   qm_.reset();
-  absl::StatusOr<std::vector<std::string>> names = fs_.ListDir(LogDir());
-  ASSERT_TRUE(names.ok());
-  for (const std::string& name : *names) ASSERT_TRUE(fs_.Remove(LogDir() + "/" + name).ok());
+  RemoveSegments();
   ASSERT_TRUE(log::Log::Open(&fs_, LogDir()).ok());  // a new log, another id
   absl::StatusOr<std::unique_ptr<QueueManager>> qm = Restart(Options());
   ASSERT_FALSE(qm.ok());
