@@ -156,9 +156,7 @@ absl::Status Store::Write(const CheckpointDelta& delta, const qmgr::v1::Checkpoi
     batch.Delete(queues_, name);
     ++counts->queues_deleted;
   }
-  for (const auto& [name, in_seq] : delta.sessions) {
-    qmgr::v1::StoredSession session;
-    session.set_in_seq(in_seq);
+  for (const auto& [name, session] : delta.sessions) {
     session.SerializeToString(&value);
     batch.Put(sessions_, name, value);
     ++counts->sessions_written;

@@ -1,5 +1,7 @@
 #include "qmgr/engine.h"
 
+#include "qmgr/engine_internal.h"
+
 #include <algorithm>
 #include <cassert>
 #include <ctime>
@@ -18,101 +20,6 @@ bool IsValidQueueName(absl::string_view name) {
            c == '_' || c == '-';
   });
 }
-
-namespace {
-
-bool IsDeferred(MessageClass cls) {
-  return cls == qmgr::v1::RESPONSE || cls == qmgr::v1::CONVERSATIONAL || cls == qmgr::v1::FASTPATH;
-}
-
-// An upper bound of what a message adds to a record: its fields, plus room
-// for field tags, lengths and a session advance.
-constexpr uint64_t kMessageOverheadBytes = 64;
-// What a consumed message's id adds to a SYNCPOINT.
-constexpr uint64_t kConsumedIdBytes = 11;
-// Left for the record's own fields.
-constexpr uint64_t kRecordSlackBytes = 4096;
-
-uint64_t RecordCost(const MessageSpec& spec, uint64_t payload_bytes) {
-  return payload_bytes + spec.queue.size() + spec.correlation_id.size() + spec.reply_to.size() +
-         spec.origin_session.size() + kMessageOverheadBytes;
-}
-
-}  // namespace
-
-struct Engine::Message {
-  qmgr::v1::Message m;  // without its payload: that is `payload`
-  // Immutable once made, so a Get copies it out after releasing the latch.
-  // Null while spilled.
-  std::shared_ptr<const std::string> payload;
-  // A log record holds it (ENQUEUE, or a SYNCPOINT that inserted or hardened
-  // it): a restart restores it, so taking and dropping it must be logged too.
-  bool logged = false;
-  bool spilled = false;  // the payload is in the spill store
-  // The payload is only in the checkpoint store (restored lazily).
-  bool in_store = false;
-  int64_t position = 0;           // order within its queue (StoredMessage.position)
-  UowId taken_by = 0;             // the open unit holding it
-  bool stored = false;            // a checkpoint wrote (or is writing) its image
-  bool payload_in_store = false;  // ... and its payload
-  // The engine's count of payload bytes in memory, charged while this holds
-  // its payload. Messages are created and destroyed under the engine latch.
-  uint64_t* memory = nullptr;
-  uint64_t charged = 0;
-
-  ~Message() { Uncharge(); }
-  void Charge(uint64_t* counter) {
-    Uncharge();
-    memory = counter;
-    charged = payload->size();
-    *memory += charged;
-  }
-  void Uncharge() {
-    if (memory != nullptr) *memory -= charged;
-    memory = nullptr;
-    charged = 0;
-  }
-  // The message as logged or handed out: with its payload.
-  bool unloaded() const { return spilled || in_store; }
-  qmgr::v1::Message Whole() const {
-    qmgr::v1::Message whole = m;
-    if (payload != nullptr) whole.set_payload(*payload);
-    return whole;
-  }
-};
-
-struct Engine::Queue {
-  std::string name;
-  qmgr::v1::QueueAttributes attributes;
-  std::deque<std::unique_ptr<Message>> visible;  // commit order
-  uint64_t taken = 0;                            // held by open units
-  uint64_t expired_discarded = 0;
-  uint64_t backout_moved_in = 0;
-  bool deleted = false;
-  // Positions: the next message made visible at the tail takes next_tail;
-  // one returned to the head takes next_head - 1.
-  int64_t next_tail = 0;
-  int64_t next_head = 0;
-  absl::CondVar available;  // a message became visible, or the queue was deleted
-
-  uint64_t depth_max() const { return attributes.max_depth(); }
-};
-
-struct Engine::Unit {
-  UowId id = 0;
-  std::vector<std::unique_ptr<Message>> taken;     // in Get order
-  std::vector<std::unique_ptr<Message>> inserted;  // visible at the sync point
-  uint64_t record_bytes = 0;  // what its SYNCPOINT record will carry (estimate, from above)
-  // The ID_RESERVE covering its inserts' ids: an unlogged insert's id is
-  // handed out at the sync point, so that waits for it when nothing is logged.
-  log::Lsn reserve_lsn = log::kNoLsn;
-  absl::Time begun;
-  absl::Time last_used;
-  int busy = 0;         // calls inside the engine now (a waiting Get): never idle
-  bool exempt = false;  // from the idle timeout (ExemptFromIdleTimeout)
-
-  uint64_t messages() const { return taken.size() + inserted.size(); }
-};
 
 Engine::Engine(log::Log* log, EngineOptions options, RestoredState restored)
     : log_(log),
@@ -329,7 +236,7 @@ absl::Status Engine::ValidateSpec(const MessageSpec& spec, uint64_t payload_byte
 }
 
 absl::Status Engine::CheckSessionInput(const MessageSpec& spec, MessageClass cls,
-                                       uint64_t expected_seq) {
+                                       uint64_t expected_seq, log::Lsn* hardened_lsn) {
   if (spec.origin_session.empty()) {
     if (IsDeferred(cls)) {
       return absl::InvalidArgumentError(
@@ -337,6 +244,9 @@ absl::Status Engine::CheckSessionInput(const MessageSpec& spec, MessageClass cls
     }
     if (spec.input_seq != 0) {
       return absl::InvalidArgumentError("an input number requires an origin session");
+    }
+    if (spec.ack_out_seq != 0) {
+      return absl::InvalidArgumentError("an implied acknowledgement requires an origin session");
     }
     return absl::OkStatus();
   }
@@ -347,8 +257,18 @@ absl::Status Engine::CheckSessionInput(const MessageSpec& spec, MessageClass cls
   if (cls == qmgr::v1::IRRECOVERABLE && spec.input_seq != 0) {
     return absl::InvalidArgumentError("IRRECOVERABLE input is not numbered");
   }
-  Session& s = sessions_[spec.origin_session];
-  if (s.outstanding_seq != 0) {
+  absl::StatusOr<Session*> bound = BoundSession(spec.origin_session, /*data_traffic=*/true);
+  if (!bound.ok()) return bound.status();
+  Session& s = **bound;
+  if (spec.ack_out_seq != 0) {
+    if (absl::Status st = CheckAcknowledge(spec.origin_session, s, spec.ack_out_seq); !st.ok()) {
+      return st;
+    }
+  }
+  // The reply an implied acknowledgement confirms ends the outstanding input.
+  const bool reply_acked = spec.ack_out_seq != 0 && s.sent != nullptr &&
+                           s.sent->m.id() == s.awaited_reply && s.out_seq == spec.ack_out_seq;
+  if (s.outstanding_seq != 0 && !reply_acked) {
     return WithReason(absl::FailedPreconditionError(absl::StrCat(
                           "session '", spec.origin_session, "' has input ", s.outstanding_seq,
                           " outstanding (response mode): wait for its reply")),
@@ -366,6 +286,7 @@ absl::Status Engine::CheckSessionInput(const MessageSpec& spec, MessageClass cls
   }
   if (expected_seq == 0) expected_seq = s.in_seq + 1;
   if (spec.input_seq < expected_seq) {
+    *hardened_lsn = s.last_lsn;
     return WithReason(absl::FailedPreconditionError(absl::StrCat(
                           "input ", spec.input_seq, " of session '", spec.origin_session,
                           "' is already hardened (expected ", expected_seq, ")")),
@@ -477,9 +398,9 @@ void Engine::ForgetDeferredInput(const Message& message) {
   // A deferred input discarded before its sync point never hardens: its
   // session may go on (resync will report it for reissue).
   if (!IsDeferred(message.m.class_()) || message.m.origin_session().empty()) return;
-  auto it = sessions_.find(message.m.origin_session());
-  if (it != sessions_.end() && it->second.outstanding_seq == message.m.input_seq()) {
-    it->second.outstanding_seq = 0;
+  Session* session = FindSession(message.m.origin_session());
+  if (session != nullptr && session->outstanding_seq == message.m.input_seq()) {
+    session->outstanding_seq = 0;
   }
 }
 
@@ -557,6 +478,8 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueBatch(std::vector<Mess
 absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<MessageSpec> specs) {
   std::vector<EnqueueResult> results(specs.size());
   log::Lsn wait_lsn = log::kNoLsn;
+  log::Lsn hardened_lsn = log::kNoLsn;  // ALREADY_HARDENED: answered once it is durable
+  absl::Status refusal;
   // Messages (payload copies, allocations) and the clock outside the latch.
   const int64_t now_us = options_.clock->NowMicros();
   absl::InlinedVector<std::unique_ptr<Message>, 1> messages;
@@ -565,6 +488,26 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<Messag
   {
     absl::MutexLock lock(&mu_);
     if (absl::Status s = CheckOpen(); !s.ok()) return s;
+    refusal = EnqueueLocked(specs, now_us, absl::MakeSpan(messages), results, &wait_lsn,
+                            &hardened_lsn);
+  }
+  if (!refusal.ok()) {
+    if (hardened_lsn != log::kNoLsn) {
+      if (absl::Status s = WaitDurable(hardened_lsn); !s.ok()) return s;
+    }
+    return refusal;
+  }
+  if (wait_lsn != log::kNoLsn) {
+    if (absl::Status s = WaitDurable(wait_lsn); !s.ok()) return s;
+  }
+  return results;
+}
+
+absl::Status Engine::EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us,
+                                   absl::Span<std::unique_ptr<Message>> messages,
+                                   std::vector<EnqueueResult>& results, log::Lsn* wait_lsn,
+                                   log::Lsn* hardened_lsn) {
+  {
     // Validate everything first: all or nothing.
     absl::InlinedVector<Queue*, 1> queues(specs.size());
     absl::InlinedVector<MessageClass, 1> classes(specs.size());
@@ -590,12 +533,18 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<Messag
                                 "' follows a deferred input that must be answered first")),
                             reason::kResponseOutstanding);
         }
-        if (absl::Status s = CheckSessionInput(spec, classes[i], in_batch.next_seq); !s.ok()) {
+        if (absl::Status s =
+                CheckSessionInput(spec, classes[i], in_batch.next_seq, hardened_lsn);
+            !s.ok()) {
           return s;
+        }
+        if (spec.ack_out_seq != 0 && i > 0) {
+          return absl::InvalidArgumentError(
+              "only a batch's first input may carry an implied acknowledgement");
         }
         in_batch.deferred = IsDeferred(classes[i]);
         if (classes[i] != qmgr::v1::IRRECOVERABLE) in_batch.next_seq = spec.input_seq + 1;
-      } else if (absl::Status s = CheckSessionInput(spec, classes[i], 0); !s.ok()) {
+      } else if (absl::Status s = CheckSessionInput(spec, classes[i], 0, hardened_lsn); !s.ok()) {
         return s;
       }
       const uint64_t depth_max = queues[i]->depth_max();
@@ -626,6 +575,16 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<Messag
           " bytes per record (unit_bytes_max, bounded by the log's maximum record)"));
     }
 
+    // An implied acknowledgement precedes the input in the log; waiting for
+    // the input covers it.
+    log::Lsn ack_lsn = log::kNoLsn;
+    if (specs.front().ack_out_seq != 0) {
+      Session& session = *FindSession(specs.front().origin_session);
+      absl::StatusOr<bool> acked = AcknowledgeLocked(specs.front().origin_session, session,
+                                                     specs.front().ack_out_seq,
+                                                     /*positive=*/true, 0, &ack_lsn);
+      if (!acked.ok()) return Abandon(messages, acked.status());
+    }
     LogRecord record;
     log::Lsn reserve_lsn = 0;
     log::Lsn unlogged_reserve_lsn = log::kNoLsn;
@@ -652,33 +611,30 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<Messag
     if (record.has_enqueue() && record.enqueue().messages_size() > 0) {
       absl::StatusOr<log::Lsn> lsn = log_->Append(record);
       if (!lsn.ok()) return Abandon(messages, lsn.status());
-      wait_lsn = *lsn;
+      *wait_lsn = *lsn;
     } else if (unlogged_reserve_lsn != log::kNoLsn) {
       // An unlogged message's id must not be reused after a crash: its block's
       // reservation is durable before the id is handed out.
-      wait_lsn = unlogged_reserve_lsn;
+      *wait_lsn = std::max(unlogged_reserve_lsn, ack_lsn == log::kNoLsn ? 0 : ack_lsn);
     }
     for (size_t i = 0; i < specs.size(); ++i) {
       const MessageSpec& spec = specs[i];
       if (!spec.origin_session.empty()) {
-        Session& session = sessions_[spec.origin_session];
+        Session& session = *FindSession(spec.origin_session);
         if (classes[i] == qmgr::v1::RECOVERABLE) {
           session.in_seq = spec.input_seq;
-          changed_sessions_.insert(spec.origin_session);
+          MarkSessionChanged(spec.origin_session, session, *wait_lsn);
         }
         if (IsDeferred(classes[i])) session.outstanding_seq = spec.input_seq;
       }
       if (messages[i]->logged) {
-        results[i].lsn = wait_lsn;
+        results[i].lsn = *wait_lsn;
         results[i].durability = Durability::kDurable;
       }
       MakeVisible(queues[i], std::move(messages[i]), /*at_head=*/false);
     }
   }
-  if (wait_lsn != log::kNoLsn) {
-    if (absl::Status s = WaitDurable(wait_lsn); !s.ok()) return s;
-  }
-  return results;
+  return absl::OkStatus();
 }
 
 // ---- Units of work -----------------------------------------------------------
@@ -1041,11 +997,11 @@ absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* resul
   }
 
   // The sync point is in the log: apply it.
-  std::vector<std::string> replied;  // sessions whose output queue got a reply
+  std::vector<std::pair<std::string, uint64_t>> replied;  // session, reply message id
   for (auto& message : unit->inserted) {
     Queue* queue = queues_.at(message->m.queue()).get();
     if (!queue->attributes.output_of_session().empty()) {
-      replied.push_back(queue->attributes.output_of_session());
+      replied.emplace_back(queue->attributes.output_of_session(), message->m.id());
     }
     message->logged = message->m.class_() != qmgr::v1::IRRECOVERABLE;
     MakeVisible(queue, std::move(message), /*at_head=*/false);
@@ -1060,14 +1016,20 @@ absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* resul
     consumed->push_back(std::move(message));
   }
   for (const auto& [name, seq] : hardened) {
-    Session& session = sessions_[name];
+    Session& session = SessionNamed(name);
     session.in_seq = std::max(session.in_seq, seq);
-    changed_sessions_.insert(name);
+    MarkSessionChanged(name, session, lsn);
     // Response mode: the terminal waits for the reply. Without one the input
-    // is done at its sync point; with one, when the reply is acknowledged
-    // (sessions issue).
-    const bool reply = std::find(replied.begin(), replied.end(), name) != replied.end();
-    if (session.outstanding_seq == seq && !reply) session.outstanding_seq = 0;
+    // is done at its sync point; with one, when the reply is acknowledged.
+    auto reply = std::find_if(replied.begin(), replied.end(),
+                              [&](const auto& r) { return r.first == name; });
+    if (session.outstanding_seq == seq) {
+      if (reply == replied.end()) {
+        session.outstanding_seq = 0;
+      } else {
+        session.awaited_reply = reply->second;
+      }
+    }
   }
   result->lsn = lsn;
   result->consumed = unit->taken.size();
@@ -1183,7 +1145,8 @@ absl::Status Engine::CheckOpen() const {
 }
 
 bool Engine::NoGetWaiting() const {
-  return std::all_of(units_.begin(), units_.end(),
+  return receivers_waiting_ == 0 &&
+         std::all_of(units_.begin(), units_.end(),
                      [](const auto& unit) { return unit.second->busy == 0; });
 }
 
@@ -1193,6 +1156,7 @@ int Engine::Quiesce(qmgr::v1::BackoutReason reason) {
     absl::MutexLock lock(&mu_);
     quiesced_ = true;
     stopping_ = true;
+    CloseIdleSessions();
     for (const auto& [name, queue] : queues_) queue->available.SignalAll();
     mu_.Await(absl::Condition(this, &Engine::NoGetWaiting));
     std::vector<Unit*> open;
@@ -1272,7 +1236,25 @@ void Engine::Restore(RestoredState restored) {
     }
     queues_[rq.name] = std::move(queue);
   }
-  for (const auto& [name, in_seq] : restored.sessions) sessions_[name].in_seq = in_seq;
+  for (const auto& [name, image] : restored.sessions) {
+    Session& session = SessionNamed(name);
+    session.in_seq = image.in_seq();
+    session.out_seq = image.out_seq();
+    session.out_message_id = image.out_message_id();
+    session.closed = image.closed();
+    session.reassigned = image.reassigned();
+    if (image.output_acknowledged()) continue;
+    // The output sent before the crash waits for its acknowledgement again.
+    Queue* output = OutputQueueOf(name);
+    if (output == nullptr) continue;
+    auto sent = std::find_if(output->visible.begin(), output->visible.end(),
+                             [&](const auto& m) { return m->m.id() == image.out_message_id(); });
+    if (sent == output->visible.end()) continue;
+    session.output_acked = false;
+    session.sent = std::move(*sent);
+    output->visible.erase(sent);
+    ++output->taken;
+  }
   changed_sessions_.insert(restored.changed_sessions.begin(), restored.changed_sessions.end());
   deleted_messages_ = std::move(restored.deleted_messages);
   deleted_queues_.insert(restored.deleted_queues.begin(), restored.deleted_queues.end());
@@ -1312,7 +1294,7 @@ CheckpointDelta Engine::BeginCheckpoint() {
   delta.deleted_queues.assign(deleted_queues_.begin(), deleted_queues_.end());
   deleted_queues_.clear();
   for (const std::string& name : changed_sessions_) {
-    delta.sessions.emplace_back(name, sessions_.at(name).in_seq);
+    delta.sessions.emplace_back(name, ImageOf(*sessions_.at(name)));
   }
   changed_sessions_.clear();
   return delta;
@@ -1340,8 +1322,8 @@ std::vector<OpenUnit> Engine::OpenUnits() const {
 
 uint64_t Engine::SessionInSeq(const std::string& session) const {
   absl::MutexLock lock(&mu_);
-  auto it = sessions_.find(session);
-  return it == sessions_.end() ? 0 : it->second.in_seq;
+  const Session* found = FindSession(session);
+  return found == nullptr ? 0 : found->in_seq;
 }
 
 uint64_t Engine::next_free_id() const {

@@ -41,6 +41,7 @@
 #include "qmgr/spill_store.h"
 #include "qmgr/status.h"
 #include "qmgr/v1/log.pb.h"
+#include "qmgr/v1/session.pb.h"
 #include "qmgr/v1/store.pb.h"
 
 namespace qmgr {
@@ -108,6 +109,9 @@ struct MessageSpec {
   // Input from a session: its name and the input number (1, 2, 3, ...).
   std::string origin_session;
   uint64_t input_seq = 0;
+  // Implied acknowledgement of the origin session's output with this number
+  // (Enqueue only; 0: none).
+  uint64_t ack_out_seq = 0;
 };
 
 struct EnqueueResult {
@@ -165,7 +169,7 @@ struct RestoredQueue {
 
 struct RestoredState {
   std::vector<RestoredQueue> queues;
-  std::map<std::string, uint64_t> sessions;  // name -> in_seq
+  std::map<std::string, qmgr::v1::StoredSession> sessions;
   std::vector<std::string> changed_sessions;
   std::vector<uint64_t> deleted_messages;  // in the store, gone since
   std::vector<std::string> deleted_queues;
@@ -188,7 +192,30 @@ struct CheckpointDelta {
   std::vector<uint64_t> deleted_messages;
   std::vector<std::pair<std::string, qmgr::v1::QueueAttributes>> queues;
   std::vector<std::string> deleted_queues;
-  std::vector<std::pair<std::string, uint64_t>> sessions;  // name, in_seq
+  std::vector<std::pair<std::string, qmgr::v1::StoredSession>> sessions;
+};
+
+// Sessions (DESIGN.md, "Session resynchronization"; docs/sessions.md).
+struct StsnRequest {
+  qmgr::v1::InputFlow input;
+  qmgr::v1::OutputFlow output;
+  bool by_admin = false;  // SET allowed on a session not opened cold
+};
+
+struct StsnAnswer {
+  qmgr::v1::InputFlowAnswer input;
+  qmgr::v1::OutputFlowAnswer output;
+};
+
+struct SessionOutput {
+  uint64_t out_seq = 0;
+  qmgr::v1::Message message;
+  bool exception_response = false;  // irrecoverable: done when sent
+};
+
+struct AssignResult {
+  uint64_t moved = 0;
+  uint64_t possible_duplicate_message_id = 0;
 };
 
 struct OpenUnit {
@@ -265,6 +292,42 @@ class Engine {
   // CPU spent by calling threads inside durability waits (measure_wait_cpu).
   int64_t wait_cpu_nanos() const { return wait_cpu_nanos_.load(std::memory_order_relaxed); }
 
+  // ---- Sessions (qmgr/sessions.cc) ----
+  // BIND. A rebind supersedes the previous binding: its ReceiveOutput ends
+  // (ABORTED). Returns whether resync is required (the session's last record
+  // is not SESSION_CLOSE). Durable on return (SESSION_OPEN).
+  absl::StatusOr<bool> OpenSession(const std::string& session, bool cold);
+  // STSN, one action per flow. The numbers answered are durable.
+  absl::StatusOr<StsnAnswer> SetAndTestSequenceNumbers(const std::string& session,
+                                                       const StsnRequest& request);
+  // SDT: FAILED_PRECONDITION (RESYNC_REQUIRED) until both flows agree.
+  absl::Status StartDataTraffic(const std::string& session);
+  // RQR: data traffic stops until STSN and SDT again.
+  absl::Status RequestRecovery(const std::string& session);
+  // CLEAR: ends the session's ReceiveOutput, discards its queued input not
+  // yet hardened (returns how many), requires resync.
+  absl::StatusOr<uint64_t> Clear(const std::string& session);
+  // UNBIND after a normal end (SESSION_CLOSE, durable on return): refused
+  // while output is unacknowledged or a deferred input is outstanding.
+  absl::Status CloseSession(const std::string& session);
+  // The session's next output, waiting up to `wait` (DeadlineExceeded when
+  // none came). One outstanding at a time: while an output waits for its
+  // acknowledgement it is answered again (same number). OUTPUT_SENT is
+  // appended, not waited for. A rebind, Clear or CloseSession ends the wait
+  // (ABORTED); RequestRecovery too (RESYNC_REQUIRED). Irrecoverable output
+  // is not numbered (out_seq 0) and is done when sent.
+  absl::StatusOr<SessionOutput> ReceiveOutput(const std::string& session, absl::Duration wait);
+  // Positive: the output is dequeued (OUTPUT_ACKED, durable on return);
+  // acknowledging the last acknowledged number again is OK. Negative (sense
+  // code nonzero): kept, backout count + 1, moved to the backout queue at
+  // its threshold; returns whether it moved.
+  absl::StatusOr<bool> Acknowledge(const std::string& session, uint64_t out_seq, bool positive,
+                                   uint32_t sense_code);
+  // Moves `from`'s queued output to `to`'s output queue (ASSIGN, durable).
+  absl::StatusOr<AssignResult> Assign(const std::string& from, const std::string& to, bool force);
+  // Every known session (or the named ones; NotFound for an unknown name).
+  absl::StatusOr<std::vector<qmgr::v1::SessionInfo>> DisplaySessions(
+      const std::vector<std::string>& names) const;
   // A session's last hardened input number (0 if none).
   uint64_t SessionInSeq(const std::string& session) const;
   uint64_t next_free_id() const;
@@ -273,17 +336,41 @@ class Engine {
   struct Message;
   struct Queue;
   struct Unit;
-  struct Session {
-    uint64_t in_seq = 0;
-    uint64_t outstanding_seq = 0;  // a deferred input waiting for its sync point or reply
-  };
+  struct Session;  // qmgr/sessions.cc
 
   absl::Status ValidateSpec(const MessageSpec& spec, uint64_t payload_bytes, int64_t now_us,
                             Queue** queue, MessageClass* cls) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Input numbering of a session (DESIGN.md): `expected_seq` is the number
   // due next, 0 for the session's in_seq + 1.
-  absl::Status CheckSessionInput(const MessageSpec& spec, MessageClass cls, uint64_t expected_seq)
+  // A number already hardened sets *hardened_lsn: the refusal waits for it.
+  absl::Status CheckSessionInput(const MessageSpec& spec, MessageClass cls, uint64_t expected_seq,
+                                 log::Lsn* hardened_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A session bound by OpenSession (SESSION_NOT_OPEN otherwise), with data
+  // traffic started when `data_traffic` (RESYNC_REQUIRED otherwise).
+  absl::StatusOr<Session*> BoundSession(const std::string& name, bool data_traffic)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Session* FindSession(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Session& SessionNamed(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The queue whose output_of_session names the session (null: none).
+  Queue* OutputQueueOf(const std::string& session) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An implied or explicit acknowledgement: checks, appends OUTPUT_ACKED and
+  // applies it. Sets *lsn to the record (kNoLsn: nothing to log).
+  absl::Status CheckAcknowledge(const std::string& name, const Session& session, uint64_t out_seq)
+      const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<bool> AcknowledgeLocked(const std::string& name, Session& session,
+                                         uint64_t out_seq, bool positive, uint32_t sense_code,
+                                         log::Lsn* lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The reply a session's outstanding deferred input waited for is done.
+  void ReplyDone(Session& session, uint64_t message_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves a session's sent output into `to` (head or tail); it is no longer
+  // outstanding.
+  void ReturnSentOutput(Session& session, Queue* to, bool at_head)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MarkSessionChanged(const std::string& name, Session& session, log::Lsn lsn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  qmgr::v1::StoredSession ImageOf(const Session& session) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Normal shutdown: SESSION_CLOSE for bound sessions with nothing outstanding.
+  void CloseIdleSessions() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<uint64_t> NextId(log::Lsn* reserve_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A message from its spec, made before taking the latch (allocations and
   // the payload copy); Admit gives it its id and class and charges its memory.
@@ -293,6 +380,12 @@ class Engine {
   absl::Status Abandon(absl::Span<const std::unique_ptr<Message>> messages, absl::Status status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<EnqueueResult>> EnqueueMany(absl::Span<MessageSpec> specs);
+  // EnqueueMany under the latch: validates all, appends, queues. Sets the LSN
+  // to wait for, or on ALREADY_HARDENED the one that refusal waits for.
+  absl::Status EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us,
+                             absl::Span<std::unique_ptr<Message>> messages,
+                             std::vector<EnqueueResult>& results, log::Lsn* wait_lsn,
+                             log::Lsn* hardened_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Get under the latch; sets the LSNs the caller must wait for.
   // The payload is returned apart, to be copied after the latch is released.
   absl::StatusOr<GetResult> GetLocked(const GetOptions& options, absl::Time now,
@@ -354,7 +447,8 @@ class Engine {
   std::map<std::string, std::shared_ptr<Queue>> queues_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<UowId, std::unique_ptr<Unit>> units_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<Unit>> free_units_ ABSL_GUARDED_BY(mu_);  // ended, for reuse
-  absl::flat_hash_map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::unique_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
+  int receivers_waiting_ ABSL_GUARDED_BY(mu_) = 0;  // ReceiveOutput calls waiting
   UowId next_uow_ ABSL_GUARDED_BY(mu_) = 1;
   // Message ids: [next_id_, block_end_) are reserved; the next block
   // [block_end_, next_block_end_) is reserved ahead by next_block_lsn_.

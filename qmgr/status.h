@@ -20,6 +20,10 @@ inline constexpr absl::string_view kQueueFull = "QUEUE_FULL";
 inline constexpr absl::string_view kPutInhibited = "PUT_INHIBITED";
 inline constexpr absl::string_view kGetInhibited = "GET_INHIBITED";
 inline constexpr absl::string_view kHeuristicMismatch = "HEURISTIC_MISMATCH";
+// Input or Receive on a session that no OpenSession bound.
+inline constexpr absl::string_view kSessionNotOpen = "SESSION_NOT_OPEN";
+// Refused while the session's sent output waits for its acknowledgement.
+inline constexpr absl::string_view kOutputUnacknowledged = "OUTPUT_UNACKNOWLEDGED";
 }  // namespace reason
 
 // `status` with `reason` attached.

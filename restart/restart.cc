@@ -161,7 +161,7 @@ struct RecoveredQueue {
 struct State {
   std::map<std::string, RecoveredQueue> queues;
   absl::flat_hash_map<uint64_t, RecoveredMessage> messages;
-  std::map<std::string, uint64_t> sessions;
+  std::map<std::string, qmgr::v1::StoredSession> sessions;
   std::set<std::string> changed_sessions;
   std::vector<uint64_t> deleted_messages;
   std::set<std::string> deleted_queues;
@@ -176,12 +176,27 @@ absl::Status Inconsistent(log::Lsn lsn, absl::string_view what) {
   return absl::DataLossError(absl::StrCat("redo of the record at LSN ", lsn, ": ", what));
 }
 
+// A session record redone: the session as it is now, marked for the checkpoint.
+qmgr::v1::StoredSession& SessionOf(State& state, const std::string& session) {
+  state.changed_sessions.insert(session);
+  return state.sessions[session];
+}
+
 void AdvanceSession(State& state, const std::string& session, uint64_t in_seq) {
-  uint64_t& current = state.sessions[session];
-  if (in_seq > current) {
-    current = in_seq;
-    state.changed_sessions.insert(session);
+  qmgr::v1::StoredSession& s = SessionOf(state, session);
+  s.set_in_seq(std::max(s.in_seq(), in_seq));
+  s.set_closed(false);
+}
+
+// The output queue of a session: the queue whose output_of_session names it.
+RecoveredQueue* OutputQueueOf(State& state, const std::string& session, std::string* name) {
+  for (auto& [queue_name, queue] : state.queues) {
+    if (queue.attributes.output_of_session() == session) {
+      *name = queue_name;
+      return &queue;
+    }
   }
+  return nullptr;
 }
 
 absl::Status AddAtTail(State& state, log::Lsn lsn, qmgr::v1::Message&& m) {
@@ -331,16 +346,83 @@ absl::Status RedoRecord(State& state, log::Lsn lsn, LogRecord& record) {
       state.first_free_id = std::max(state.first_free_id,
                                      record.id_reserve().first_id() + record.id_reserve().count());
       return absl::OkStatus();
-    case LogRecord::kSessionSeq:
-      state.sessions[record.session_seq().session()] = record.session_seq().in_seq();
-      state.changed_sessions.insert(record.session_seq().session());
+    case LogRecord::kSessionOpen: {
+      SessionOf(state, record.session_open().session()).set_closed(false);
       return absl::OkStatus();
+    }
+    case LogRecord::kSessionSeq: {
+      const qmgr::v1::SessionSeqRecord& seq = record.session_seq();
+      qmgr::v1::StoredSession& s = SessionOf(state, seq.session());
+      s.set_in_seq(seq.in_seq());
+      s.set_out_seq(seq.out_seq());
+      s.set_out_message_id(seq.out_message_id());
+      s.set_output_acknowledged(!seq.output_outstanding());
+      s.set_reassigned(false);
+      return absl::OkStatus();
+    }
+    case LogRecord::kSessionClose:
+      SessionOf(state, record.session_close().session()).set_closed(true);
+      return absl::OkStatus();
+    case LogRecord::kOutputSent: {
+      const qmgr::v1::OutputSentRecord& sent = record.output_sent();
+      qmgr::v1::StoredSession& s = SessionOf(state, sent.session());
+      s.set_out_seq(sent.out_seq());
+      s.set_out_message_id(sent.message_id());
+      s.set_output_acknowledged(!state.messages.contains(sent.message_id()));
+      return absl::OkStatus();
+    }
+    case LogRecord::kOutputAcked: {
+      const qmgr::v1::OutputAckedRecord& acked = record.output_acked();
+      qmgr::v1::StoredSession& s = SessionOf(state, acked.session());
+      s.set_out_seq(acked.out_seq());
+      s.set_out_message_id(acked.message_id());
+      s.set_output_acknowledged(true);
+      if (acked.positive()) {
+        Remove(state, acked.message_id());
+        return absl::OkStatus();
+      }
+      auto it = state.messages.find(acked.message_id());
+      if (it != state.messages.end()) {
+        it->second.m.set_backout_count(acked.backout_count());
+        ReturnToHead(state, {&it->second});
+      }
+      return absl::OkStatus();
+    }
+    case LogRecord::kAssign: {
+      const qmgr::v1::AssignRecord& assign = record.assign();
+      std::string from_name, to_name;
+      RecoveredQueue* from = OutputQueueOf(state, assign.from_session(), &from_name);
+      RecoveredQueue* to = OutputQueueOf(state, assign.to_session(), &to_name);
+      if (from == nullptr || to == nullptr) {
+        return Inconsistent(lsn, absl::StrCat("ASSIGN from session '", assign.from_session(),
+                                              "' to '", assign.to_session(),
+                                              "': an output queue is not defined"));
+      }
+      std::vector<RecoveredMessage*> moving;
+      for (auto& [id, r] : state.messages) {
+        if (r.m.queue() == from_name && r.taken_by == 0) moving.push_back(&r);
+      }
+      std::sort(moving.begin(), moving.end(),
+                [](const RecoveredMessage* a, const RecoveredMessage* b) {
+                  return a->position < b->position;
+                });
+      for (RecoveredMessage* r : moving) {
+        if (r->m.id() == assign.possible_duplicate_message_id()) r->m.set_possible_duplicate(true);
+        MoveToTail(state, *r, to_name);
+      }
+      qmgr::v1::StoredSession& s = SessionOf(state, assign.from_session());
+      if (assign.forced() && assign.possible_duplicate_message_id() != 0) {
+        s.set_output_acknowledged(true);
+        s.set_reassigned(true);
+      }
+      return absl::OkStatus();
+    }
     case LogRecord::kCheckpointEnd:
     case LogRecord::kShutdown:
       return absl::OkStatus();
     default:
-      // Written only by features this version does not have (prepared units,
-      // session resync and output): refusing beats dropping their state.
+      // Written only by features this version does not have (prepared
+      // units): refusing beats dropping their state.
       return absl::UnimplementedError(
           absl::StrCat("the record at LSN ", lsn, " (type ", static_cast<int>(record.body_case()),
                        ") is not restored by this version of the queue manager"));
@@ -502,7 +584,7 @@ absl::Status LoadCheckpoint(checkpoint::Store* store, const qmgr::v1::Checkpoint
   });
   if (!s.ok()) return s;
   s = store->ForEachSession([&](std::string name, qmgr::v1::StoredSession session) {
-    state.sessions[name] = session.in_seq();
+    state.sessions[name] = std::move(session);
     return absl::OkStatus();
   });
   if (!s.ok()) return s;

@@ -1,0 +1,133 @@
+// The engine's inner types, shared by engine.cc (queues, units of work)
+// and sessions.cc (sessions). Not for use outside qmgr/.
+#ifndef QMGR_QMGR_ENGINE_INTERNAL_H_
+#define QMGR_QMGR_ENGINE_INTERNAL_H_
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "qmgr/engine.h"
+
+namespace qmgr {
+
+inline bool IsDeferred(MessageClass cls) {
+  return cls == qmgr::v1::RESPONSE || cls == qmgr::v1::CONVERSATIONAL || cls == qmgr::v1::FASTPATH;
+}
+
+// An upper bound of what a message adds to a record: its fields, plus room
+// for field tags, lengths and a session advance.
+constexpr uint64_t kMessageOverheadBytes = 64;
+// What a consumed message's id adds to a SYNCPOINT.
+constexpr uint64_t kConsumedIdBytes = 11;
+// Left for the record's own fields.
+constexpr uint64_t kRecordSlackBytes = 4096;
+
+inline uint64_t RecordCost(const MessageSpec& spec, uint64_t payload_bytes) {
+  return payload_bytes + spec.queue.size() + spec.correlation_id.size() + spec.reply_to.size() +
+         spec.origin_session.size() + kMessageOverheadBytes;
+}
+
+struct Engine::Message {
+  qmgr::v1::Message m;  // without its payload: that is `payload`
+  // Immutable once made, so a Get copies it out after releasing the latch.
+  // Null while spilled.
+  std::shared_ptr<const std::string> payload;
+  // A log record holds it (ENQUEUE, or a SYNCPOINT that inserted or hardened
+  // it): a restart restores it, so taking and dropping it must be logged too.
+  bool logged = false;
+  bool spilled = false;  // the payload is in the spill store
+  // The payload is only in the checkpoint store (restored lazily).
+  bool in_store = false;
+  int64_t position = 0;           // order within its queue (StoredMessage.position)
+  UowId taken_by = 0;             // the open unit holding it
+  bool stored = false;            // a checkpoint wrote (or is writing) its image
+  bool payload_in_store = false;  // ... and its payload
+  // The engine's count of payload bytes in memory, charged while this holds
+  // its payload. Messages are created and destroyed under the engine latch.
+  uint64_t* memory = nullptr;
+  uint64_t charged = 0;
+
+  ~Message() { Uncharge(); }
+  void Charge(uint64_t* counter) {
+    Uncharge();
+    memory = counter;
+    charged = payload->size();
+    *memory += charged;
+  }
+  void Uncharge() {
+    if (memory != nullptr) *memory -= charged;
+    memory = nullptr;
+    charged = 0;
+  }
+  // The message as logged or handed out: with its payload.
+  bool unloaded() const { return spilled || in_store; }
+  qmgr::v1::Message Whole() const {
+    qmgr::v1::Message whole = m;
+    if (payload != nullptr) whole.set_payload(*payload);
+    return whole;
+  }
+};
+
+struct Engine::Queue {
+  std::string name;
+  qmgr::v1::QueueAttributes attributes;
+  std::deque<std::unique_ptr<Message>> visible;  // commit order
+  uint64_t taken = 0;                            // held by open units
+  uint64_t expired_discarded = 0;
+  uint64_t backout_moved_in = 0;
+  bool deleted = false;
+  // Positions: the next message made visible at the tail takes next_tail;
+  // one returned to the head takes next_head - 1.
+  int64_t next_tail = 0;
+  int64_t next_head = 0;
+  absl::CondVar available;  // a message became visible, or the queue was deleted
+
+  uint64_t depth_max() const { return attributes.max_depth(); }
+};
+
+struct Engine::Unit {
+  UowId id = 0;
+  std::vector<std::unique_ptr<Message>> taken;     // in Get order
+  std::vector<std::unique_ptr<Message>> inserted;  // visible at the sync point
+  uint64_t record_bytes = 0;  // what its SYNCPOINT record will carry (estimate, from above)
+  // The ID_RESERVE covering its inserts' ids: an unlogged insert's id is
+  // handed out at the sync point, so that waits for it when nothing is logged.
+  log::Lsn reserve_lsn = log::kNoLsn;
+  absl::Time begun;
+  absl::Time last_used;
+  int busy = 0;         // calls inside the engine now (a waiting Get): never idle
+  bool exempt = false;  // from the idle timeout (ExemptFromIdleTimeout)
+
+  uint64_t messages() const { return taken.size() + inserted.size(); }
+};
+
+struct Engine::Session {
+  // Durable (log records, checkpoint): see docs/sessions.md.
+  uint64_t in_seq = 0;    // last input hardened
+  uint64_t out_seq = 0;   // last output sent
+  uint64_t out_message_id = 0;
+  bool output_acked = true;
+  bool closed = false;      // its last record is SESSION_CLOSE
+  bool reassigned = false;  // a forced Assign moved its sent output away
+  // In memory only.
+  uint64_t outstanding_seq = 0;  // a deferred input waiting for its sync point or reply
+  uint64_t awaited_reply = 0;    // the reply (message id) that ends outstanding_seq
+  bool bound = false;            // OpenSession since the last start, not closed
+  bool cold = false;             // bound cold: STSN SET allowed
+  bool data_traffic = false;     // SDT (or no resync was needed)
+  bool input_agreed = false;
+  bool output_agreed = false;
+  // Bumped by OpenSession, Clear and CloseSession: a waiting ReceiveOutput
+  // of an older binding ends.
+  uint64_t binding = 0;
+  // The sent output waiting for its acknowledgement: off its queue, counted
+  // as taken there.
+  std::unique_ptr<Message> sent;
+  log::Lsn last_lsn = 0;  // the last record that changed its numbers
+};
+
+}  // namespace qmgr
+
+#endif  // QMGR_QMGR_ENGINE_INTERNAL_H_
