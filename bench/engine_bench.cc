@@ -292,7 +292,13 @@ ScenarioResult MeasureScenario(const std::string& dir, double seconds, const std
       std::vector<std::string> sessions;
       std::vector<uint64_t> next_seq;
       if (fastpath) {
-        for (int k = 0; k < config.sessions; ++k) sessions.push_back(absl::StrCat("P", p, "-S", k));
+        for (int k = 0; k < config.sessions; ++k) {
+          sessions.push_back(absl::StrCat("P", p, "-S", k));
+          if (absl::Status s = engine.OpenSession(sessions.back(), false).status(); !s.ok()) {
+            std::fprintf(stderr, "OpenSession: %s\n", s.ToString().c_str());
+            std::exit(1);
+          }
+        }
         next_seq.assign(sessions.size(), 1);
       }
       size_t k = 0;

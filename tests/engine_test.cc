@@ -58,6 +58,13 @@ class EngineTest : public ::testing::Test {
     ASSERT_TRUE(engine_->DefineQueue(name, attributes).ok());
   }
 
+  // BIND of a new session: data traffic at once.
+  void Bind(const std::string& session) {
+    absl::StatusOr<bool> resync = engine_->OpenSession(session, /*cold=*/false);
+    ASSERT_TRUE(resync.ok()) << resync.status();
+    ASSERT_FALSE(*resync);
+  }
+
   MessageSpec Spec(const std::string& queue, const std::string& payload,
                    MessageClass cls = qmgr::v1::RECOVERABLE) {
     MessageSpec spec;
@@ -170,6 +177,8 @@ TEST_F(EngineTest, DeferredClassesHardenAtTheSyncPoint) {
         << "a deferred class needs an origin session";
     spec.origin_session = session;
     spec.input_seq = 1;
+    EXPECT_EQ(ReasonOf(engine_->Enqueue(spec).status()), reason::kSessionNotOpen);
+    Bind(session);
     absl::StatusOr<EnqueueResult> put = engine_->Enqueue(spec);
     ASSERT_TRUE(put.ok()) << put.status();
     EXPECT_EQ(put->durability, Durability::kInMemory);
@@ -215,6 +224,7 @@ TEST_F(EngineTest, DeferredInputWithReplyStaysOutstanding) {
   MessageSpec spec = Spec("IN", "question", qmgr::v1::RESPONSE);
   spec.origin_session = "TERM1";
   spec.input_seq = 1;
+  Bind("TERM1");
   ASSERT_TRUE(engine_->Enqueue(spec).ok());
   GetResult got = MustGet("IN");
   ASSERT_TRUE(engine_->Insert(got.uow, Spec("TERM1.OUT", "answer", qmgr::v1::RESPONSE)).ok());
@@ -235,6 +245,7 @@ TEST_F(EngineTest, SessionInputNumbering) {
   MessageSpec spec = Spec("Q", "a");
   spec.origin_session = "TERM";
   spec.input_seq = 1;
+  Bind("TERM");
   ASSERT_TRUE(engine_->Enqueue(spec).ok());
   absl::Status dup = engine_->Enqueue(spec).status();
   EXPECT_EQ(dup.code(), absl::StatusCode::kFailedPrecondition);
@@ -768,6 +779,7 @@ TEST_F(EngineTest, ReviewRegressions) {
   MessageSpec deferred = Spec("Q", "stale", qmgr::v1::RESPONSE);
   deferred.origin_session = "T";
   deferred.input_seq = 1;
+  Bind("T");
   deferred.expiry_time_us = clock_.NowMicros() + 1'000'000;
   ASSERT_TRUE(engine_->Enqueue(deferred).ok());
   clock_.Advance(absl::Seconds(2));
@@ -786,6 +798,7 @@ TEST_F(EngineTest, ReviewRegressions) {
   MessageSpec first = Spec("Q", "a");
   first.origin_session = "B";
   first.input_seq = 1;
+  Bind("B");
   absl::Status dup = engine_->EnqueueBatch({first, first}).status();
   EXPECT_EQ(dup.code(), absl::StatusCode::kInvalidArgument) << dup;
   EXPECT_EQ(engine_->SessionInSeq("B"), 0u);

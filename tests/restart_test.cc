@@ -234,6 +234,7 @@ TEST_F(RestartTest, SessionNumbersAndIdsSurvive) {
   MessageSpec spec;
   spec.queue = "Q";
   spec.origin_session = "TERM1";
+  ASSERT_TRUE(engine()->OpenSession("TERM1", false).ok());
   uint64_t max_id = 0;
   for (uint64_t seq = 1; seq <= 3; ++seq) {
     spec.input_seq = seq;
@@ -245,6 +246,16 @@ TEST_F(RestartTest, SessionNumbersAndIdsSurvive) {
   Crash();
   ASSERT_NE(Open(), nullptr);
   EXPECT_EQ(engine()->SessionInSeq("TERM1"), 3u);
+  absl::StatusOr<bool> resync = engine()->OpenSession("TERM1", false);
+  ASSERT_TRUE(resync.ok()) << resync.status();
+  EXPECT_TRUE(*resync) << "its last record is not SESSION_CLOSE";
+  StsnRequest stsn;
+  stsn.input.set_action(qmgr::v1::SET_AND_TEST);
+  stsn.input.set_last_sent(3);
+  absl::StatusOr<StsnAnswer> answer = engine()->SetAndTestSequenceNumbers("TERM1", stsn);
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->input.result(), qmgr::v1::TEST_POSITIVE);
+  ASSERT_TRUE(engine()->StartDataTraffic("TERM1").ok());
   spec.input_seq = 3;
   EXPECT_EQ(ReasonOf(engine()->Enqueue(spec).status()), reason::kAlreadyHardened);
   EXPECT_GT(Put("Q", "after"), max_id) << "an irrecoverable message's id is not reused either";

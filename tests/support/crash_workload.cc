@@ -142,6 +142,14 @@ void CrashWorkload::Consumer(int thread) {
 }
 
 void CrashWorkload::Terminal() {
+  // BIND; after a crash, resync: this terminal keeps no numbers of its own,
+  // so it takes the server's (IGNORE on both flows).
+  absl::StatusOr<bool> resync = engine_->OpenSession(kSession, /*cold=*/false);
+  if (!resync.ok()) return;
+  if (*resync && (!engine_->SetAndTestSequenceNumbers(kSession, StsnRequest()).ok() ||
+                  !engine_->StartDataTraffic(kSession).ok())) {
+    return;
+  }
   uint64_t seq = engine_->SessionInSeq(kSession);
   while (!stop_) {
     MessageSpec input;
