@@ -1,13 +1,12 @@
 #include "qmgr/engine.h"
 
-#include "qmgr/engine_internal.h"
-
 #include <algorithm>
 #include <cassert>
 #include <ctime>
 
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
+#include "qmgr/engine_internal.h"
 
 namespace qmgr {
 
@@ -488,8 +487,8 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<Messag
   {
     absl::MutexLock lock(&mu_);
     if (absl::Status s = CheckOpen(); !s.ok()) return s;
-    refusal = EnqueueLocked(specs, now_us, absl::MakeSpan(messages), results, &wait_lsn,
-                            &hardened_lsn);
+    refusal =
+        EnqueueLocked(specs, now_us, absl::MakeSpan(messages), results, &wait_lsn, &hardened_lsn);
   }
   if (!refusal.ok()) {
     if (hardened_lsn != log::kNoLsn) {
@@ -533,8 +532,7 @@ absl::Status Engine::EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us
                                 "' follows a deferred input that must be answered first")),
                             reason::kResponseOutstanding);
         }
-        if (absl::Status s =
-                CheckSessionInput(spec, classes[i], in_batch.next_seq, hardened_lsn);
+        if (absl::Status s = CheckSessionInput(spec, classes[i], in_batch.next_seq, hardened_lsn);
             !s.ok()) {
           return s;
         }
@@ -580,9 +578,9 @@ absl::Status Engine::EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us
     log::Lsn ack_lsn = log::kNoLsn;
     if (specs.front().ack_out_seq != 0) {
       Session& session = *FindSession(specs.front().origin_session);
-      absl::StatusOr<bool> acked = AcknowledgeLocked(specs.front().origin_session, session,
-                                                     specs.front().ack_out_seq,
-                                                     /*positive=*/true, 0, &ack_lsn);
+      absl::StatusOr<bool> acked =
+          AcknowledgeLocked(specs.front().origin_session, session, specs.front().ack_out_seq,
+                            /*positive=*/true, 0, &ack_lsn);
       if (!acked.ok()) return Abandon(messages, acked.status());
     }
     LogRecord record;
@@ -1145,9 +1143,9 @@ absl::Status Engine::CheckOpen() const {
 }
 
 bool Engine::NoGetWaiting() const {
-  return receivers_waiting_ == 0 &&
-         std::all_of(units_.begin(), units_.end(),
-                     [](const auto& unit) { return unit.second->busy == 0; });
+  return receivers_waiting_ == 0 && std::all_of(units_.begin(), units_.end(), [](const auto& unit) {
+           return unit.second->busy == 0;
+         });
 }
 
 int Engine::Quiesce(qmgr::v1::BackoutReason reason) {

@@ -355,8 +355,8 @@ class Engine {
   Queue* OutputQueueOf(const std::string& session) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // An implied or explicit acknowledgement: checks, appends OUTPUT_ACKED and
   // applies it. Sets *lsn to the record (kNoLsn: nothing to log).
-  absl::Status CheckAcknowledge(const std::string& name, const Session& session, uint64_t out_seq)
-      const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckAcknowledge(const std::string& name, const Session& session,
+                                uint64_t out_seq) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<bool> AcknowledgeLocked(const std::string& name, Session& session,
                                          uint64_t out_seq, bool positive, uint32_t sense_code,
                                          log::Lsn* lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

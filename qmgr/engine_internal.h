@@ -105,8 +105,8 @@ struct Engine::Unit {
 
 struct Engine::Session {
   // Durable (log records, checkpoint): see docs/sessions.md.
-  uint64_t in_seq = 0;    // last input hardened
-  uint64_t out_seq = 0;   // last output sent
+  uint64_t in_seq = 0;   // last input hardened
+  uint64_t out_seq = 0;  // last output sent
   uint64_t out_message_id = 0;
   bool output_acked = true;
   bool closed = false;      // its last record is SESSION_CLOSE

@@ -24,8 +24,8 @@ absl::Status CheckSessionName(const std::string& name) {
 
 absl::Status CheckAction(StsnAction action, absl::string_view flow) {
   if (qmgr::v1::StsnAction_IsValid(action)) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat("STSN action ", action, " for the ", flow,
-                                                 " flow is unknown"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("STSN action ", action, " for the ", flow, " flow is unknown"));
 }
 
 }  // namespace
@@ -126,13 +126,12 @@ absl::Status Engine::StartDataTraffic(const std::string& name) {
   if (!session.ok()) return session.status();
   Session& s = **session;
   if (!s.input_agreed || !s.output_agreed) {
-    return WithReason(
-        absl::FailedPreconditionError(absl::StrCat(
-            "session '", name, "': STSN has not agreed on the ",
-            !s.input_agreed && !s.output_agreed ? "input and output flows"
-            : !s.input_agreed                   ? "input flow"
-                                                : "output flow")),
-        reason::kResyncRequired);
+    return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                          "session '", name, "': STSN has not agreed on the ",
+                          !s.input_agreed && !s.output_agreed ? "input and output flows"
+                          : !s.input_agreed                   ? "input flow"
+                                                              : "output flow")),
+                      reason::kResyncRequired);
   }
   s.data_traffic = true;
   s.cold = false;
@@ -191,16 +190,15 @@ absl::Status Engine::CloseSession(const std::string& name) {
     if (!session.ok()) return session.status();
     Session& s = **session;
     if (s.sent != nullptr) {
-      return WithReason(absl::FailedPreconditionError(absl::StrCat(
-                            "session '", name, "' has output ", s.out_seq, " (message ",
-                            s.out_message_id, ") unacknowledged")),
+      return WithReason(absl::FailedPreconditionError(
+                            absl::StrCat("session '", name, "' has output ", s.out_seq,
+                                         " (message ", s.out_message_id, ") unacknowledged")),
                         reason::kOutputUnacknowledged);
     }
     if (s.outstanding_seq != 0) {
-      return WithReason(
-          absl::FailedPreconditionError(absl::StrCat("session '", name, "' has input ",
-                                                     s.outstanding_seq, " outstanding")),
-          reason::kResponseOutstanding);
+      return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                            "session '", name, "' has input ", s.outstanding_seq, " outstanding")),
+                        reason::kResponseOutstanding);
     }
     LogRecord record;
     record.mutable_session_close()->set_session(name);
@@ -247,24 +245,23 @@ absl::StatusOr<StsnAnswer> Engine::SetAndTestSequenceNumbers(const std::string& 
     if (!session.ok()) return session.status();
     Session& s = **session;
     if (s.data_traffic) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("session '", name,
-                       "' is in data traffic: RequestRecovery or Clear before STSN"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "session '", name, "' is in data traffic: RequestRecovery or Clear before STSN"));
     }
     // Refusals first, so that a refused STSN changes nothing.
     const bool set_allowed = s.cold || request.by_admin;
     for (const StsnAction action : {in_action, out_action}) {
       if (action == qmgr::v1::SET && !set_allowed) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "STSN SET on session '", name,
-            "' needs a cold OpenSession or an administrator: use SET_AND_TEST"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("STSN SET on session '", name,
+                         "' needs a cold OpenSession or an administrator: use SET_AND_TEST"));
       }
     }
     if (in_action == qmgr::v1::SET && s.outstanding_seq != 0) {
-      return WithReason(absl::FailedPreconditionError(absl::StrCat(
-                            "STSN SET on session '", name, "': input ", s.outstanding_seq,
-                            " is outstanding")),
-                        reason::kResponseOutstanding);
+      return WithReason(
+          absl::FailedPreconditionError(absl::StrCat("STSN SET on session '", name, "': input ",
+                                                     s.outstanding_seq, " is outstanding")),
+          reason::kResponseOutstanding);
     }
 
     LogRecord seq_record;  // SESSION_SEQ, when a flow is set or moved back
@@ -315,8 +312,7 @@ absl::StatusOr<StsnAnswer> Engine::SetAndTestSequenceNumbers(const std::string& 
     const uint64_t client_out = request.output.last_secured();
     const uint64_t client_id = request.output.last_secured_message_id();
     const bool outstanding = s.sent != nullptr;
-    out.set_outcome(outstanding ? qmgr::v1::STILL_UNACKNOWLEDGED
-                                : qmgr::v1::NO_OUTPUT_OUTSTANDING);
+    out.set_outcome(outstanding ? qmgr::v1::STILL_UNACKNOWLEDGED : qmgr::v1::NO_OUTPUT_OUTSTANDING);
     switch (out_action) {
       case qmgr::v1::SENSE:
         out.set_result(qmgr::v1::SENSED);
@@ -428,8 +424,7 @@ void Engine::ReplyDone(Session& session, uint64_t message_id) {
   }
 }
 
-absl::StatusOr<SessionOutput> Engine::ReceiveOutput(const std::string& name,
-                                                    absl::Duration wait) {
+absl::StatusOr<SessionOutput> Engine::ReceiveOutput(const std::string& name, absl::Duration wait) {
   log::Lsn sent_lsn = log::kNoLsn;
   SessionOutput result;
   std::shared_ptr<const std::string> payload;
@@ -465,17 +460,17 @@ absl::StatusOr<SessionOutput> Engine::ReceiveOutput(const std::string& name,
       }
       output = OutputQueueOf(name);
       if (output == nullptr) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "session '", name, "' has no output queue (a queue with output_of_session '", name,
-            "')"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("session '", name,
+                         "' has no output queue (a queue with output_of_session '", name, "')"));
       }
       if (!output->attributes.get_inhibited()) {
         message = TakeNext(output, options_.clock->NowMicros());
       }
       if (message != nullptr) break;
       if (absl::Now() >= deadline) {
-        return absl::DeadlineExceededError(absl::StrCat(
-            "no output for session '", name, "' within ", absl::FormatDuration(wait)));
+        return absl::DeadlineExceededError(
+            absl::StrCat("no output for session '", name, "' within ", absl::FormatDuration(wait)));
       }
       const std::shared_ptr<Queue> waiting_on = queues_.at(output->name);
       ++receivers_waiting_;
@@ -534,13 +529,13 @@ absl::Status Engine::CheckAcknowledge(const std::string& name, const Session& se
   if (session.sent != nullptr && out_seq == session.out_seq) return absl::OkStatus();
   if (session.sent == nullptr && out_seq == session.out_seq) return absl::OkStatus();  // again
   return absl::FailedPreconditionError(absl::StrCat(
-      "session '", name, "': output ", out_seq, " is not outstanding (last sent ",
-      session.out_seq, session.sent != nullptr ? ", unacknowledged)" : ", acknowledged)"));
+      "session '", name, "': output ", out_seq, " is not outstanding (last sent ", session.out_seq,
+      session.sent != nullptr ? ", unacknowledged)" : ", acknowledged)"));
 }
 
 absl::StatusOr<bool> Engine::AcknowledgeLocked(const std::string& name, Session& session,
-                                               uint64_t out_seq, bool positive,
-                                               uint32_t sense_code, log::Lsn* lsn) {
+                                               uint64_t out_seq, bool positive, uint32_t sense_code,
+                                               log::Lsn* lsn) {
   if (absl::Status s = CheckAcknowledge(name, session, out_seq); !s.ok()) return s;
   *lsn = log::kNoLsn;
   if (session.sent == nullptr) return false;  // acknowledged before: OK again

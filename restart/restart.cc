@@ -394,9 +394,9 @@ absl::Status RedoRecord(State& state, log::Lsn lsn, LogRecord& record) {
       RecoveredQueue* from = OutputQueueOf(state, assign.from_session(), &from_name);
       RecoveredQueue* to = OutputQueueOf(state, assign.to_session(), &to_name);
       if (from == nullptr || to == nullptr) {
-        return Inconsistent(lsn, absl::StrCat("ASSIGN from session '", assign.from_session(),
-                                              "' to '", assign.to_session(),
-                                              "': an output queue is not defined"));
+        return Inconsistent(lsn,
+                            absl::StrCat("ASSIGN from session '", assign.from_session(), "' to '",
+                                         assign.to_session(), "': an output queue is not defined"));
       }
       std::vector<RecoveredMessage*> moving;
       for (auto& [id, r] : state.messages) {

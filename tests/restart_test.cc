@@ -262,6 +262,145 @@ TEST_F(RestartTest, SessionNumbersAndIdsSurvive) {
   EXPECT_EQ(qm_->restart_report().messages_per_queue.at("Q"), 3u) << "irrecoverable ones are gone";
 }
 
+// A session's numbers, its sent-but-unacknowledged output and its close
+// survive a crash, through redo alone and through a checkpoint.
+class RestartSessionTest : public RestartTest, public ::testing::WithParamInterface<bool> {
+ protected:
+  qmgr::v1::SessionInfo Info(const std::string& session) {
+    absl::StatusOr<std::vector<qmgr::v1::SessionInfo>> info = engine()->DisplaySessions({session});
+    EXPECT_TRUE(info.ok()) << info.status();
+    return info.ok() ? info->front() : qmgr::v1::SessionInfo();
+  }
+  void DefineOutput(const std::string& queue, const std::string& session,
+                    const std::string& backout_queue = "") {
+    qmgr::v1::QueueAttributes out;
+    out.set_output_of_session(session);
+    out.set_backout_queue(backout_queue);
+    out.set_backout_threshold(backout_queue.empty() ? 0 : 2);
+    Define(queue, out);
+  }
+  // The restart after a crash: with the parameter, a checkpoint first.
+  void CrashAndOpen() {
+    if (GetParam()) {
+      ASSERT_TRUE(qm_->checkpointer()->Checkpoint(checkpoint::Trigger::kRequested).ok());
+    }
+    Crash();
+    ASSERT_NE(Open(), nullptr);
+  }
+  // Rebind after the crash and agree, the client naming what it holds.
+  void Resync(const std::string& session, uint64_t last_sent, uint64_t last_secured,
+              uint64_t secured_id, qmgr::v1::OutputOutcome outcome) {
+    absl::StatusOr<bool> resync = engine()->OpenSession(session, false);
+    ASSERT_TRUE(resync.ok()) << resync.status();
+    ASSERT_TRUE(*resync);
+    StsnRequest stsn;
+    stsn.input.set_action(qmgr::v1::SET_AND_TEST);
+    stsn.input.set_last_sent(last_sent);
+    stsn.output.set_action(qmgr::v1::SET_AND_TEST);
+    stsn.output.set_last_secured(last_secured);
+    stsn.output.set_last_secured_message_id(secured_id);
+    absl::StatusOr<StsnAnswer> answer = engine()->SetAndTestSequenceNumbers(session, stsn);
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->input.result(), qmgr::v1::TEST_POSITIVE);
+    EXPECT_EQ(answer->output.result(), qmgr::v1::TEST_POSITIVE);
+    EXPECT_EQ(answer->output.outcome(), outcome);
+    ASSERT_TRUE(engine()->StartDataTraffic(session).ok());
+  }
+};
+
+TEST_P(RestartSessionTest, NumbersUnacknowledgedOutputAndCloseSurvive) {
+  ASSERT_NE(Open(), nullptr);
+  Define("IN");
+  DefineOutput("T1.OUT", "T1");
+  ASSERT_TRUE(engine()->OpenSession("T1", false).ok());
+  MessageSpec input;
+  input.queue = "IN";
+  input.origin_session = "T1";
+  for (input.input_seq = 1; input.input_seq <= 2; ++input.input_seq) {
+    ASSERT_TRUE(engine()->Enqueue(input).ok());
+  }
+  const uint64_t m1 = Put("T1.OUT", "one");
+  const uint64_t m2 = Put("T1.OUT", "two");
+  const uint64_t m3 = Put("T1.OUT", "three");
+  absl::StatusOr<SessionOutput> out = engine()->ReceiveOutput("T1", absl::ZeroDuration());
+  ASSERT_TRUE(out.ok() && out->message.id() == m1);
+  ASSERT_TRUE(engine()->Acknowledge("T1", 1, true, 0).ok());
+  out = engine()->ReceiveOutput("T1", absl::ZeroDuration());
+  ASSERT_TRUE(out.ok() && out->out_seq == 2 && out->message.id() == m2);
+  Put("IN", "a durable record after OUTPUT_SENT");
+
+  CrashAndOpen();
+  qmgr::v1::SessionInfo info = Info("T1");
+  EXPECT_EQ(info.in_seq(), 2u);
+  EXPECT_EQ(info.out_seq(), 2u);
+  EXPECT_EQ(info.out_message_id(), m2);
+  EXPECT_FALSE(info.output_acknowledged());
+  EXPECT_TRUE(info.resync_required());
+  EXPECT_EQ(info.output_depth(), 1u) << "output 2 waits apart for its acknowledgement";
+  Resync("T1", 2, 2, m2, qmgr::v1::DELIVERED);
+  EXPECT_EQ(Contents("T1.OUT"), std::vector<std::string>{"three"});
+  out = engine()->ReceiveOutput("T1", absl::ZeroDuration());
+  ASSERT_TRUE(out.ok() && out->out_seq == 3 && out->message.id() == m3);
+  ASSERT_TRUE(engine()->Acknowledge("T1", 3, true, 0).ok());
+  ASSERT_TRUE(engine()->CloseSession("T1").ok());
+
+  CrashAndOpen();
+  info = Info("T1");
+  EXPECT_EQ(info.out_seq(), 3u);
+  EXPECT_TRUE(info.output_acknowledged());
+  EXPECT_FALSE(info.resync_required()) << "closed: SESSION_CLOSE is its last record";
+  absl::StatusOr<bool> resync = engine()->OpenSession("T1", false);
+  ASSERT_TRUE(resync.ok());
+  EXPECT_FALSE(*resync);
+  EXPECT_TRUE(Contents("T1.OUT").empty());
+}
+
+TEST_P(RestartSessionTest, NegativeAcknowledgementsAndAssignAreRedone) {
+  ASSERT_NE(Open(), nullptr);
+  Define("BQ");
+  DefineOutput("T1.OUT", "T1", "BQ");
+  DefineOutput("T2.OUT", "T2");
+  ASSERT_TRUE(engine()->OpenSession("T1", false).ok());
+  const uint64_t m1 = Put("T1.OUT", "one");
+  Put("T1.OUT", "two");
+  Put("T1.OUT", "three");
+  absl::StatusOr<SessionOutput> out = engine()->ReceiveOutput("T1", absl::ZeroDuration());
+  ASSERT_TRUE(out.ok() && out->message.id() == m1);
+  EXPECT_EQ(engine()->Acknowledge("T1", 1, false, 0).status().code(),
+            absl::StatusCode::kInvalidArgument)
+      << "a negative acknowledgement needs its sense code";
+  absl::StatusOr<bool> moved = engine()->Acknowledge("T1", 1, false, 0x0801);
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_FALSE(*moved);
+  out = engine()->ReceiveOutput("T1", absl::ZeroDuration());
+  ASSERT_TRUE(out.ok() && out->out_seq == 2 && out->message.id() == m1)
+      << "kept, sent again with the next number";
+  EXPECT_EQ(out->message.backout_count(), 1u);
+  moved = engine()->Acknowledge("T1", 2, false, 0x0801);
+  ASSERT_TRUE(moved.ok() && *moved) << "the threshold (2) moves it to the backout queue";
+  out = engine()->ReceiveOutput("T1", absl::ZeroDuration());
+  ASSERT_TRUE(out.ok() && out->out_seq == 3 && out->message.payload() == "two");
+  absl::Status refused = engine()->Assign("T1", "T2", false).status();
+  EXPECT_EQ(ReasonOf(refused), reason::kOutputUnacknowledged) << refused;
+  absl::StatusOr<AssignResult> assigned = engine()->Assign("T1", "T2", true);
+  ASSERT_TRUE(assigned.ok()) << assigned.status();
+  EXPECT_EQ(assigned->moved, 2u);
+
+  CrashAndOpen();
+  std::vector<uint32_t> counts;
+  EXPECT_EQ(Contents("BQ", &counts), std::vector<std::string>{"one"});
+  EXPECT_EQ(counts, std::vector<uint32_t>{2});
+  EXPECT_TRUE(Contents("T1.OUT").empty());
+  EXPECT_EQ(Contents("T2.OUT"), (std::vector<std::string>{"two", "three"}));
+  absl::StatusOr<std::vector<qmgr::v1::Message>> t2 = engine()->Browse("T2.OUT", 10);
+  ASSERT_TRUE(t2.ok());
+  EXPECT_TRUE(t2->at(0).possible_duplicate()) << "the forced one";
+  EXPECT_FALSE(t2->at(1).possible_duplicate());
+  Resync("T1", 0, 3, 0, qmgr::v1::REASSIGNED);
+}
+
+INSTANTIATE_TEST_SUITE_P(RedoOrCheckpoint, RestartSessionTest, ::testing::Bool());
+
 TEST_F(RestartTest, QueueDefinitionsAlterAndDeleteAreRedone) {
   ASSERT_NE(Open(), nullptr);
   Define("KEEP");
