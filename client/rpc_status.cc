@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "google/rpc/error_details.pb.h"
 #include "qmgr/status.h"
 
@@ -11,10 +13,15 @@ google::rpc::Status ToRpcStatus(const absl::Status& status) {
   google::rpc::Status out;
   out.set_code(static_cast<int>(status.code()));
   out.set_message(std::string(status.message()));
-  if (const std::string reason = ReasonOf(status); !reason.empty()) {
+  const std::string reason = ReasonOf(status);
+  const uint64_t committed = PreviousUnitCommitted(status);
+  if (!reason.empty() || committed != 0) {
     google::rpc::ErrorInfo info;
-    info.set_reason(reason);
+    info.set_reason(reason.empty() ? std::string(kPreviousUnitCommitted) : reason);
     info.set_domain(std::string(kErrorDomain));
+    if (committed != 0) {
+      (*info.mutable_metadata())[std::string(kPreviousUnitCommittedKey)] = absl::StrCat(committed);
+    }
     out.add_details()->PackFrom(info);
   }
   return out;
@@ -30,6 +37,12 @@ absl::Status FromRpcStatus(const google::rpc::Status& status) {
   for (const google::protobuf::Any& any : status.details()) {
     google::rpc::ErrorInfo info;
     if (any.UnpackTo(&info) && info.domain() == kErrorDomain && !info.reason().empty()) {
+      uint64_t committed = 0;
+      if (auto it = info.metadata().find(std::string(kPreviousUnitCommittedKey));
+          it != info.metadata().end() && absl::SimpleAtoi(it->second, &committed)) {
+        out = WithPreviousUnitCommitted(out, committed);
+      }
+      if (info.reason() == kPreviousUnitCommitted) return out;
       return WithReason(std::move(out), info.reason());
     }
   }
@@ -39,7 +52,9 @@ absl::Status FromRpcStatus(const google::rpc::Status& status) {
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   const auto code = static_cast<grpc::StatusCode>(status.code());
-  if (ReasonOf(status).empty()) return grpc::Status(code, std::string(status.message()));
+  if (ReasonOf(status).empty() && PreviousUnitCommitted(status) == 0) {
+    return grpc::Status(code, std::string(status.message()));
+  }
   return grpc::Status(code, std::string(status.message()), ToRpcStatus(status).SerializeAsString());
 }
 

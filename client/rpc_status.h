@@ -16,6 +16,11 @@
 namespace qmgr::rpc {
 
 inline constexpr absl::string_view kErrorDomain = "qmgr";
+// A Get with commit_previous that committed its previous unit and then
+// failed: ErrorInfo metadata names that unit (with this reason when the
+// error has none of its own).
+inline constexpr absl::string_view kPreviousUnitCommittedKey = "previous_unit_committed";
+inline constexpr absl::string_view kPreviousUnitCommitted = "PREVIOUS_UNIT_COMMITTED";
 
 // With an ErrorInfo in its details when `status` carries a reason.
 google::rpc::Status ToRpcStatus(const absl::Status& status);

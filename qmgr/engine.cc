@@ -720,6 +720,12 @@ absl::StatusOr<GetResult> Engine::Get(const GetOptions& options) {
     result = GetLocked(options, now, &commit_lsn, &get_lsn, &payload, &consumed);
   }
   consumed.clear();
+  if (!result.ok() && commit_lsn != log::kNoLsn) {
+    // The previous unit is committed even though this Get failed: the caller
+    // hears so, once the commit is durable.
+    if (absl::Status s = WaitDurable(commit_lsn); !s.ok()) return s;
+    return WithPreviousUnitCommitted(result.status(), options.uow);
+  }
   if (result.ok()) result->message.set_payload(*payload);  // the copy, outside the latch
   // The previous unit's sync point is durable before the caller hears of it,
   // whether a message came or not.

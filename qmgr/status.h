@@ -4,6 +4,7 @@
 #ifndef QMGR_QMGR_STATUS_H_
 #define QMGR_QMGR_STATUS_H_
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
@@ -30,6 +31,13 @@ inline constexpr absl::string_view kOutputUnacknowledged = "OUTPUT_UNACKNOWLEDGE
 absl::Status WithReason(absl::Status status, absl::string_view reason);
 // The attached reason, or "" when there is none.
 std::string ReasonOf(const absl::Status& status);
+
+// Get with commit_previous committed unit `uow` and then failed: the error
+// says so (its message too), since the caller must not back that unit out
+// or commit it again.
+absl::Status WithPreviousUnitCommitted(const absl::Status& status, uint64_t uow);
+// That unit, or 0.
+uint64_t PreviousUnitCommitted(const absl::Status& status);
 
 }  // namespace qmgr
 

@@ -804,5 +804,39 @@ TEST_F(EngineTest, ReviewRegressions) {
   EXPECT_EQ(engine_->SessionInSeq("B"), 0u);
 }
 
+// Get with commit_previous commits before it waits: an error after that
+// (here the queue is get-inhibited during the wait) says the previous unit
+// is committed, so the program neither backs it out nor commits it again.
+TEST_F(EngineTest, GetCommitPreviousFailingAfterTheCommitSaysSo) {
+  Define("Q");
+  ASSERT_TRUE(engine_->Enqueue(Spec("Q", "m")).ok());
+  const GetResult first = MustGet("Q");
+  absl::Status waited;
+  std::thread getter([&] {
+    GetOptions get{first.uow, "Q", absl::Seconds(10), /*commit_previous=*/true};
+    waited = engine_->Get(get).status();
+  });
+  absl::SleepFor(absl::Milliseconds(50));
+  qmgr::v1::QueueAttributes inhibited;
+  inhibited.set_get_inhibited(true);
+  ASSERT_TRUE(engine_->AlterQueue("Q", inhibited).ok());
+  getter.join();
+  EXPECT_EQ(ReasonOf(waited), reason::kGetInhibited) << waited;
+  EXPECT_EQ(PreviousUnitCommitted(waited), first.uow) << waited;
+  EXPECT_NE(waited.message().find("was committed"), absl::string_view::npos) << waited;
+  EXPECT_EQ(engine_->SyncPoint(first.uow).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(RecordsOf(LogRecord::kSyncpoint).back().syncpoint().consumed_message_ids(0),
+            first.message.id());
+
+  // Refused before the commit: the previous unit stays open, nothing said.
+  ASSERT_TRUE(engine_->AlterQueue("Q", {}).ok());
+  ASSERT_TRUE(engine_->Enqueue(Spec("Q", "n")).ok());
+  const GetResult second = MustGet("Q");
+  absl::Status refused = engine_->Get({second.uow, "NOSUCH", absl::ZeroDuration(), true}).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(PreviousUnitCommitted(refused), 0u);
+  EXPECT_TRUE(engine_->SyncPoint(second.uow).ok()) << "still open";
+}
+
 }  // namespace
 }  // namespace qmgr

@@ -162,9 +162,17 @@ std::vector<absl::StatusOr<qmgr::v1::EnqueueResponse>> Operations::EnqueueGroup(
 absl::StatusOr<qmgr::v1::GetResponse> Operations::Get(const qmgr::v1::GetRequest& request,
                                                       Owner owner, absl::Time call_deadline,
                                                       absl::FunctionRef<bool()> stop_waiting) {
-  if (absl::Status s = CheckIntake(); !s.ok()) return s;
   if (request.uow() != 0) {
     if (absl::Status s = CheckOwner(request.uow(), owner); !s.ok()) return s;
+  }
+  if (absl::Status s = CheckIntake(); !s.ok()) {
+    // A single-mode program still reaches its sync point while the shutdown
+    // lets open units finish; it gets no new message.
+    if (!request.commit_previous() || request.uow() == 0) return s;
+    absl::StatusOr<SyncPointResult> committed = engine_->SyncPoint(request.uow());
+    if (!committed.ok()) return committed.status();
+    RemoveUnit(request.uow());
+    return WithPreviousUnitCommitted(s, request.uow());
   }
   absl::Time deadline =
       absl::Now() + std::min(absl::Milliseconds(request.wait_ms()), options_.get_wait_max);
@@ -191,7 +199,12 @@ absl::StatusOr<qmgr::v1::GetResponse> Operations::Get(const qmgr::v1::GetRequest
       *response.mutable_message() = std::move(result->message);
       return response;
     }
-    if (!absl::IsDeadlineExceeded(result.status())) return result.status();
+    if (!absl::IsDeadlineExceeded(result.status())) {
+      if (options.commit_previous && PreviousUnitCommitted(result.status()) != 0) {
+        RemoveUnit(options.uow);
+      }
+      return result.status();
+    }
     if (options.commit_previous) {
       RemoveUnit(options.uow);
       options.commit_previous = false;
