@@ -147,6 +147,7 @@ absl::StatusOr<CheckpointReport> Checkpointer::Checkpoint(Trigger trigger) {
   e->set_messages_written(report.counts.messages_written);
   e->set_messages_deleted(report.counts.messages_deleted);
   e->set_sessions_written(report.counts.sessions_written);
+  e->set_prepared_units_written(report.counts.coordinated_written);
   absl::StatusOr<log::Lsn> end_lsn = log_->Append(end);
   if (!end_lsn.ok()) return end_lsn.status();
   Hook(Step::kEndAppended);

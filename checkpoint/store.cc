@@ -100,14 +100,9 @@ absl::Status Store::ForEachMessage(const std::function<absl::Status(qmgr::v1::St
       [&](std::string, qmgr::v1::StoredMessage m) { return fn(std::move(m)); });
 }
 
-absl::StatusOr<std::vector<std::string>> Store::PreparedKeys() {
-  std::vector<std::string> keys;
-  std::unique_ptr<rocksdb::Iterator> it(db_->db()->NewIterator(rocksdb::ReadOptions(), prepared_));
-  for (it->SeekToFirst(); it->Valid(); it->Next()) keys.push_back(it->key().ToString());
-  if (!it->status().ok()) {
-    return FromRocksDb(it->status(), absl::StrCat("checkpoint store ", path(), ": prepared"));
-  }
-  return keys;
+absl::Status Store::ForEachCoordinated(
+    const std::function<absl::Status(std::string, qmgr::v1::StoredCoordinatedUnit)>& fn) {
+  return ForEachValue<qmgr::v1::StoredCoordinatedUnit>(db_->db(), prepared_, "", path(), fn);
 }
 
 absl::StatusOr<std::string> Store::ReadPayload(uint64_t message_id) {
@@ -160,6 +155,15 @@ absl::Status Store::Write(const CheckpointDelta& delta, const qmgr::v1::Checkpoi
     session.SerializeToString(&value);
     batch.Put(sessions_, name, value);
     ++counts->sessions_written;
+  }
+  for (const auto& [key, unit] : delta.coordinated) {
+    unit.SerializeToString(&value);
+    batch.Put(prepared_, key, value);
+    ++counts->coordinated_written;
+  }
+  for (const std::string& key : delta.forgotten) {
+    batch.Delete(prepared_, key);
+    ++counts->coordinated_deleted;
   }
   meta.SerializeToString(&value);
   batch.Put(meta_, SliceOf(kMetaKey), value);

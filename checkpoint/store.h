@@ -11,9 +11,9 @@
 // | messages      | "p" + message id (8 bytes, BE)   | the payload bytes, as is     |
 // | queues        | queue name                       | StoredQueue                  |
 // | sessions      | session name                     | StoredSession                |
-// | prepared      | reserved for prepared units (in-doubt issue); must be empty |
-// | meta          | "checkpoint"                     | CheckpointMeta               |
-// | spill         | qmgr/spill_store.h: not checkpoint state; dropped at each open |
+// | prepared      | CoordinatedStoreKey (qmgr/engine.h) | StoredCoordinatedUnit: in doubt, or a
+// remembered outcome | | meta          | "checkpoint"                     | CheckpointMeta | |
+// spill         | qmgr/spill_store.h: not checkpoint state; dropped at each open |
 //
 // A message's payload has a key of its own because it never changes: a
 // checkpoint that changes only a message's backout count or position
@@ -54,6 +54,8 @@ struct WriteCounts {
   uint64_t queues_written = 0;
   uint64_t queues_deleted = 0;
   uint64_t sessions_written = 0;
+  uint64_t coordinated_written = 0;
+  uint64_t coordinated_deleted = 0;
   uint64_t batch_bytes = 0;
 };
 
@@ -80,8 +82,9 @@ class Store final : public StoredPayloads {
       const std::function<absl::Status(std::string name, qmgr::v1::StoredSession)>& fn);
   // Images only; payloads stay on disk (ReadPayload).
   absl::Status ForEachMessage(const std::function<absl::Status(qmgr::v1::StoredMessage)>& fn);
-  // Keys of the "prepared" family (empty until prepared units exist).
-  absl::StatusOr<std::vector<std::string>> PreparedKeys();
+  // Coordinated units: in doubt or remembered, by store key.
+  absl::Status ForEachCoordinated(
+      const std::function<absl::Status(std::string, qmgr::v1::StoredCoordinatedUnit)>& fn);
 
   // StoredPayloads: the payload of a checkpointed message.
   absl::StatusOr<std::string> ReadPayload(uint64_t message_id) override;

@@ -658,6 +658,10 @@ void Engine::EndUnit(UowId uow) {
   assert(it != units_.end());
   std::unique_ptr<Unit> unit = std::move(it->second);
   units_.erase(it);
+  if (!unit->coordinated_key.empty()) {
+    coordinated_.erase(unit->coordinated_key);
+    unit->coordinated_key.clear();
+  }
   // Units are reused (one per message in single mode): keep a few, emptied.
   constexpr size_t kFreeUnitsMax = 256;
   if (free_units_.size() < kFreeUnitsMax && unit->taken.capacity() <= 64) {
@@ -667,6 +671,8 @@ void Engine::EndUnit(UowId uow) {
     unit->reserve_lsn = log::kNoLsn;
     unit->busy = 0;
     unit->exempt = false;
+    unit->prepared.reset();
+    unit->prepared_time_us = 0;
     free_units_.push_back(std::move(unit));
   }
 }
@@ -676,9 +682,26 @@ absl::StatusOr<Engine::Unit*> Engine::FindUnit(UowId uow, absl::Time now) {
   if (it == units_.end()) {
     return absl::NotFoundError(absl::StrCat("unit of work ", uow, " is not open"));
   }
+  if (absl::Status s = CheckNotInDoubt(*it->second); !s.ok()) return s;
   it->second->last_used = now;
   return it->second.get();
 }
+
+absl::Status Engine::CheckNotInDoubt(const Unit& unit) {
+  if (!unit.in_doubt()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("unit of work ", unit.id,
+                   " is in doubt: only its coordinator's outcome (or an operator's) ends it"));
+}
+
+namespace {
+// The program API's sync point and backout are not for coordinated units.
+absl::Status CheckNotCoordinated(UowId uow, const std::string& coordinated_key) {
+  if (coordinated_key.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "unit of work ", uow, " belongs to a coordinator: it ends by its Commit or Backout"));
+}
+}  // namespace
 
 UowId Engine::BeginUnit() {
   const absl::Time now = options_.clock->Now();
@@ -751,6 +774,10 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
     if (options.commit_previous && options.uow != 0) {
       absl::StatusOr<Unit*> previous = FindUnit(options.uow, now);
       if (!previous.ok()) return previous.status();
+      if (absl::Status s = CheckNotCoordinated(options.uow, (*previous)->coordinated_key);
+          !s.ok()) {
+        return s;
+      }
       if (absl::Status s = CheckNotWaiting(**previous); !s.ok()) return s;
       // Refuse before committing what would fail after it, so that an error
       // always means the previous unit is still open.
@@ -935,72 +962,86 @@ uint64_t Engine::TakenFrom(const Unit& unit, const std::string& queue) {
                        [&](const auto& message) { return message->m.queue() == queue; });
 }
 
+absl::Status Engine::CheckInsertDepth(const Unit& unit) const {
+  // Depth is checked again for inserts: queues may have filled since.
+  std::map<std::string, uint64_t> added;
+  for (const auto& message : unit.inserted) ++added[message->m.queue()];
+  for (const auto& [name, n] : added) {
+    auto it = queues_.find(name);
+    if (it == queues_.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("sync point backed out: queue '", name, "' was deleted"));
+    }
+    const uint64_t max = it->second->depth_max();
+    if (max > 0 &&
+        it->second->visible.size() + it->second->taken - TakenFrom(unit, name) + n > max) {
+      return WithReason(
+          absl::ResourceExhaustedError(absl::StrCat("sync point backed out: queue '", name,
+                                                    "' is full: its max depth is ", max)),
+          reason::kQueueFull);
+    }
+  }
+  return absl::OkStatus();
+}
+
+template <typename UnitRecord>
+bool Engine::FillUnitRecord(const Unit& unit, UnitRecord* record,
+                            std::vector<std::pair<std::string, uint64_t>>* hardened) const {
+  bool logged = false;
+  record->set_uow_id(unit.id);
+  for (const auto& message : unit.taken) {
+    if (message->logged) {
+      record->add_consumed_message_ids(message->m.id());
+      logged = true;
+    } else if (message->m.class_() != qmgr::v1::IRRECOVERABLE) {
+      *record->add_deferred_inputs() = message->Whole();
+      logged = true;
+      if (!message->m.origin_session().empty()) {
+        hardened->emplace_back(message->m.origin_session(), message->m.input_seq());
+      }
+    }
+  }
+  for (const auto& message : unit.inserted) {
+    if (message->m.class_() == qmgr::v1::IRRECOVERABLE) continue;
+    *record->add_inserted() = message->Whole();
+    logged = true;
+  }
+  for (const auto& [session, seq] : *hardened) {
+    qmgr::v1::SessionAdvance* advance = record->add_sessions();
+    advance->set_session(session);
+    advance->set_in_seq(seq);
+  }
+  return logged;
+}
+
+// Prepare (coordinated.cc) fills a PREPARE the same way.
+template bool Engine::FillUnitRecord(const Unit&, qmgr::v1::PrepareRecord*,
+                                     std::vector<std::pair<std::string, uint64_t>>*) const;
+
 absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* result,
                                               std::vector<std::unique_ptr<Message>>* consumed) {
-  // Depth is checked again for inserts: queues may have filled since.
-  if (!unit->inserted.empty()) {
-    std::map<std::string, uint64_t> added;
-    for (const auto& message : unit->inserted) ++added[message->m.queue()];
-    for (const auto& [name, n] : added) {
-      auto it = queues_.find(name);
-      absl::Status refusal;
-      if (it == queues_.end()) {
-        refusal = absl::NotFoundError(
-            absl::StrCat("sync point backed out: queue '", name, "' was deleted"));
-      } else if (const uint64_t max = it->second->depth_max();
-                 max > 0 &&
-                 it->second->visible.size() + it->second->taken - TakenFrom(*unit, name) + n >
-                     max) {
-        refusal = WithReason(
-            absl::ResourceExhaustedError(absl::StrCat("sync point backed out: queue '", name,
-                                                      "' is full: its max depth is ", max)),
-            reason::kQueueFull);
-      }
-      if (!refusal.ok()) {
-        BackoutLocked(unit, qmgr::v1::BACKOUT_QUEUE_FULL);
-        return refusal;
-      }
-    }
+  assert(!unit->in_doubt());
+  if (absl::Status refusal = CheckInsertDepth(*unit); !refusal.ok()) {
+    BackoutLocked(unit, qmgr::v1::BACKOUT_QUEUE_FULL);
+    return refusal;
   }
-
   // The record, when anything in the unit is (or becomes) recoverable.
   std::vector<std::pair<std::string, uint64_t>> hardened;  // session, input number
-  bool logged = false;
-  for (const auto& message : unit->inserted) {
-    logged = logged || message->m.class_() != qmgr::v1::IRRECOVERABLE;
-  }
-  for (const auto& message : unit->taken) {
-    logged = logged || message->logged || message->m.class_() != qmgr::v1::IRRECOVERABLE;
-  }
+  LogRecord record;
   log::Lsn lsn = log::kNoLsn;
-  if (logged) {
-    LogRecord record;
-    qmgr::v1::SyncPointRecord* sync = record.mutable_syncpoint();
-    sync->set_uow_id(unit->id);
-    for (const auto& message : unit->taken) {
-      if (message->logged) {
-        sync->add_consumed_message_ids(message->m.id());
-      } else if (message->m.class_() != qmgr::v1::IRRECOVERABLE) {
-        *sync->add_deferred_inputs() = message->Whole();
-        if (!message->m.origin_session().empty()) {
-          hardened.emplace_back(message->m.origin_session(), message->m.input_seq());
-        }
-      }
-    }
-    for (const auto& message : unit->inserted) {
-      if (message->m.class_() != qmgr::v1::IRRECOVERABLE) *sync->add_inserted() = message->Whole();
-    }
-    for (const auto& [session, seq] : hardened) {
-      qmgr::v1::SessionAdvance* advance = sync->add_sessions();
-      advance->set_session(session);
-      advance->set_in_seq(seq);
-    }
+  if (FillUnitRecord(*unit, record.mutable_syncpoint(), &hardened)) {
     absl::StatusOr<log::Lsn> appended = log_->Append(record);
     if (!appended.ok()) return appended.status();
     lsn = *appended;
   }
+  const log::Lsn wait_lsn = lsn != log::kNoLsn ? lsn : unit->reserve_lsn;
+  ApplyCommit(unit, lsn, hardened, result, consumed);
+  return wait_lsn;
+}
 
-  // The sync point is in the log: apply it.
+void Engine::ApplyCommit(Unit* unit, log::Lsn lsn,
+                         const std::vector<std::pair<std::string, uint64_t>>& hardened,
+                         SyncPointResult* result, std::vector<std::unique_ptr<Message>>* consumed) {
   std::vector<std::pair<std::string, uint64_t>> replied;  // session, reply message id
   for (auto& message : unit->inserted) {
     Queue* queue = queues_.at(message->m.queue()).get();
@@ -1038,9 +1079,7 @@ absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* resul
   result->lsn = lsn;
   result->consumed = unit->taken.size();
   result->inserted = unit->inserted.size();
-  const log::Lsn wait_lsn = lsn != log::kNoLsn ? lsn : unit->reserve_lsn;
   EndUnit(unit->id);
-  return wait_lsn;
 }
 
 absl::StatusOr<SyncPointResult> Engine::SyncPoint(UowId uow) {
@@ -1053,6 +1092,7 @@ absl::StatusOr<SyncPointResult> Engine::SyncPoint(UowId uow) {
     absl::StatusOr<Unit*> unit = FindUnit(uow, options_.clock->Now());
     if (!unit.ok()) return unit.status();
     if (absl::Status s = CheckNotWaiting(**unit); !s.ok()) return s;
+    if (absl::Status s = CheckNotCoordinated(uow, (*unit)->coordinated_key); !s.ok()) return s;
     absl::StatusOr<log::Lsn> lsn = CommitLocked(*unit, &result, &consumed);
     if (!lsn.ok()) return lsn.status();
     wait_lsn = *lsn;
@@ -1164,7 +1204,9 @@ int Engine::Quiesce(qmgr::v1::BackoutReason reason) {
     for (const auto& [name, queue] : queues_) queue->available.SignalAll();
     mu_.Await(absl::Condition(this, &Engine::NoGetWaiting));
     std::vector<Unit*> open;
-    for (const auto& [id, unit] : units_) open.push_back(unit.get());
+    for (const auto& [id, unit] : units_) {
+      if (!unit->in_doubt()) open.push_back(unit.get());  // in doubt: kept for its coordinator
+    }
     for (Unit* unit : open) BackoutLocked(unit, reason);
     backed_out = static_cast<int>(open.size());
   }
@@ -1205,6 +1247,7 @@ absl::Status Engine::WaitDurable(log::Lsn lsn) {
 
 void Engine::Restore(RestoredState restored) {
   next_uow_ = std::max<UowId>(next_uow_, restored.next_uow);
+  absl::flat_hash_map<UowId, std::vector<std::unique_ptr<Message>>> held;  // by units in doubt
   for (RestoredQueue& rq : restored.queues) {
     auto queue = std::make_shared<Queue>();
     queue->name = rq.name;
@@ -1216,6 +1259,7 @@ void Engine::Restore(RestoredState restored) {
     }
     for (RestoredMessage& rm : rq.messages) {
       assert(rm.position >= queue->next_head && rm.position < queue->next_tail);
+      const UowId taken_by = rm.taken_by;
       auto message = std::make_unique<Message>();
       if (rm.payload_in_store && rm.message.payload().empty()) {
         assert(options_.stored_payloads != nullptr);
@@ -1236,10 +1280,60 @@ void Engine::Restore(RestoredState restored) {
           payload_bytes_ > options_.memory_budget_bytes) {
         Spill(message.get());
       }
+      if (taken_by != 0) {
+        // Held by a unit in doubt (restored below).
+        message->taken_by = taken_by;
+        ++queue->taken;
+        held[taken_by].push_back(std::move(message));
+        continue;
+      }
       queue->visible.push_back(std::move(message));
     }
     queues_[rq.name] = std::move(queue);
   }
+  changed_coordinated_.insert(restored.forgotten.begin(), restored.forgotten.end());
+  for (RestoredCoordinatedUnit& rc : restored.coordinated) {
+    const std::string key = CoordinatedStoreKey(rc.key);
+    if (rc.changed) changed_coordinated_.insert(key);
+    if (!rc.unit.has_prepared()) {
+      remembered_[key] = Remembered{rc.unit.outcome(), rc.unit.decided_by(), rc.unit.heuristic()};
+      continue;
+    }
+    const qmgr::v1::PrepareRecord& prepared = rc.unit.prepared();
+    auto unit = std::make_unique<Unit>();
+    unit->id = prepared.uow_id();
+    unit->begun = unit->last_used = options_.clock->Now();
+    unit->exempt = true;
+    unit->coordinated_key = key;
+    unit->prepared_time_us = rc.unit.prepared_time_us();
+    unit->taken = std::move(held[unit->id]);
+    held.erase(unit->id);
+    for (const qmgr::v1::Message& m : prepared.inserted()) {
+      auto message = std::make_unique<Message>();
+      message->m = m;
+      message->payload = std::make_shared<const std::string>(m.payload());
+      message->m.clear_payload();
+      message->logged = true;
+      message->Charge(&payload_bytes_);
+      unit->inserted.push_back(std::move(message));
+    }
+    for (const qmgr::v1::Message& m : prepared.deferred_inputs()) {
+      // Deferred inputs the unit took: restored as taken, not from a queue.
+      auto message = std::make_unique<Message>();
+      message->m = m;
+      message->payload = std::make_shared<const std::string>(m.payload());
+      message->m.clear_payload();
+      message->taken_by = unit->id;
+      message->Charge(&payload_bytes_);
+      if (auto q = queues_.find(m.queue()); q != queues_.end()) ++q->second->taken;
+      unit->taken.push_back(std::move(message));
+    }
+    unit->prepared = std::make_shared<const qmgr::v1::PrepareRecord>(std::move(prepared));
+    coordinated_[key] = unit->id;
+    next_uow_ = std::max(next_uow_, unit->id + 1);
+    units_[unit->id] = std::move(unit);
+  }
+  assert(held.empty() && "every held message belongs to a unit in doubt");
   for (const auto& [name, image] : restored.sessions) {
     Session& session = SessionNamed(name);
     session.in_seq = image.in_seq();
@@ -1300,6 +1394,24 @@ CheckpointDelta Engine::BeginCheckpoint() {
   for (const std::string& name : changed_sessions_) {
     delta.sessions.emplace_back(name, ImageOf(*sessions_.at(name)));
   }
+  for (const std::string& key : changed_coordinated_) {
+    qmgr::v1::StoredCoordinatedUnit image;
+    if (auto open = coordinated_.find(key);
+        open != coordinated_.end() && units_.at(open->second)->in_doubt()) {
+      const Unit& unit = *units_.at(open->second);
+      *image.mutable_prepared() = *unit.prepared;
+      image.set_prepared_time_us(unit.prepared_time_us);
+    } else if (auto remembered = remembered_.find(key); remembered != remembered_.end()) {
+      image.set_outcome(remembered->second.outcome);
+      image.set_decided_by(remembered->second.decided_by);
+      image.set_heuristic(remembered->second.heuristic);
+    } else {
+      delta.forgotten.push_back(key);
+      continue;
+    }
+    delta.coordinated.emplace_back(key, std::move(image));
+  }
+  changed_coordinated_.clear();
   changed_sessions_.clear();
   return delta;
 }

@@ -49,6 +49,15 @@ namespace qmgr {
 using UowId = uint64_t;
 using MessageClass = qmgr::v1::MessageClass;
 
+// Two-phase commit with external coordinators (DESIGN.md, "In-doubt units
+// of work"; qmgr/coordinated.cc).
+struct CoordinatedKey {
+  std::string coordinator;  // like a CICS APPLID
+  std::string qualifier;    // this queue manager's name or its group's
+  std::string xid;          // bytes, 1..kXidBytesMax
+};
+inline constexpr size_t kXidBytesMax = 140;
+
 // Reads payloads that only the checkpoint store holds: a restart leaves the
 // payloads of checkpointed messages on disk until a Get needs them.
 class StoredPayloads {
@@ -150,14 +159,15 @@ struct QueueStatus {
 };
 
 // What restart (restart/) rebuilt from the store and the log, for the engine
-// it starts. Everything restored is visible: restart has backed out the units
-// that were open at the crash.
+// it starts. Everything restored is visible except what units in doubt hold:
+// restart has backed out the units that were open at the crash.
 struct RestoredMessage {
   qmgr::v1::Message message;      // with its payload, unless payload_in_store
   int64_t position = 0;           // StoredMessage.position
   bool stored = false;            // the store holds an image of it
   bool payload_in_store = false;  // the store holds its payload (read at Get)
   bool changed = false;           // its image differs from the store's
+  UowId taken_by = 0;             // an in-doubt unit holds it
 };
 
 struct RestoredQueue {
@@ -167,8 +177,19 @@ struct RestoredQueue {
   std::vector<RestoredMessage> messages;  // head first, positions ascending
 };
 
+// A coordinated unit restart found: in doubt (`prepared` set, its taken
+// messages are the RestoredMessages with taken_by == uow), or resolved and
+// remembered.
+struct RestoredCoordinatedUnit {
+  CoordinatedKey key;
+  qmgr::v1::StoredCoordinatedUnit unit;
+  bool changed = false;  // differs from the store's image
+};
+
 struct RestoredState {
   std::vector<RestoredQueue> queues;
+  std::vector<RestoredCoordinatedUnit> coordinated;
+  std::vector<std::string> forgotten;  // store keys of coordinated units gone since
   std::map<std::string, qmgr::v1::StoredSession> sessions;
   std::vector<std::string> changed_sessions;
   std::vector<uint64_t> deleted_messages;  // in the store, gone since
@@ -193,7 +214,15 @@ struct CheckpointDelta {
   std::vector<std::pair<std::string, qmgr::v1::QueueAttributes>> queues;
   std::vector<std::string> deleted_queues;
   std::vector<std::pair<std::string, qmgr::v1::StoredSession>> sessions;
+  // Coordinated units by store key (CoordinatedStoreKey): in doubt or
+  // remembered; and keys whose units were forgotten or committed in one phase.
+  std::vector<std::pair<std::string, qmgr::v1::StoredCoordinatedUnit>> coordinated;
+  std::vector<std::string> forgotten;
 };
+
+// The store key of a coordinated unit, and back.
+std::string CoordinatedStoreKey(const CoordinatedKey& key);
+absl::StatusOr<CoordinatedKey> ParseCoordinatedStoreKey(absl::string_view stored);
 
 // Sessions (DESIGN.md, "Session resynchronization"; docs/sessions.md).
 struct StsnRequest {
@@ -216,6 +245,26 @@ struct SessionOutput {
 struct AssignResult {
   uint64_t moved = 0;
   uint64_t possible_duplicate_message_id = 0;
+};
+
+struct InDoubtUnit {
+  CoordinatedKey key;
+  UowId uow = 0;
+  absl::Duration age;                     // since Prepare
+  std::vector<uint64_t> locked_messages;  // taken, neither consumed nor returned
+  std::vector<std::string> queues;        // the queues those messages hold back
+  uint64_t inserted = 0;                  // invisible until the outcome
+};
+
+struct ResolveResult {
+  // Over the XIDs asked about: `in_doubt` were in doubt before the call;
+  // each XID then counts once in `committed` or `backed_out` (its outcome,
+  // new or remembered) or in `unresolved` (refused: `statuses` says why).
+  uint64_t in_doubt = 0;
+  uint64_t committed = 0;
+  uint64_t backed_out = 0;
+  uint64_t unresolved = 0;
+  std::vector<absl::Status> statuses;  // per XID, in request order
 };
 
 struct OpenUnit {
@@ -276,7 +325,8 @@ class Engine {
   absl::Status ExemptFromIdleTimeout(UowId uow);
   // A normal shutdown's last step on the engine: from now on every call that
   // changes anything answers UNAVAILABLE, waiting Gets end (UNAVAILABLE), the
-  // idle reaper stops, and every open unit is backed out with `reason`.
+  // idle reaper stops, and every open unit not in doubt is backed out with
+  // `reason`.
   // Returns how many units were backed out.
   int Quiesce(qmgr::v1::BackoutReason reason);
 
@@ -291,6 +341,31 @@ class Engine {
   MemoryStatus Memory() const;
   // CPU spent by calling threads inside durability waits (measure_wait_cpu).
   int64_t wait_cpu_nanos() const { return wait_cpu_nanos_.load(std::memory_order_relaxed); }
+
+  // ---- Coordinated units (qmgr/coordinated.cc) ----
+  // A unit owned by (coordinator, qualifier, xid); Get and Insert work on it
+  // as on any unit. ALREADY_EXISTS while that key is open, in doubt or
+  // remembered.
+  absl::StatusOr<UowId> BeginCoordinatedUnit(const CoordinatedKey& key);
+  // Phase one: one self-contained PREPARE, durable on return. From then the
+  // unit is in doubt: its Gets stay taken, its Inserts invisible, no timeout,
+  // lease or shutdown ends it; only Resolve does. QUEUE_FULL backs it out.
+  absl::Status Prepare(UowId uow);
+  // Outcomes for XIDs of (coordinator, qualifier): an in-doubt unit gets its
+  // outcome (RESOLVE, durable); an open one commits or backs out in one
+  // phase; a remembered outcome answers OK when equal and FAILED_PRECONDITION
+  // / HEURISTIC_MISMATCH (logged as heuristic damage) when not; NOT_FOUND for
+  // an XID never seen. `decided_by`: the coordinator, or the operator.
+  ResolveResult Resolve(const std::string& coordinator, const std::string& qualifier,
+                        const std::vector<std::pair<std::string, qmgr::v1::Outcome>>& outcomes,
+                        const std::string& decided_by);
+  // Units in doubt, the oldest first; empty names: every coordinator.
+  std::vector<InDoubtUnit> InDoubtUnits(const std::string& coordinator,
+                                        const std::string& qualifier) const;
+  // Remembered outcomes the coordinator no longer needs (FORGET). XIDs still
+  // in doubt are refused (FAILED_PRECONDITION), unknown ones ignored.
+  absl::Status Forget(const std::string& coordinator, const std::string& qualifier,
+                      const std::vector<std::string>& xids);
 
   // ---- Sessions (qmgr/sessions.cc) ----
   // BIND. A rebind supersedes the previous binding: its ReceiveOutput ends
@@ -337,6 +412,32 @@ class Engine {
   struct Queue;
   struct Unit;
   struct Session;  // qmgr/sessions.cc
+  // What a unit's SYNCPOINT or PREPARE carries (consumed ids, inserts and
+  // deferred inputs with payloads, session advances); false when nothing in
+  // it is recoverable.
+  template <typename UnitRecord>
+  bool FillUnitRecord(const Unit& unit, UnitRecord* record,
+                      std::vector<std::pair<std::string, uint64_t>>* hardened) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Inserts beyond their queue's max depth (or into a deleted queue).
+  absl::Status CheckInsertDepth(const Unit& unit) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The unit's commit is in the log at `lsn`: apply it and end the unit.
+  void ApplyCommit(Unit* unit, log::Lsn lsn,
+                   const std::vector<std::pair<std::string, uint64_t>>& hardened,
+                   SyncPointResult* result, std::vector<std::unique_ptr<Message>>* consumed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // One XID's outcome (Resolve); sets *wait to a record to wait for.
+  absl::Status ResolveOne(const CoordinatedKey& key, qmgr::v1::Outcome outcome,
+                          const std::string& decided_by, bool* was_in_doubt, log::Lsn* wait,
+                          std::vector<std::unique_ptr<Message>>* consumed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Refuses calls of the program API on a unit in doubt.
+  static absl::Status CheckNotInDoubt(const Unit& unit);
+  struct Remembered {
+    qmgr::v1::Outcome outcome = qmgr::v1::OUTCOME_UNSPECIFIED;
+    std::string decided_by;
+    bool heuristic = false;
+  };
 
   absl::Status ValidateSpec(const MessageSpec& spec, uint64_t payload_bytes, int64_t now_us,
                             Queue** queue, MessageClass* cls) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -448,6 +549,10 @@ class Engine {
   absl::flat_hash_map<UowId, std::unique_ptr<Unit>> units_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<Unit>> free_units_ ABSL_GUARDED_BY(mu_);  // ended, for reuse
   absl::flat_hash_map<std::string, std::unique_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
+  // Coordinated units by store key: open or in doubt; and remembered outcomes.
+  absl::flat_hash_map<std::string, UowId> coordinated_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, Remembered> remembered_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> changed_coordinated_ ABSL_GUARDED_BY(mu_);
   int receivers_waiting_ ABSL_GUARDED_BY(mu_) = 0;  // ReceiveOutput calls waiting
   UowId next_uow_ ABSL_GUARDED_BY(mu_) = 1;
   // Message ids: [next_id_, block_end_) are reserved; the next block

@@ -100,7 +100,14 @@ struct Engine::Unit {
   int busy = 0;         // calls inside the engine now (a waiting Get): never idle
   bool exempt = false;  // from the idle timeout (ExemptFromIdleTimeout)
 
+  // A coordinated unit: its key (CoordinatedStoreKey), and once prepared
+  // its PREPARE image (what the checkpoint stores while it is in doubt).
+  std::string coordinated_key;
+  std::shared_ptr<const qmgr::v1::PrepareRecord> prepared;
+  int64_t prepared_time_us = 0;
+
   uint64_t messages() const { return taken.size() + inserted.size(); }
+  bool in_doubt() const { return prepared != nullptr; }
 };
 
 struct Engine::Session {

@@ -11,8 +11,8 @@
 //   Redo                every record from redo_lsn, in LSN order
 //   BackOutOpenUnits    units with no outcome: backout count + 1, poison
 //                       messages to their backout queue (logged)
-//   CheckInDoubt        prepared units (none can exist before the in-doubt
-//                       issue; a store that has some is refused)
+//   CheckInDoubt        units in doubt (prepared, no outcome) stay, their
+//                       messages locked; refused under changed names
 //   StartEngine         the engine from the rebuilt state; sessions restored
 //   Checkpoint, Open    so the next crash redoes from here; with automatic
 //                       checkpoints it is their first, taken while traffic
@@ -163,6 +163,10 @@ struct State {
   absl::flat_hash_map<uint64_t, RecoveredMessage> messages;
   std::map<std::string, qmgr::v1::StoredSession> sessions;
   std::set<std::string> changed_sessions;
+  // Coordinated units by store key: in doubt (prepared set) or remembered.
+  std::map<std::string, qmgr::v1::StoredCoordinatedUnit> coordinated;
+  std::set<std::string> changed_coordinated;
+  std::set<std::string> stored_coordinated;  // keys the store holds
   std::vector<uint64_t> deleted_messages;
   std::set<std::string> deleted_queues;
   uint64_t first_free_id = 1;
@@ -417,12 +421,70 @@ absl::Status RedoRecord(State& state, log::Lsn lsn, LogRecord& record) {
       }
       return absl::OkStatus();
     }
+    case LogRecord::kPrepare: {
+      qmgr::v1::PrepareRecord& prepare = *record.mutable_prepare();
+      const std::string key =
+          CoordinatedStoreKey({prepare.coordinator(), prepare.qualifier(), prepare.xid()});
+      for (const qmgr::v1::Message& m : prepare.inserted()) {
+        state.first_free_id = std::max(state.first_free_id, m.id() + 1);
+      }
+      for (const qmgr::v1::Message& m : prepare.deferred_inputs()) {
+        state.first_free_id = std::max(state.first_free_id, m.id() + 1);
+      }
+      state.next_uow = std::max(state.next_uow, prepare.uow_id() + 1);
+      qmgr::v1::StoredCoordinatedUnit& unit = state.coordinated[key];
+      unit.Clear();
+      *unit.mutable_prepared() = std::move(prepare);
+      unit.set_prepared_time_us(absl::ToUnixMicros(absl::Now()));
+      state.changed_coordinated.insert(key);
+      return absl::OkStatus();
+    }
+    case LogRecord::kResolve: {
+      const qmgr::v1::ResolveRecord& resolve = record.resolve();
+      if (resolve.heuristic()) return absl::OkStatus();  // damage reported, nothing changed
+      const std::string key =
+          CoordinatedStoreKey({resolve.coordinator(), resolve.qualifier(), resolve.xid()});
+      auto it = state.coordinated.find(key);
+      if (it == state.coordinated.end() || !it->second.has_prepared()) {
+        return absl::OkStatus();  // redone before (the checkpoint holds its outcome)
+      }
+      qmgr::v1::StoredCoordinatedUnit& unit = it->second;
+      if (resolve.outcome() == qmgr::v1::COMMIT) {
+        qmgr::v1::PrepareRecord& prepared = *unit.mutable_prepared();
+        for (const uint64_t id : prepared.consumed_message_ids()) Remove(state, id);
+        for (qmgr::v1::Message& m : *prepared.mutable_inserted()) {
+          if (absl::Status s = AddAtTail(state, lsn, std::move(m)); !s.ok()) return s;
+        }
+        for (const qmgr::v1::SessionAdvance& a : prepared.sessions()) {
+          AdvanceSession(state, a.session(), a.in_seq());
+        }
+      }
+      // BACKOUT: the BACKOUT record that follows returns its messages (or,
+      // if it was lost, BackOutOpenUnits does).
+      unit.Clear();
+      unit.set_outcome(resolve.outcome());
+      unit.set_decided_by(resolve.decided_by());
+      state.changed_coordinated.insert(key);
+      return absl::OkStatus();
+    }
+    case LogRecord::kForget: {
+      const qmgr::v1::ForgetRecord& forget = record.forget();
+      for (const std::string& xid : forget.xids()) {
+        const std::string key =
+            CoordinatedStoreKey({forget.coordinator(), forget.qualifier(), xid});
+        auto it = state.coordinated.find(key);
+        if (it == state.coordinated.end() || it->second.has_prepared()) continue;
+        state.coordinated.erase(it);
+        state.changed_coordinated.insert(key);
+      }
+      return absl::OkStatus();
+    }
     case LogRecord::kCheckpointEnd:
     case LogRecord::kShutdown:
       return absl::OkStatus();
     default:
-      // Written only by features this version does not have (prepared
-      // units): refusing beats dropping their state.
+      // A record type this version does not know: refusing beats dropping
+      // its state.
       return absl::UnimplementedError(
           absl::StrCat("the record at LSN ", lsn, " (type ", static_cast<int>(record.body_case()),
                        ") is not restored by this version of the queue manager"));
@@ -479,10 +541,19 @@ absl::Status ColdStart(const RestartOptions& options, checkpoint::Store* store,
                        const std::optional<qmgr::v1::CheckpointMeta>& meta,
                        const std::string& log_dir, log::LogOptions* log_options,
                        std::string* note) {
-  absl::StatusOr<std::vector<std::string>> prepared = store->PreparedKeys();
-  if (!prepared.ok()) return prepared.status();
+  // The units in doubt the last checkpoint holds: a cold start does not read
+  // the log (it may be unreadable), so one prepared since is not seen.
   std::vector<std::string> in_doubt;
-  for (const std::string& key : *prepared) in_doubt.push_back(absl::CHexEscape(key));
+  absl::Status listed =
+      store->ForEachCoordinated([&](std::string, qmgr::v1::StoredCoordinatedUnit unit) {
+        if (unit.has_prepared()) {
+          in_doubt.push_back(absl::StrCat(unit.prepared().coordinator(), "/",
+                                          unit.prepared().qualifier(), "/",
+                                          absl::BytesToHexString(unit.prepared().xid())));
+        }
+        return absl::OkStatus();
+      });
+  if (!listed.ok()) return listed;
   if (!in_doubt.empty() && !options.force) {
     return absl::FailedPreconditionError(
         absl::StrCat("cold start refused: ", in_doubt.size(), " units are in doubt (",
@@ -588,6 +659,13 @@ absl::Status LoadCheckpoint(checkpoint::Store* store, const qmgr::v1::Checkpoint
     return absl::OkStatus();
   });
   if (!s.ok()) return s;
+  s = store->ForEachCoordinated([&](std::string key, qmgr::v1::StoredCoordinatedUnit unit) {
+    if (absl::Status parsed = ParseCoordinatedStoreKey(key).status(); !parsed.ok()) return parsed;
+    state.stored_coordinated.insert(key);
+    state.coordinated[key] = std::move(unit);
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
   s = store->ForEachMessage([&](qmgr::v1::StoredMessage stored) {
     const uint64_t id = stored.message().id();
     auto queue = state.queues.find(stored.message().queue());
@@ -656,10 +734,19 @@ absl::Status Redo(const RestartOptions& options, const std::string& log_dir, log
 // Units with no outcome: what they held goes back with backout count + 1,
 // and to the backout queue at the threshold, as a live backout would do.
 // Logged, so that tools see it and a crash during restart counts once.
+std::set<UowId> UnitsInDoubt(const State& state) {
+  std::set<UowId> in_doubt;
+  for (const auto& [key, unit] : state.coordinated) {
+    if (unit.has_prepared()) in_doubt.insert(unit.prepared().uow_id());
+  }
+  return in_doubt;
+}
+
 absl::Status BackOutOpenUnits(log::Log* log, State& state, RestartReport& report) {
+  const std::set<UowId> in_doubt = UnitsInDoubt(state);
   std::map<UowId, std::vector<RecoveredMessage*>> units;
   for (auto& [id, r] : state.messages) {
-    if (r.taken_by != 0) units[r.taken_by].push_back(&r);
+    if (r.taken_by != 0 && !in_doubt.contains(r.taken_by)) units[r.taken_by].push_back(&r);
   }
   for (auto& [uow, taken] : units) {
     // Taken from the head, so position order is the order taken.
@@ -701,14 +788,21 @@ absl::Status BackOutOpenUnits(log::Log* log, State& state, RestartReport& report
   return absl::OkStatus();
 }
 
-absl::Status CheckInDoubt(checkpoint::Store* store, RestartReport& report) {
-  absl::StatusOr<std::vector<std::string>> prepared = store->PreparedKeys();
-  if (!prepared.ok()) return prepared.status();
-  report.units_in_doubt = prepared->size();
-  if (prepared->empty()) return absl::OkStatus();
-  return absl::UnimplementedError(absl::StrCat(
-      "the store holds ", prepared->size(),
-      " prepared units; this version of the queue manager cannot restore units in doubt"));
+// Units in doubt were prepared under this queue manager's names: under
+// others their coordinators could not find them (seed 004: do not change
+// the qualifier while units are outstanding).
+absl::Status CheckInDoubt(const RestartOptions& options, const qmgr::v1::CheckpointMeta& meta,
+                          const State& state, RestartReport& report) {
+  report.units_in_doubt = UnitsInDoubt(state).size();
+  if (report.units_in_doubt == 0 || options.force) return absl::OkStatus();
+  if (meta.qmgr_name() == options.qmgr_name && meta.group_name() == options.group_name) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      report.units_in_doubt, " units are in doubt, prepared under queue manager '",
+      meta.qmgr_name(), "' group '", meta.group_name(), "'; starting as '", options.qmgr_name,
+      "' group '", options.group_name,
+      "' would hide them from their coordinators: start under the old names, or force"));
 }
 
 RestoredState ToRestoredState(State& state, RestartReport& report) {
@@ -728,8 +822,8 @@ RestoredState ToRestoredState(State& state, RestartReport& report) {
               });
     rq.messages.reserve(messages.size());
     for (RecoveredMessage* r : messages) {
-      assert(r->taken_by == 0);
       RestoredMessage& m = rq.messages.emplace_back();
+      m.taken_by = r->taken_by;  // a unit in doubt: the others were backed out
       m.message = std::move(r->m);
       m.position = r->position;
       m.stored = r->stored;
@@ -740,6 +834,15 @@ RestoredState ToRestoredState(State& state, RestartReport& report) {
   }
   out.sessions = std::move(state.sessions);
   out.changed_sessions.assign(state.changed_sessions.begin(), state.changed_sessions.end());
+  for (auto& [key, unit] : state.coordinated) {
+    absl::StatusOr<CoordinatedKey> parsed = ParseCoordinatedStoreKey(key);
+    assert(parsed.ok() && "LoadCheckpoint checked the store's keys");
+    out.coordinated.push_back(
+        {*std::move(parsed), std::move(unit), state.changed_coordinated.contains(key)});
+  }
+  for (const std::string& key : state.stored_coordinated) {
+    if (!state.coordinated.contains(key)) out.forgotten.push_back(key);
+  }
   out.deleted_messages = std::move(state.deleted_messages);
   out.deleted_queues.assign(state.deleted_queues.begin(), state.deleted_queues.end());
   return out;
@@ -850,11 +953,15 @@ absl::StatusOr<std::unique_ptr<QueueManager>> Restart(RestartOptions options) {
     if (absl::Status s = LoadCheckpoint(qm->store_.get(), **meta, state); !s.ok()) return s;
   }
   step_done("load checkpoint");
-  if (absl::Status s = CheckInDoubt(qm->store_.get(), report); !s.ok()) return s;
   if (absl::Status s = Redo(options, log_dir, redo_from, opened.end_lsn, state, report); !s.ok()) {
     return s;
   }
   step_done("redo");
+  if (absl::Status s =
+          CheckInDoubt(options, meta->value_or(qmgr::v1::CheckpointMeta()), state, report);
+      !s.ok()) {
+    return s;
+  }
   if (options.cold) {
     report.mode = Mode::kCold;
   } else if (action == LogAction::kCreate) {
@@ -881,6 +988,8 @@ absl::StatusOr<std::unique_ptr<QueueManager>> Restart(RestartOptions options) {
   // that is as safe as taking it before (docs/checkpoint-restart.md), and a
   // large redo does not keep the queue manager closed while it is written.
   qmgr::v1::CheckpointMeta last = meta->value_or(qmgr::v1::CheckpointMeta());
+  last.set_qmgr_name(options.qmgr_name);  // every checkpoint from now names them
+  last.set_group_name(options.group_name);
   qm->checkpointer_ = std::make_unique<checkpoint::Checkpointer>(
       qm->log_.get(), qm->engine_.get(), qm->store_.get(), options.checkpoint, last);
   if (report.replay_bytes_per_second > 0) {

@@ -45,7 +45,12 @@ struct RestartOptions {
   uint64_t store_write_bytes_per_second = 64 << 20;
   bool cold = false;
   bool cold_keep_definitions = false;
-  // Cold start although prepared units are in doubt.
+  // This queue manager's name and its group's (resync qualifiers of units
+  // in doubt). A restart under other names than those the units in doubt
+  // were prepared under is refused unless forced.
+  std::string qmgr_name;
+  std::string group_name;
+  // Cold start although units are in doubt; or start under changed names.
   bool force = false;
   bool truncate_log_at_corruption = false;
   // Retired segments are moved to <data>/archive instead of deleted.

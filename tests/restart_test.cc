@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
@@ -590,25 +591,144 @@ TEST_F(RestartTest, ColdStartDiscardsMessagesKeepsDefinitionsAndTheLsnRuns) {
 
 TEST_F(RestartTest, ColdStartIsRefusedWhileUnitsAreInDoubtUnlessForced) {
   ASSERT_NE(Open(), nullptr);
-  rocksdb::ColumnFamilyHandle* prepared =
-      qm_->store()->spill()->column_family(checkpoint::kPreparedFamily);
-  rocksdb::WriteOptions sync;
-  sync.sync = true;
-  ASSERT_TRUE(qm_->store()->spill()->db()->Put(sync, prepared, "CICSA/QM1/XID-7", "").ok());
+  Define("Q");
+  Put("Q", "locked");
+  absl::StatusOr<UowId> uow = engine()->BeginCoordinatedUnit({"CICSA", "QM1", "XID-7"});
+  ASSERT_TRUE(uow.ok()) << uow.status();
+  Take("Q", *uow);
+  ASSERT_TRUE(engine()->Prepare(*uow).ok());
+  ASSERT_TRUE(qm_->checkpointer()->Checkpoint(checkpoint::Trigger::kRequested).ok());
   qm_.reset();
   RestartOptions options = Options();
   options.cold = true;
   absl::StatusOr<std::unique_ptr<QueueManager>> refused = Restart(options);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(refused.status().message().find("XID-7"), std::string::npos) << refused.status();
+  const std::string listed = "CICSA/QM1/" + absl::BytesToHexString("XID-7");
+  EXPECT_NE(refused.status().message().find(listed), std::string::npos) << refused.status();
   // Forced, the cold start discards them and says so.
   options.force = true;
   ASSERT_NE(Open(options), nullptr);
   EXPECT_EQ(qm_->restart_report().mode, Mode::kCold);
-  EXPECT_NE(qm_->restart_report().log_tail.find("in doubt discarded (forced): CICSA/QM1/XID-7"),
+  EXPECT_NE(qm_->restart_report().log_tail.find("in doubt discarded (forced): " + listed),
             std::string::npos)
       << qm_->restart_report().log_tail;
+  EXPECT_TRUE(engine()->InDoubtUnits("", "").empty());
+}
+
+// Units in doubt keep their messages locked across crashes, checkpoints and
+// the retirement of the log beneath them; outcomes are remembered until
+// forgotten, also across restarts.
+TEST_F(RestartTest, UnitsInDoubtSurviveRestartsAndResolve) {
+  RestartOptions options = Options();
+  options.qmgr_name = "QM1";
+  ASSERT_NE(Open(options), nullptr);
+  Define("Q");
+  Define("OUT");
+  Define("T");
+  const uint64_t m1 = Put("Q", "one");
+  Put("Q", "two");
+  absl::StatusOr<UowId> x1 = engine()->BeginCoordinatedUnit({"CICSA", "QM1", "x1"});
+  ASSERT_TRUE(x1.ok()) << x1.status();
+  EXPECT_EQ(engine()->BeginCoordinatedUnit({"CICSA", "QM1", "x1"}).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(Take("Q", *x1).message.id(), m1);
+  MessageSpec reply;
+  reply.queue = "OUT";
+  reply.payload = "reply";
+  ASSERT_TRUE(engine()->Insert(*x1, reply).ok());
+  EXPECT_EQ(engine()->SyncPoint(*x1).status().code(), absl::StatusCode::kFailedPrecondition)
+      << "a coordinated unit ends by its coordinator";
+  ASSERT_TRUE(engine()->Prepare(*x1).ok());
+  const log::Lsn prepared_at = qm_->log()->NextLsn();
+  EXPECT_EQ(engine()->Insert(*x1, reply).code(), absl::StatusCode::kFailedPrecondition)
+      << "in doubt";
+  absl::StatusOr<UowId> x2 = engine()->BeginCoordinatedUnit({"CICSA", "QM1", "x2"});
+  ASSERT_TRUE(x2.ok());
+  Take("Q", *x2);
+  ASSERT_TRUE(engine()->Prepare(*x2).ok());
+  absl::StatusOr<UowId> x3 = engine()->BeginCoordinatedUnit({"CICSA", "QM1", "x3"});
+  ASSERT_TRUE(x3.ok());  // never prepared: backed out by the crash
+
+  Crash();
+  ASSERT_NE(Open(options), nullptr);
+  std::vector<InDoubtUnit> in_doubt = engine()->InDoubtUnits("CICSA", "QM1");
+  ASSERT_EQ(in_doubt.size(), 2u);
+  EXPECT_EQ(qm_->restart_report().units_in_doubt, 2u);
+  EXPECT_TRUE(engine()->InDoubtUnits("OTHER", "QM1").empty()) << "another coordinator sees none";
+  EXPECT_EQ(engine()->DisplayQueue("Q")->depth, 0u);
+  EXPECT_EQ(engine()->DisplayQueue("Q")->taken, 2u) << "locked by the units in doubt";
+  EXPECT_EQ(engine()->DisplayQueue("OUT")->depth, 0u) << "inserts invisible until the outcome";
+
+  // Checkpoints and enough traffic to retire the segments beneath them.
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < 600; ++i) {
+      Put("T", std::string(1024, 'x'));
+      ASSERT_TRUE(engine()->SyncPoint(Take("T").uow).ok());
+    }
+    ASSERT_TRUE(qm_->checkpointer()->Checkpoint(checkpoint::Trigger::kRequested).ok());
+  }
+  absl::StatusOr<std::vector<log::SegmentFile>> segments =
+      log::ListSegments(&fs_, LogDir(), nullptr);
+  ASSERT_TRUE(segments.ok());
+  EXPECT_GT(segments->front().header.first_lsn, prepared_at)
+      << "a unit prepared long ago does not pin the log";
+  Crash();
+  ASSERT_NE(Open(options), nullptr);
+  ASSERT_EQ(engine()->InDoubtUnits("CICSA", "QM1").size(), 2u);
+
+  ResolveResult resolved = engine()->Resolve(
+      "CICSA", "QM1",
+      {{"x1", qmgr::v1::COMMIT}, {"x2", qmgr::v1::BACKOUT}, {"x9", qmgr::v1::COMMIT}}, "CICSA");
+  EXPECT_EQ(resolved.in_doubt, 2u);
+  EXPECT_EQ(resolved.committed, 1u);
+  EXPECT_EQ(resolved.backed_out, 1u);
+  EXPECT_EQ(resolved.unresolved, 1u);
+  EXPECT_EQ(resolved.statuses[2].code(), absl::StatusCode::kNotFound) << "never seen";
+  EXPECT_EQ(Contents("OUT"), std::vector<std::string>{"reply"});
+  std::vector<uint32_t> counts;
+  const std::vector<std::string> q = Contents("Q", &counts);
+  ASSERT_FALSE(q.empty());
+  EXPECT_EQ(q.front(), "two") << "backed out to the head";
+  EXPECT_EQ(counts.front(), 1u);
+
+  Crash();
+  ASSERT_NE(Open(options), nullptr);
+  EXPECT_TRUE(engine()->InDoubtUnits("", "").empty());
+  EXPECT_EQ(Contents("OUT"), std::vector<std::string>{"reply"});
+  resolved = engine()->Resolve("CICSA", "QM1", {{"x1", qmgr::v1::COMMIT}}, "CICSA");
+  EXPECT_EQ(resolved.committed, 1u) << "the same outcome again is OK";
+  resolved = engine()->Resolve("CICSA", "QM1", {{"x2", qmgr::v1::COMMIT}}, "CICSA");
+  EXPECT_EQ(resolved.unresolved, 1u);
+  EXPECT_EQ(ReasonOf(resolved.statuses[0]), reason::kHeuristicMismatch) << resolved.statuses[0];
+  ASSERT_TRUE(engine()->Forget("CICSA", "QM1", {"x1", "x2"}).ok());
+  ASSERT_TRUE(qm_->checkpointer()->Checkpoint(checkpoint::Trigger::kRequested).ok());
+  Crash();
+  ASSERT_NE(Open(options), nullptr);
+  resolved = engine()->Resolve("CICSA", "QM1", {{"x1", qmgr::v1::COMMIT}}, "CICSA");
+  EXPECT_EQ(resolved.statuses[0].code(), absl::StatusCode::kNotFound) << "forgotten";
+}
+
+TEST_F(RestartTest, ChangedNamesAreRefusedWhileUnitsAreInDoubt) {
+  RestartOptions options = Options();
+  options.qmgr_name = "QM1";
+  ASSERT_NE(Open(options), nullptr);
+  Define("Q");
+  Put("Q", "m");
+  absl::StatusOr<UowId> uow = engine()->BeginCoordinatedUnit({"CICSA", "QM1", "x"});
+  ASSERT_TRUE(uow.ok());
+  Take("Q", *uow);
+  ASSERT_TRUE(engine()->Prepare(*uow).ok());
+  ASSERT_TRUE(qm_->checkpointer()->Checkpoint(checkpoint::Trigger::kRequested).ok());
+  Crash();
+  options.qmgr_name = "QM2";
+  absl::StatusOr<std::unique_ptr<QueueManager>> refused = Restart(options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.status().message().find("QM1"), std::string::npos) << refused.status();
+  options.force = true;
+  ASSERT_NE(Open(options), nullptr);
+  EXPECT_EQ(engine()->InDoubtUnits("", "").size(), 1u) << "forced: kept, under the old qualifier";
 }
 
 TEST_F(RestartTest, AnInterruptedColdStartRunAgainKeepsTheLsnAndIdsRunning) {
