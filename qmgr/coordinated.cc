@@ -83,6 +83,16 @@ absl::StatusOr<UowId> Engine::BeginCoordinatedUnit(const CoordinatedKey& key) {
   return unit->id;
 }
 
+absl::StatusOr<UowId> Engine::CoordinatedUnit(const CoordinatedKey& key) const {
+  if (absl::Status s = CheckKey(key); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  auto it = coordinated_.find(CoordinatedStoreKey(key));
+  if (it == coordinated_.end()) {
+    return absl::NotFoundError(absl::StrCat(Describe(key), " has no open unit of work"));
+  }
+  return it->second;
+}
+
 absl::Status Engine::Prepare(UowId uow) {
   log::Lsn lsn = log::kNoLsn;
   {

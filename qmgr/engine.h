@@ -347,6 +347,8 @@ class Engine {
   // as on any unit. ALREADY_EXISTS while that key is open, in doubt or
   // remembered.
   absl::StatusOr<UowId> BeginCoordinatedUnit(const CoordinatedKey& key);
+  // The unit open or in doubt under `key` (NotFound: none).
+  absl::StatusOr<UowId> CoordinatedUnit(const CoordinatedKey& key) const;
   // Phase one: one self-contained PREPARE, durable on return. From then the
   // unit is in doubt: its Gets stay taken, its Inserts invisible, no timeout,
   // lease or shutdown ends it; only Resolve does. QUEUE_FULL backs it out.
