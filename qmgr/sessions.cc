@@ -547,7 +547,10 @@ absl::Status Engine::CheckAcknowledge(const std::string& name, const Session& se
                                       uint64_t out_seq) const {
   if (out_seq == 0) return absl::InvalidArgumentError("output number 0 does not exist");
   if (session.sent != nullptr && out_seq == session.out_seq) return absl::OkStatus();
-  if (session.sent == nullptr && out_seq == session.out_seq) return absl::OkStatus();  // again
+  // The last acknowledged number again (a retry whose answer was lost) is
+  // OK, also once the next output is sent, as a Receive stream does at once.
+  const uint64_t last_acked = session.sent != nullptr ? session.out_seq - 1 : session.out_seq;
+  if (out_seq == last_acked) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(
       "session '", name, "': output ", out_seq, " is not outstanding (last sent ",
       session.out_seq, session.sent != nullptr ? ", unacknowledged)" : ", acknowledged)"));
@@ -558,7 +561,7 @@ absl::StatusOr<bool> Engine::AcknowledgeLocked(const std::string& name, Session&
                                                uint32_t sense_code, log::Lsn* lsn) {
   if (absl::Status s = CheckAcknowledge(name, session, out_seq); !s.ok()) return s;
   *lsn = log::kNoLsn;
-  if (session.sent == nullptr) return false;  // acknowledged before: OK again
+  if (session.sent == nullptr || out_seq != session.out_seq) return false;  // acknowledged before
   Message& message = *session.sent;
   if (!positive) message.m.set_backout_count(message.m.backout_count() + 1);
   LogRecord record;
