@@ -344,15 +344,25 @@ class SessionsTest : public ::testing::Test {
 
 // --- Each RPC: success and refusals ----------------------------------------------
 
-TEST_F(SessionsTest, OpenSessionRefusesABadNameAndANewSessionNeedsNoResync) {
+// New and closed sessions need no resync; a rebind supersedes a binding
+// that may have died mid-flow, so it does.
+TEST_F(SessionsTest, OpenSessionNeedsResyncUnlessTheSessionIsNewOrClosed) {
   EXPECT_REFUSED(Open("no spaces"), kInvalidArgument, "");
   EXPECT_REFUSED(Open(""), kInvalidArgument, "");
   OpenFresh("T1");
-  OpenFresh("T1");  // a rebind of a session with nothing to resynchronize
-  const v1::SessionInfo info = Display("T1");
+  v1::SessionInfo info = Display("T1");
   EXPECT_TRUE(info.bound());
   EXPECT_TRUE(info.data_traffic());
   EXPECT_FALSE(info.resync_required());
+  bool resync = false;
+  ASSERT_OK(Open("T1", false, &resync));
+  EXPECT_TRUE(resync);
+  info = Display("T1");
+  EXPECT_FALSE(info.data_traffic());
+  EXPECT_TRUE(info.resync_required());
+  Resync("T1", {v1::SET_AND_TEST, 0}, {v1::SET_AND_TEST, 0});
+  ASSERT_OK(Close("T1"));
+  OpenFresh("T1");
 }
 
 TEST_F(SessionsTest, EveryCallOnAnUnknownOrUnboundSessionIsSessionNotOpen) {
@@ -445,7 +455,9 @@ TEST_F(SessionsTest, ReceiveSendsOneOutputAtATimeEachAfterTheLastIsAcknowledged)
 
   // Acknowledgement refusals.
   EXPECT_REFUSED(Ack("T1", 0), kInvalidArgument, "");
-  EXPECT_REFUSED(Ack("T1", 2), kFailedPrecondition, "");  // not the outstanding one
+  EXPECT_REFUSED(Ack("T1", 1), kFailedPrecondition, "");  // neither outstanding nor the last
+  EXPECT_REFUSED(Ack("T1", 4), kFailedPrecondition, "");
+  ASSERT_OK(Ack("T1", 2));  // the last acknowledged, though 3 is sent: a retry, OK
   v1::AcknowledgeRequest no_sense;
   no_sense.set_session("T1");
   no_sense.set_out_seq(3);
@@ -484,15 +496,18 @@ TEST_F(SessionsTest, ReceiveRefusalsAndHowTheStreamEnds) {
   // A rebind ends the stream of the previous binding.
   auto receiver = Receive("T1");
   EXPECT_FALSE(receiver->End(kNoOutputWait).has_value());
-  OpenFresh("T1");
+  bool resync = false;
+  ASSERT_OK(Open("T1", false, &resync));
   EXPECT_REFUSED(*receiver->End(), kAborted, "");
+  v1::SetAndTestSequenceNumbersResponse answer;
+  ASSERT_OK(Stsn("T1", {v1::IGNORE}, {v1::IGNORE}, &answer));
+  ASSERT_OK(Sdt("T1"));
   // RQR ends it too; before SDT Receive is refused.
   receiver = Receive("T1");
   EXPECT_FALSE(receiver->End(kNoOutputWait).has_value());
   ASSERT_OK(Rqr("T1"));
   EXPECT_REFUSED(*receiver->End(), kFailedPrecondition, "RESYNC_REQUIRED");
   EXPECT_REFUSED(*Receive("T1")->End(), kFailedPrecondition, "RESYNC_REQUIRED");
-  v1::SetAndTestSequenceNumbersResponse answer;
   ASSERT_OK(Stsn("T1", {v1::IGNORE}, {v1::IGNORE}, &answer));
   ASSERT_OK(Sdt("T1"));
   // Clear ends it.
