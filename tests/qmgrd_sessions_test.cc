@@ -727,6 +727,59 @@ TEST_F(SessionsTest, KilledBeforeInputArrivedStsnGivesTheResendRange) {
   EXPECT_EQ(Display("T1").in_seq(), 3u);
 }
 
+// Inputs pipelined on an EnqueueStream when qmgrd is killed: some hardened
+// (answered or not), the rest lost. STSN's in_seq covers every answered one
+// and its resend range the rest; after the resend each input is on the queue
+// exactly once, in order.
+TEST_F(SessionsTest, KilledWhileInputsAreInFlightEachIsHeldOnceAfterTheResend) {
+  OpenFresh("T1");
+  constexpr uint64_t kInputs = 400;
+  uint64_t answered = 0;  // the last input answered as enqueued
+  uint64_t written = 0;   // the last input the client sent (its session file's)
+  {
+    grpc::ClientContext context;
+    auto stream = qm_->EnqueueStream(&context);
+    std::thread reader([&] {
+      v1::EnqueueStreamResponse response;
+      for (uint64_t seq = 1; stream->Read(&response); ++seq) {
+        if (response.has_enqueued()) answered = seq;
+      }
+    });
+    for (uint64_t seq = 1; seq <= kInputs; ++seq) {
+      if (seq == kInputs / 2) process_->Signal(SIGKILL);
+      v1::EnqueueRequest request;
+      request.mutable_message()->set_queue("IN");
+      request.mutable_message()->set_payload(absl::StrCat("T1-in-", seq));
+      request.mutable_message()->set_session("T1");
+      request.mutable_message()->set_input_seq(seq);
+      if (!stream->Write(request)) break;
+      written = seq;
+    }
+    stream->WritesDone();
+    reader.join();
+    stream->Finish().IgnoreError();
+  }
+  ASSERT_NO_FATAL_FAILURE(KillAndRestart());
+  const auto answer = Resync("T1", {v1::SET_AND_TEST, written}, {v1::SET_AND_TEST, 0});
+  const uint64_t held = answer.input().in_seq();
+  EXPECT_GE(held, answered);
+  EXPECT_LE(held, written);
+  if (held < written) {
+    EXPECT_EQ(answer.input().resend_from(), held + 1);
+    EXPECT_EQ(answer.input().resend_to(), written);
+  }
+  for (uint64_t seq = held + 1; seq <= written; ++seq) ASSERT_OK(Input("T1", seq));
+  v1::BrowseRequest browse;
+  browse.set_queue("IN");
+  browse.set_max_messages(kInputs + 1);
+  v1::BrowseResponse browsed;
+  ASSERT_OK(admin_->Browse(Ctx().get(), browse, &browsed));
+  ASSERT_EQ(static_cast<uint64_t>(browsed.messages_size()), written);
+  for (uint64_t i = 0; i < written; ++i) {
+    EXPECT_EQ(browsed.messages(i).payload(), absl::StrCat("T1-in-", i + 1));
+  }
+}
+
 // A deferred (FASTPATH) input is recoverable only from its sync point: killed
 // before it, the input is gone and must be reissued; after it, it is hardened.
 TEST_F(SessionsTest, KilledBeforeADeferredInputsSyncPointItIsReissued) {
