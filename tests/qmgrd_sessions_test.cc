@@ -128,7 +128,7 @@ class SessionsTest : public ::testing::Test {
   }
 
   void Start() {
-    process_ = std::make_unique<QmgrdProcess>(QMGRD_PATH, dir_.path() + "/data", kFlags);
+    process_ = std::make_unique<QmgrdProcess>(QMGRD_PATH, dir_.path() + "/data", flags_);
     const absl::Status started = process_->Start();
     ASSERT_TRUE(started.ok()) << started;
     auto channel = grpc::CreateChannel(process_->target(), grpc::InsecureChannelCredentials());
@@ -336,6 +336,7 @@ class SessionsTest : public ::testing::Test {
     return std::make_unique<Receiver>(qm_.get(), session);
   }
 
+  std::vector<std::string> flags_ = kFlags;
   TempDir dir_;
   std::unique_ptr<QmgrdProcess> process_;
   std::unique_ptr<v1::QueueManager::Stub> qm_;
@@ -515,6 +516,62 @@ TEST_F(SessionsTest, ReceiveRefusalsAndHowTheStreamEnds) {
   EXPECT_FALSE(receiver->End(kNoOutputWait).has_value());
   ASSERT_OK(Clear("T1"));
   EXPECT_REFUSED(*receiver->End(), kAborted, "");
+}
+
+// The client's stream broke after output was written: the output stays
+// outstanding, and a new stream (same binding) gets it again, same number.
+TEST_F(SessionsTest, ANewReceiveStreamGetsTheUnacknowledgedOutputAgain) {
+  DefineOutput("T1");
+  OpenFresh("T1");
+  const uint64_t id = Output("T1", "again");
+  ASSERT_TRUE(Receive("T1")->Next().has_value());  // then cancelled
+  auto receiver = Receive("T1");
+  std::optional<v1::ReceiveResponse> out = receiver->Next();
+  ASSERT_TRUE(out.has_value());
+  EXPECT_EQ(out->out_seq(), 1u);
+  EXPECT_EQ(out->message().id(), id);
+  ASSERT_OK(Ack("T1", 1));
+  EXPECT_FALSE(receiver->Next(kNoOutputWait).has_value());
+}
+
+// Receive streams idle for output hold no wait thread between slices: more
+// streams than wait threads all get their output, and a waiting Get too.
+class SessionsFewThreadsTest : public SessionsTest {
+ protected:
+  SessionsFewThreadsTest() { flags_.insert(flags_.end(), {"--wait-threads", "2"}); }
+};
+
+TEST_F(SessionsFewThreadsTest, MoreReceiveStreamsThanWaitThreadsAllGetTheirOutput) {
+  constexpr int kSessions = 6;
+  std::vector<std::unique_ptr<Receiver>> receivers;
+  for (int i = 0; i < kSessions; ++i) {
+    const std::string session = absl::StrCat("S", i);
+    DefineOutput(session);
+    OpenFresh(session);
+    receivers.push_back(Receive(session));
+  }
+  absl::SleepFor(kNoOutputWait);  // every stream waiting
+  v1::GetRequest get;
+  get.set_queue("IN");
+  get.set_wait_ms(5000);
+  v1::GetResponse got;
+  grpc::ClientContext get_context;
+  get_context.set_deadline(absl::ToChronoTime(absl::Now() + kCallTimeout));
+  std::thread getter([&] { EXPECT_TRUE(qm_->Get(&get_context, get, &got).ok()); });
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < kSessions; ++i) ids.push_back(Output(absl::StrCat("S", i), "for you"));
+  v1::EnqueueRequest input;
+  input.mutable_message()->set_queue("IN");
+  input.mutable_message()->set_payload("for the Get");
+  v1::EnqueueResponse enqueued;
+  ASSERT_OK(qm_->Enqueue(Ctx().get(), input, &enqueued));
+  for (int i = 0; i < kSessions; ++i) {
+    std::optional<v1::ReceiveResponse> out = receivers[i]->Next();
+    ASSERT_TRUE(out.has_value()) << i;
+    EXPECT_EQ(out->message().id(), ids[i]);
+  }
+  getter.join();
+  EXPECT_TRUE(got.has_message());
 }
 
 // A stream that missed a whole RQR, STSN, SDT cycle (it was between two of
