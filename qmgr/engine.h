@@ -242,6 +242,14 @@ struct SessionOutput {
   bool exception_response = false;  // irrecoverable: done when sent
 };
 
+// What one receiver (a Receive stream) has been answered, across its
+// ReceiveOutput calls.
+struct ReceiveCursor {
+  uint64_t binding = 0;  // the binding it began on (0: not begun)
+  uint64_t epoch = 0;    // the data traffic it began in
+  uint64_t sent = 0;     // the last numbered output answered to it
+};
+
 struct AssignResult {
   uint64_t moved = 0;
   uint64_t possible_duplicate_message_id = 0;
@@ -393,7 +401,13 @@ class Engine {
   // appended, not waited for. A rebind, Clear or CloseSession ends the wait
   // (ABORTED); RequestRecovery too (RESYNC_REQUIRED). Irrecoverable output
   // is not numbered (out_seq 0) and is done when sent.
-  absl::StatusOr<SessionOutput> ReceiveOutput(const std::string& session, absl::Duration wait);
+  // `cursor` (may be null) ties calls of one receiver together: the output
+  // it was answered is not answered to it again (the call waits for its
+  // acknowledgement, then the next output); after a rebind, Clear or
+  // CloseSession since its first call: ABORTED; after a resync (STSN and SDT
+  // again, even if no call saw the RequestRecovery): RESYNC_REQUIRED.
+  absl::StatusOr<SessionOutput> ReceiveOutput(const std::string& session, absl::Duration wait,
+                                              ReceiveCursor* cursor = nullptr);
   // Positive: the output is dequeued (OUTPUT_ACKED, durable on return);
   // acknowledging the last acknowledged number again is OK. Negative (sense
   // code nonzero): kept, backout count + 1, moved to the backout queue at

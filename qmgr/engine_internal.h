@@ -129,6 +129,9 @@ struct Engine::Session {
   // Bumped by OpenSession, Clear and CloseSession: a waiting ReceiveOutput
   // of an older binding ends.
   uint64_t binding = 0;
+  // Bumped each time data traffic starts (OpenSession without resync, SDT):
+  // a receiver that began before a resync ends (ReceiveCursor).
+  uint64_t traffic_epoch = 0;
   // The sent output waiting for its acknowledgement: off its queue, counted
   // as taken there.
   std::unique_ptr<Message> sent;

@@ -107,6 +107,7 @@ absl::StatusOr<bool> Engine::OpenSession(const std::string& name, bool cold) {
     session.cold = cold;
     ++session.binding;
     session.data_traffic = !resync_required;
+    if (session.data_traffic) ++session.traffic_epoch;
     session.input_agreed = session.output_agreed = !resync_required;
     if (cold && session.sent != nullptr) {
       session.sent->m.set_possible_duplicate(true);
@@ -134,6 +135,7 @@ absl::Status Engine::StartDataTraffic(const std::string& name) {
                       reason::kResyncRequired);
   }
   s.data_traffic = true;
+  ++s.traffic_epoch;
   s.cold = false;
   if (Queue* output = OutputQueueOf(name)) output->available.SignalAll();
   return absl::OkStatus();
@@ -424,30 +426,42 @@ void Engine::ReplyDone(Session& session, uint64_t message_id) {
   }
 }
 
-absl::StatusOr<SessionOutput> Engine::ReceiveOutput(const std::string& name, absl::Duration wait) {
+absl::StatusOr<SessionOutput> Engine::ReceiveOutput(const std::string& name, absl::Duration wait,
+                                                    ReceiveCursor* cursor) {
   log::Lsn sent_lsn = log::kNoLsn;
   SessionOutput result;
   std::shared_ptr<const std::string> payload;
+  ReceiveCursor one_call;
+  if (cursor == nullptr) cursor = &one_call;
   {
     absl::MutexLock lock(&mu_);
     if (absl::Status s = CheckOpen(); !s.ok()) return s;
-    absl::StatusOr<Session*> bound = BoundSession(name, /*data_traffic=*/true);
-    if (!bound.ok()) return bound.status();
-    const uint64_t binding = (*bound)->binding;
+    if (cursor->binding == 0) {
+      absl::StatusOr<Session*> bound = BoundSession(name, /*data_traffic=*/true);
+      if (!bound.ok()) return bound.status();
+      cursor->binding = (*bound)->binding;
+      cursor->epoch = (*bound)->traffic_epoch;
+    }
     const absl::Time deadline = absl::Now() + wait;
     Message* message = nullptr;
     Queue* output = nullptr;
     while (true) {
       Session* s = FindSession(name);
       assert(s != nullptr && "sessions are never forgotten");
-      if (s->binding != binding) {
+      if (s->binding != cursor->binding) {
         return absl::AbortedError(
             absl::StrCat("session '", name, "' was rebound, cleared or closed"));
       }
       if (absl::StatusOr<Session*> again = BoundSession(name, true); !again.ok()) {
         return again.status();
       }
-      if (s->sent != nullptr) {  // answered again, same number
+      if (s->traffic_epoch != cursor->epoch) {
+        return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                              "session '", name, "' was resynchronized: receive again")),
+                          reason::kResyncRequired);
+      }
+      const bool answered = s->sent != nullptr && s->out_seq == cursor->sent;
+      if (s->sent != nullptr && !answered) {  // answered again, same number
         result.out_seq = s->out_seq;
         result.message = s->sent->m;
         payload = s->sent->payload;
@@ -464,7 +478,8 @@ absl::StatusOr<SessionOutput> Engine::ReceiveOutput(const std::string& name, abs
             absl::StrCat("session '", name,
                          "' has no output queue (a queue with output_of_session '", name, "')"));
       }
-      if (!output->attributes.get_inhibited()) {
+      // One output outstanding: the next waits for the acknowledgement.
+      if (!answered && !output->attributes.get_inhibited()) {
         message = TakeNext(output, options_.clock->NowMicros());
       }
       if (message != nullptr) break;
@@ -515,6 +530,7 @@ absl::StatusOr<SessionOutput> Engine::ReceiveOutput(const std::string& name, abs
         MarkSessionChanged(name, s, log::kNoLsn);
       }
     }
+    if (result.out_seq != 0) cursor->sent = result.out_seq;
   }
   // OUTPUT_SENT is not waited for: after a crash the message id reported in
   // STSN identifies the output.
@@ -527,7 +543,10 @@ absl::Status Engine::CheckAcknowledge(const std::string& name, const Session& se
                                       uint64_t out_seq) const {
   if (out_seq == 0) return absl::InvalidArgumentError("output number 0 does not exist");
   if (session.sent != nullptr && out_seq == session.out_seq) return absl::OkStatus();
-  if (session.sent == nullptr && out_seq == session.out_seq) return absl::OkStatus();  // again
+  // The last acknowledged number again (a retry whose answer was lost) is
+  // OK, also once the next output is sent, as a Receive stream does at once.
+  const uint64_t last_acked = session.sent != nullptr ? session.out_seq - 1 : session.out_seq;
+  if (out_seq == last_acked) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(
       "session '", name, "': output ", out_seq, " is not outstanding (last sent ", session.out_seq,
       session.sent != nullptr ? ", unacknowledged)" : ", acknowledged)"));
@@ -538,7 +557,7 @@ absl::StatusOr<bool> Engine::AcknowledgeLocked(const std::string& name, Session&
                                                log::Lsn* lsn) {
   if (absl::Status s = CheckAcknowledge(name, session, out_seq); !s.ok()) return s;
   *lsn = log::kNoLsn;
-  if (session.sent == nullptr) return false;  // acknowledged before: OK again
+  if (session.sent == nullptr || out_seq != session.out_seq) return false;  // acknowledged before
   Message& message = *session.sent;
   if (!positive) message.m.set_backout_count(message.m.backout_count() + 1);
   LogRecord record;
@@ -560,7 +579,10 @@ absl::StatusOr<bool> Engine::AcknowledgeLocked(const std::string& name, Session&
   if (positive) {
     std::unique_ptr<Message> done = std::move(session.sent);
     session.output_acked = true;
-    if (auto queue = queues_.find(done->m.queue()); queue != queues_.end()) --queue->second->taken;
+    if (auto queue = queues_.find(done->m.queue()); queue != queues_.end()) {
+      --queue->second->taken;
+      queue->second->available.SignalAll();  // a receiver waits for this acknowledgement
+    }
     if (done->spilled) DropSpilled(*done);
     Retire(*done);
     ReplyDone(session, id);

@@ -110,6 +110,15 @@ class Server {
     request.set_wait_ms(wait_ms);
     return qm().Get(Context().get(), request, response);
   }
+  // Session input needs the session bound first (docs/sessions.md).
+  void OpenSession(const std::string& session) {
+    v1::OpenSessionRequest request;
+    request.set_session(session);
+    v1::OpenSessionResponse response;
+    const grpc::Status s = qm().OpenSession(Context().get(), request, &response);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_FALSE(response.resync_required());
+  }
   uint64_t Depth(const std::string& queue) {
     absl::StatusOr<v1::DisplayQueuesResponse> d = client_->DisplayQueues({queue});
     EXPECT_TRUE(d.ok()) << d.status();
@@ -265,6 +274,7 @@ TEST_F(QmgrdTest, EnqueueAnswersDurableAndRefusesWithCodeAndReason) {
 
 TEST_F(QmgrdTest, EnqueueRefusesSessionInputOutOfOrderWithItsReason) {
   server_.Define("SESS");
+  server_.OpenSession("T1");
   auto send = [&](uint64_t seq, v1::MessageClass cls) {
     v1::EnqueueRequest request;
     v1::NewMessage* m = request.mutable_message();
@@ -534,6 +544,7 @@ TEST_F(QmgrdTest, ProducerPipelinesAndReportsRefusalsPerMessage) {
 // inputs pipelined on one stream all harden, in order, none SEQUENCE_GAP.
 TEST_F(QmgrdTest, PipelinedSessionInputOnAStreamHardensInOrder) {
   server_.Define("SEQ");
+  server_.OpenSession("TERM9");
   absl::StatusOr<std::unique_ptr<client::Producer>> producer = server_.client().OpenProducer(32);
   ASSERT_TRUE(producer.ok());
   std::vector<std::future<absl::StatusOr<client::Enqueued>>> answers;

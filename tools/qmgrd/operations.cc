@@ -31,6 +31,7 @@ MessageSpec ToSpec(NewMessage message) {
   spec.expiry_time_us = message.expiry_time_us();
   spec.origin_session = std::move(*message.mutable_session());
   spec.input_seq = message.input_seq();
+  spec.ack_out_seq = message.ack_out_seq();
   return spec;
 }
 
@@ -264,6 +265,73 @@ absl::StatusOr<qmgr::v1::BackoutResponse> Operations::Backout(
   return qmgr::v1::BackoutResponse();
 }
 
+absl::StatusOr<qmgr::v1::OpenSessionResponse> Operations::OpenSession(
+    const qmgr::v1::OpenSessionRequest& request) {
+  absl::StatusOr<bool> resync_required = engine_->OpenSession(request.session(), request.cold());
+  if (!resync_required.ok()) return resync_required.status();
+  qmgr::v1::OpenSessionResponse response;
+  response.set_resync_required(*resync_required);
+  return response;
+}
+
+absl::StatusOr<qmgr::v1::SetAndTestSequenceNumbersResponse> Operations::SetAndTestSequenceNumbers(
+    const qmgr::v1::SetAndTestSequenceNumbersRequest& request) {
+  StsnRequest stsn;
+  stsn.input = request.input();
+  stsn.output = request.output();
+  absl::StatusOr<StsnAnswer> answer = engine_->SetAndTestSequenceNumbers(request.session(), stsn);
+  if (!answer.ok()) return answer.status();
+  qmgr::v1::SetAndTestSequenceNumbersResponse response;
+  *response.mutable_input() = std::move(answer->input);
+  *response.mutable_output() = std::move(answer->output);
+  return response;
+}
+
+absl::Status Operations::StartDataTraffic(const qmgr::v1::StartDataTrafficRequest& request) {
+  return engine_->StartDataTraffic(request.session());
+}
+
+absl::Status Operations::RequestRecovery(const qmgr::v1::RequestRecoveryRequest& request) {
+  return engine_->RequestRecovery(request.session());
+}
+
+absl::StatusOr<qmgr::v1::ClearResponse> Operations::Clear(const qmgr::v1::ClearRequest& request) {
+  absl::StatusOr<uint64_t> discarded = engine_->Clear(request.session());
+  if (!discarded.ok()) return discarded.status();
+  qmgr::v1::ClearResponse response;
+  response.set_discarded_inputs(*discarded);
+  return response;
+}
+
+absl::Status Operations::CloseSession(const qmgr::v1::CloseSessionRequest& request) {
+  return engine_->CloseSession(request.session());
+}
+
+absl::StatusOr<std::optional<qmgr::v1::ReceiveResponse>> Operations::Receive(
+    const qmgr::v1::ReceiveRequest& request, absl::Duration wait, ReceiveCursor* cursor) {
+  if (intake_stopped()) {
+    return absl::UnavailableError("the queue manager is shutting down: receive after its restart");
+  }
+  absl::StatusOr<SessionOutput> output = engine_->ReceiveOutput(request.session(), wait, cursor);
+  if (absl::IsDeadlineExceeded(output.status())) return std::nullopt;
+  if (!output.ok()) return output.status();
+  qmgr::v1::ReceiveResponse response;
+  response.set_out_seq(output->out_seq);
+  *response.mutable_message() = std::move(output->message);
+  response.set_exception_response(output->exception_response);
+  return response;
+}
+
+absl::StatusOr<qmgr::v1::AcknowledgeResponse> Operations::Acknowledge(
+    const qmgr::v1::AcknowledgeRequest& request) {
+  absl::StatusOr<bool> moved = engine_->Acknowledge(request.session(), request.out_seq(),
+                                                    request.positive(), request.sense_code());
+  if (!moved.ok()) return moved.status();
+  qmgr::v1::AcknowledgeResponse response;
+  response.set_moved_to_backout_queue(*moved);
+  return response;
+}
+
 void Operations::ReleaseOwner(Owner owner, qmgr::v1::BackoutReason reason) {
   std::vector<UowId> held;
   {
@@ -369,6 +437,27 @@ absl::StatusOr<qmgr::v1::BrowseResponse> Operations::Browse(
     bytes += size;
     *response.add_messages() = std::move(message);
   }
+  return response;
+}
+
+absl::StatusOr<qmgr::v1::AssignResponse> Operations::Assign(
+    const qmgr::v1::AssignRequest& request) {
+  absl::StatusOr<AssignResult> result =
+      engine_->Assign(request.from_session(), request.to_session(), request.force());
+  if (!result.ok()) return result.status();
+  qmgr::v1::AssignResponse response;
+  response.set_moved(result->moved);
+  response.set_possible_duplicate_message_id(result->possible_duplicate_message_id);
+  return response;
+}
+
+absl::StatusOr<qmgr::v1::DisplaySessionsResponse> Operations::DisplaySessions(
+    const qmgr::v1::DisplaySessionsRequest& request) const {
+  absl::StatusOr<std::vector<qmgr::v1::SessionInfo>> sessions = engine_->DisplaySessions(
+      std::vector<std::string>(request.sessions().begin(), request.sessions().end()));
+  if (!sessions.ok()) return sessions.status();
+  qmgr::v1::DisplaySessionsResponse response;
+  for (qmgr::v1::SessionInfo& info : *sessions) *response.add_sessions() = std::move(info);
   return response;
 }
 

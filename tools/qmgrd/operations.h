@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -73,6 +74,23 @@ class Operations {
   absl::StatusOr<qmgr::v1::BackoutResponse> Backout(const qmgr::v1::BackoutRequest& request,
                                                     Owner owner);
 
+  // Sessions (docs/sessions.md): the engine decides; these translate.
+  absl::StatusOr<qmgr::v1::OpenSessionResponse> OpenSession(
+      const qmgr::v1::OpenSessionRequest& request);
+  absl::StatusOr<qmgr::v1::SetAndTestSequenceNumbersResponse> SetAndTestSequenceNumbers(
+      const qmgr::v1::SetAndTestSequenceNumbersRequest& request);
+  absl::Status StartDataTraffic(const qmgr::v1::StartDataTrafficRequest& request);
+  absl::Status RequestRecovery(const qmgr::v1::RequestRecoveryRequest& request);
+  absl::StatusOr<qmgr::v1::ClearResponse> Clear(const qmgr::v1::ClearRequest& request);
+  absl::Status CloseSession(const qmgr::v1::CloseSessionRequest& request);
+  // One slice of a Receive stream: the session's next output for this
+  // stream (`cursor` is the stream's), or nullopt when none came within
+  // `wait`. Unavailable once StopIntake was called: a shutdown ends streams.
+  absl::StatusOr<std::optional<qmgr::v1::ReceiveResponse>> Receive(
+      const qmgr::v1::ReceiveRequest& request, absl::Duration wait, ReceiveCursor* cursor);
+  absl::StatusOr<qmgr::v1::AcknowledgeResponse> Acknowledge(
+      const qmgr::v1::AcknowledgeRequest& request);
+
   Owner NewStreamOwner() { return next_stream_owner_.fetch_add(1, std::memory_order_relaxed); }
   // Backs out every unit `owner` still holds. REQUIRES: no call of that
   // owner is running (a stream calls it once its last operation answered).
@@ -85,6 +103,9 @@ class Operations {
   absl::StatusOr<qmgr::v1::DisplayQueuesResponse> DisplayQueues(
       const qmgr::v1::DisplayQueuesRequest& request) const;
   absl::StatusOr<qmgr::v1::BrowseResponse> Browse(const qmgr::v1::BrowseRequest& request) const;
+  absl::StatusOr<qmgr::v1::AssignResponse> Assign(const qmgr::v1::AssignRequest& request);
+  absl::StatusOr<qmgr::v1::DisplaySessionsResponse> DisplaySessions(
+      const qmgr::v1::DisplaySessionsRequest& request) const;
 
   // Shutdown. After StopIntake, new messages and new units are refused
   // (Unavailable) while open units may still insert, commit and back out.

@@ -23,6 +23,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -251,8 +252,11 @@ int main(int argc, char** argv) {
     server->GetHealthCheckService()->SetServingStatus(service, true);
   }
   const std::string host = options.listen_address.substr(0, options.listen_address.rfind(':'));
-  std::cerr << "qmgrd: queue manager " << options.queue_manager_name << " listening on " << host
-            << ":" << port << std::endl;
+  // One write: the checkpointer's thread writes to stderr too, and tests
+  // parse this line for the port.
+  std::cerr << absl::StrCat("qmgrd: queue manager ", options.queue_manager_name, " listening on ",
+                            host, ":", port, "\n")
+            << std::flush;
 
   std::thread([stop_signals, shutdown] {
     int signal = 0;

@@ -23,7 +23,7 @@ QueueManagerInstance::QueueManagerInstance(std::unique_ptr<restart::QueueManager
     absl::StatusOr<checkpoint::CheckpointReport> report =
         qm_->checkpointer()->Checkpoint(checkpoint::Trigger::kRequested);
     if (!report.ok()) return report.status();
-    std::cerr << "qmgrd: " << report->ToString() << std::endl;
+    std::cerr << absl::StrCat("qmgrd: ", report->ToString(), "\n") << std::flush;
     return CheckpointInfo{report->checkpoint_number, report->redo_lsn};
   };
 }
@@ -70,7 +70,10 @@ absl::StatusOr<std::unique_ptr<QueueManagerInstance>> OpenQueueManager(
   r.checkpoint.log_bytes = options.checkpoint_log_bytes;
   r.checkpoint.interval = options.checkpoint_interval;
   r.checkpoint.max_restart_seconds = options.max_restart_seconds;
-  r.progress = [](absl::string_view line) { std::cerr << "qmgrd: " << line << std::endl; };
+  // One write per line: progress comes from the checkpointer's thread too.
+  r.progress = [](absl::string_view line) {
+    std::cerr << absl::StrCat("qmgrd: ", line, "\n") << std::flush;
+  };
   std::cerr << "qmgrd: restarting queue manager " << options.queue_manager_name << " in "
             << options.data_dir << std::endl;
   absl::StatusOr<std::unique_ptr<restart::QueueManager>> qm = restart::Restart(std::move(r));

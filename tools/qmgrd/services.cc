@@ -4,6 +4,7 @@
 #include <chrono>
 #include <deque>
 #include <map>
+#include <optional>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -49,7 +50,7 @@ grpc::ServerUnaryReactor* Inline(grpc::CallbackServerContext* ctx, Work work) {
 }
 
 template <typename T>
-absl::Status Assign(absl::StatusOr<T> result, T* response) {
+absl::Status Fill(absl::StatusOr<T> result, T* response) {
   if (!result.ok()) return result.status();
   *response = *std::move(result);
   return absl::OkStatus();
@@ -298,19 +299,19 @@ class ProgramStreamReactor final
     response_.Clear();
     switch (request_.op_case()) {
       case v1::ProgramRequest::kGet:
-        status = Assign(ops->Get(request_.get(), owner_, CallDeadline(ctx_),
-                                 [this] { return ctx_->IsCancelled(); }),
-                        response_.mutable_get());
+        status = Fill(ops->Get(request_.get(), owner_, CallDeadline(ctx_),
+                               [this] { return ctx_->IsCancelled(); }),
+                      response_.mutable_get());
         break;
       case v1::ProgramRequest::kInsert:
-        status = Assign(ops->Insert(request_.insert(), owner_), response_.mutable_insert());
+        status = Fill(ops->Insert(request_.insert(), owner_), response_.mutable_insert());
         break;
       case v1::ProgramRequest::kSyncPoint:
         status =
-            Assign(ops->SyncPoint(request_.sync_point(), owner_), response_.mutable_sync_point());
+            Fill(ops->SyncPoint(request_.sync_point(), owner_), response_.mutable_sync_point());
         break;
       case v1::ProgramRequest::kBackout:
-        status = Assign(ops->Backout(request_.backout(), owner_), response_.mutable_backout());
+        status = Fill(ops->Backout(request_.backout(), owner_), response_.mutable_backout());
         break;
       case v1::ProgramRequest::OP_NOT_SET:
         status = absl::InvalidArgumentError("ProgramRequest names no operation");
@@ -333,6 +334,67 @@ class ProgramStreamReactor final
   v1::ProgramResponse response_;
 };
 
+// Receive: the session's outputs, written one at a time. Each wait for
+// output is one slice (receive_wait_slice) on the wait pool, a task of its
+// own, so that streams waiting for output share the pool's threads and a
+// cancelled stream or a shutdown ends within a slice. Slices and writes
+// alternate, never overlap: whoever ends the current one starts the next or
+// finishes. The engine's cursor keeps an output written here from being
+// written again while it waits for its acknowledgement (exception-response
+// output needs none); a rebind, Clear or CloseSession ends the stream
+// ABORTED, a resync FAILED_PRECONDITION, a shutdown UNAVAILABLE.
+class ReceiveReactor final : public grpc::ServerWriteReactor<v1::ReceiveResponse> {
+ public:
+  ReceiveReactor(const ServiceContext* c, grpc::CallbackServerContext* ctx,
+                 const v1::ReceiveRequest* request)
+      : c_(c), ctx_(ctx), request_(*request) {
+    NextSlice();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      // The client is gone; its output stays outstanding until a resync.
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the Receive stream broke"));
+      return;
+    }
+    NextSlice();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void NextSlice() {
+    if (!c_->wait_pool->Submit([this] { Slice(); })) {
+      Finish(c_->operations->intake_stopped()
+                 ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "the queue manager is shutting down")
+                 : kPoolFull);
+    }
+  }
+
+  void Slice() {
+    if (ctx_->IsCancelled()) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled its Receive"));
+      return;
+    }
+    absl::StatusOr<std::optional<v1::ReceiveResponse>> output =
+        c_->operations->Receive(request_, c_->receive_wait_slice, &cursor_);
+    if (!output.ok()) {
+      Finish(ToGrpcStatus(output.status()));
+    } else if (!output->has_value()) {
+      NextSlice();
+    } else {
+      response_ = **std::move(output);
+      StartWrite(&response_);
+    }
+  }
+
+  const ServiceContext* const c_;
+  grpc::CallbackServerContext* const ctx_;
+  const v1::ReceiveRequest request_;
+  ReceiveCursor cursor_;          // touched only by the slice running
+  v1::ReceiveResponse response_;  // the write in progress
+};
+
 }  // namespace
 
 // ---- QueueManager ----------------------------------------------------------
@@ -341,7 +403,7 @@ grpc::ServerUnaryReactor* QueueManagerService::Enqueue(grpc::CallbackServerConte
                                                        const v1::EnqueueRequest* request,
                                                        v1::EnqueueResponse* response) {
   return OnPool(c_->io_pool, ctx, [this, request, response] {
-    return Assign(c_->operations->Enqueue(request->message()), response);
+    return Fill(c_->operations->Enqueue(request->message()), response);
   });
 }
 
@@ -349,7 +411,7 @@ grpc::ServerUnaryReactor* QueueManagerService::EnqueueBatch(grpc::CallbackServer
                                                             const v1::EnqueueBatchRequest* request,
                                                             v1::EnqueueBatchResponse* response) {
   return OnPool(c_->io_pool, ctx, [this, request, response] {
-    return Assign(c_->operations->EnqueueBatch(*request), response);
+    return Fill(c_->operations->EnqueueBatch(*request), response);
   });
 }
 
@@ -363,24 +425,23 @@ grpc::ServerUnaryReactor* QueueManagerService::Get(grpc::CallbackServerContext* 
                                                    v1::GetResponse* response) {
   WorkerPool* pool = request->wait_ms() > 0 ? c_->wait_pool : c_->io_pool;
   return OnPool(pool, ctx, [this, ctx, request, response] {
-    return Assign(c_->operations->Get(*request, kLeaseOwner, CallDeadline(ctx),
-                                      [ctx] { return ctx->IsCancelled(); }),
-                  response);
+    return Fill(c_->operations->Get(*request, kLeaseOwner, CallDeadline(ctx),
+                                    [ctx] { return ctx->IsCancelled(); }),
+                response);
   });
 }
 
 grpc::ServerUnaryReactor* QueueManagerService::Insert(grpc::CallbackServerContext* ctx,
                                                       const v1::InsertRequest* request,
                                                       v1::InsertResponse* response) {
-  return Inline(ctx,
-                [&] { return Assign(c_->operations->Insert(*request, kLeaseOwner), response); });
+  return Inline(ctx, [&] { return Fill(c_->operations->Insert(*request, kLeaseOwner), response); });
 }
 
 grpc::ServerUnaryReactor* QueueManagerService::SyncPoint(grpc::CallbackServerContext* ctx,
                                                          const v1::SyncPointRequest* request,
                                                          v1::SyncPointResponse* response) {
   return OnPool(c_->io_pool, ctx, [this, request, response] {
-    return Assign(c_->operations->SyncPoint(*request, kLeaseOwner), response);
+    return Fill(c_->operations->SyncPoint(*request, kLeaseOwner), response);
   });
 }
 
@@ -388,12 +449,70 @@ grpc::ServerUnaryReactor* QueueManagerService::Backout(grpc::CallbackServerConte
                                                        const v1::BackoutRequest* request,
                                                        v1::BackoutResponse* response) {
   return Inline(ctx,
-                [&] { return Assign(c_->operations->Backout(*request, kLeaseOwner), response); });
+                [&] { return Fill(c_->operations->Backout(*request, kLeaseOwner), response); });
 }
 
 grpc::ServerBidiReactor<v1::ProgramRequest, v1::ProgramResponse>*
 QueueManagerService::ProgramStream(grpc::CallbackServerContext* ctx) {
   return new ProgramStreamReactor(c_, ctx);
+}
+
+// ---- Sessions ----------------------------------------------------------------
+// OpenSession, STSN, CloseSession and Acknowledge may wait for durability;
+// the rest change memory only.
+
+grpc::ServerUnaryReactor* QueueManagerService::OpenSession(grpc::CallbackServerContext* ctx,
+                                                           const v1::OpenSessionRequest* request,
+                                                           v1::OpenSessionResponse* response) {
+  return OnPool(c_->io_pool, ctx, [this, request, response] {
+    return Fill(c_->operations->OpenSession(*request), response);
+  });
+}
+
+grpc::ServerUnaryReactor* QueueManagerService::SetAndTestSequenceNumbers(
+    grpc::CallbackServerContext* ctx, const v1::SetAndTestSequenceNumbersRequest* request,
+    v1::SetAndTestSequenceNumbersResponse* response) {
+  return OnPool(c_->io_pool, ctx, [this, request, response] {
+    return Fill(c_->operations->SetAndTestSequenceNumbers(*request), response);
+  });
+}
+
+grpc::ServerUnaryReactor* QueueManagerService::StartDataTraffic(
+    grpc::CallbackServerContext* ctx, const v1::StartDataTrafficRequest* request,
+    v1::StartDataTrafficResponse*) {
+  return Inline(ctx, [&] { return c_->operations->StartDataTraffic(*request); });
+}
+
+grpc::ServerUnaryReactor* QueueManagerService::RequestRecovery(
+    grpc::CallbackServerContext* ctx, const v1::RequestRecoveryRequest* request,
+    v1::RequestRecoveryResponse*) {
+  return Inline(ctx, [&] { return c_->operations->RequestRecovery(*request); });
+}
+
+grpc::ServerUnaryReactor* QueueManagerService::Clear(grpc::CallbackServerContext* ctx,
+                                                     const v1::ClearRequest* request,
+                                                     v1::ClearResponse* response) {
+  return Inline(ctx, [&] { return Fill(c_->operations->Clear(*request), response); });
+}
+
+grpc::ServerUnaryReactor* QueueManagerService::CloseSession(grpc::CallbackServerContext* ctx,
+                                                            const v1::CloseSessionRequest* request,
+                                                            v1::CloseSessionResponse*) {
+  return OnPool(c_->io_pool, ctx,
+                [this, request] { return c_->operations->CloseSession(*request); });
+}
+
+grpc::ServerWriteReactor<v1::ReceiveResponse>* QueueManagerService::Receive(
+    grpc::CallbackServerContext* ctx, const v1::ReceiveRequest* request) {
+  return new ReceiveReactor(c_, ctx, request);
+}
+
+grpc::ServerUnaryReactor* QueueManagerService::Acknowledge(grpc::CallbackServerContext* ctx,
+                                                           const v1::AcknowledgeRequest* request,
+                                                           v1::AcknowledgeResponse* response) {
+  return OnPool(c_->io_pool, ctx, [this, request, response] {
+    return Fill(c_->operations->Acknowledge(*request), response);
+  });
 }
 
 // ---- Admin -------------------------------------------------------------------
@@ -421,7 +540,7 @@ grpc::ServerUnaryReactor* AdminService::DeleteQueue(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* AdminService::DisplayQueues(grpc::CallbackServerContext* ctx,
                                                       const v1::DisplayQueuesRequest* request,
                                                       v1::DisplayQueuesResponse* response) {
-  return Inline(ctx, [&] { return Assign(c_->operations->DisplayQueues(*request), response); });
+  return Inline(ctx, [&] { return Fill(c_->operations->DisplayQueues(*request), response); });
 }
 
 grpc::ServerUnaryReactor* AdminService::Browse(grpc::CallbackServerContext* ctx,
@@ -429,7 +548,7 @@ grpc::ServerUnaryReactor* AdminService::Browse(grpc::CallbackServerContext* ctx,
                                                v1::BrowseResponse* response) {
   // A spilled payload is read back from RocksDB: off the gRPC thread.
   return OnPool(c_->io_pool, ctx, [this, request, response] {
-    return Assign(c_->operations->Browse(*request), response);
+    return Fill(c_->operations->Browse(*request), response);
   });
 }
 
@@ -480,6 +599,20 @@ grpc::ServerUnaryReactor* AdminService::Shutdown(grpc::CallbackServerContext* ct
   };
   return new ShutdownReactor(c_->request_shutdown,
                              request->mode() == v1::IMMEDIATE ? v1::IMMEDIATE : v1::NORMAL);
+}
+
+grpc::ServerUnaryReactor* AdminService::Assign(grpc::CallbackServerContext* ctx,
+                                               const v1::AssignRequest* request,
+                                               v1::AssignResponse* response) {
+  return OnPool(c_->io_pool, ctx, [this, request, response] {
+    return Fill(c_->operations->Assign(*request), response);
+  });
+}
+
+grpc::ServerUnaryReactor* AdminService::DisplaySessions(grpc::CallbackServerContext* ctx,
+                                                        const v1::DisplaySessionsRequest* request,
+                                                        v1::DisplaySessionsResponse* response) {
+  return Inline(ctx, [&] { return Fill(c_->operations->DisplaySessions(*request), response); });
 }
 
 }  // namespace qmgr::server

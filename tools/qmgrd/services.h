@@ -9,6 +9,7 @@
 #include <functional>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "qmgr/v1/qmgr.grpc.pb.h"
 #include "tools/qmgrd/operations.h"
 #include "tools/qmgrd/queue_manager.h"
@@ -20,8 +21,12 @@ struct ServiceContext {
   Operations* operations = nullptr;
   // Engine calls that wait for durability (or for nothing).
   WorkerPool* io_pool = nullptr;
-  // Gets that may wait for a message (wait_ms > 0).
+  // Gets that may wait for a message (wait_ms > 0), and Receive streams.
   WorkerPool* wait_pool = nullptr;
+  // A Receive stream waits for output in slices this long, one wait-pool
+  // task each, so that a cancelled stream or a shutdown ends it within a
+  // slice; below qmgrd's call drain, so that a shutdown answers UNAVAILABLE.
+  absl::Duration receive_wait_slice = absl::Milliseconds(200);
   // EnqueueStream: requests read ahead of their answers, per stream; and
   // the most messages and payload bytes written as one group (one record).
   int stream_window = 64;
@@ -61,6 +66,31 @@ class QueueManagerService final : public qmgr::v1::QueueManager::CallbackService
   grpc::ServerBidiReactor<qmgr::v1::ProgramRequest, qmgr::v1::ProgramResponse>* ProgramStream(
       grpc::CallbackServerContext* ctx) override;
 
+  // Sessions.
+  grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* ctx,
+                                        const qmgr::v1::OpenSessionRequest* request,
+                                        qmgr::v1::OpenSessionResponse* response) override;
+  grpc::ServerUnaryReactor* SetAndTestSequenceNumbers(
+      grpc::CallbackServerContext* ctx, const qmgr::v1::SetAndTestSequenceNumbersRequest* request,
+      qmgr::v1::SetAndTestSequenceNumbersResponse* response) override;
+  grpc::ServerUnaryReactor* StartDataTraffic(grpc::CallbackServerContext* ctx,
+                                             const qmgr::v1::StartDataTrafficRequest* request,
+                                             qmgr::v1::StartDataTrafficResponse* response) override;
+  grpc::ServerUnaryReactor* RequestRecovery(grpc::CallbackServerContext* ctx,
+                                            const qmgr::v1::RequestRecoveryRequest* request,
+                                            qmgr::v1::RequestRecoveryResponse* response) override;
+  grpc::ServerUnaryReactor* Clear(grpc::CallbackServerContext* ctx,
+                                  const qmgr::v1::ClearRequest* request,
+                                  qmgr::v1::ClearResponse* response) override;
+  grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* ctx,
+                                         const qmgr::v1::CloseSessionRequest* request,
+                                         qmgr::v1::CloseSessionResponse* response) override;
+  grpc::ServerWriteReactor<qmgr::v1::ReceiveResponse>* Receive(
+      grpc::CallbackServerContext* ctx, const qmgr::v1::ReceiveRequest* request) override;
+  grpc::ServerUnaryReactor* Acknowledge(grpc::CallbackServerContext* ctx,
+                                        const qmgr::v1::AcknowledgeRequest* request,
+                                        qmgr::v1::AcknowledgeResponse* response) override;
+
  private:
   const ServiceContext* const c_;
 };
@@ -90,6 +120,12 @@ class AdminService final : public qmgr::v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* Shutdown(grpc::CallbackServerContext* ctx,
                                      const qmgr::v1::ShutdownRequest* request,
                                      qmgr::v1::ShutdownResponse* response) override;
+  grpc::ServerUnaryReactor* Assign(grpc::CallbackServerContext* ctx,
+                                   const qmgr::v1::AssignRequest* request,
+                                   qmgr::v1::AssignResponse* response) override;
+  grpc::ServerUnaryReactor* DisplaySessions(grpc::CallbackServerContext* ctx,
+                                            const qmgr::v1::DisplaySessionsRequest* request,
+                                            qmgr::v1::DisplaySessionsResponse* response) override;
 
  private:
   const ServiceContext* const c_;
