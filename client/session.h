@@ -79,12 +79,12 @@ struct ResyncReport {
 };
 
 struct SessionOptions {
-  std::string name;       // 1..48 of [A-Za-z0-9._-]
-  std::string file_path;  // the SessionFile
+  std::string name = "";       // 1..48 of [A-Za-z0-9._-]
+  std::string file_path = "";  // the SessionFile
   std::string target = "127.0.0.1:7430";
   // When set, asked for the target before every connection (a server that
   // restarts elsewhere is followed).
-  std::function<std::string()> resolve_target;
+  std::function<std::string()> resolve_target = nullptr;
   // The session file was lost: the session opens cold and takes the server's
   // numbers (inputs in flight may be lost, the output in doubt is flagged
   // possibly duplicate). Refused when the file exists.
@@ -100,7 +100,7 @@ struct SessionOptions {
   // Called after every resynchronization (the first one is also
   // open_report()). Runs while the session is busy: it must not call the
   // session.
-  std::function<void(const ResyncReport&)> on_resync;
+  std::function<void(const ResyncReport&)> on_resync = nullptr;
   // The session file's file system; null: the real one.
   log::FileSystem* fs = nullptr;
 };
