@@ -393,14 +393,16 @@ absl::StatusOr<Accepted> Session::Send(v1::NewMessage input, const Output* ackno
         "session input needs an explicit class: the session resends RECOVERABLE input and "
         "reports deferred input for reissue");
   }
+  if (!ready_) {
+    if (absl::Status s = Recover(nullptr); !s.ok()) return s;
+  }
+  // After the readiness check: a resynchronization takes back the output
+  // handed out (it comes again).
   if (acknowledge != nullptr && !acknowledge->exception_response &&
       (!pending_ || pending_->first != acknowledge->out_seq ||
        pending_->second != acknowledge->message.id())) {
     return absl::FailedPreconditionError(
         absl::StrCat("output ", acknowledge->out_seq, " is not the one outstanding"));
-  }
-  if (!ready_) {
-    if (absl::Status s = Recover(nullptr); !s.ok()) return s;
   }
   const bool numbered = input.class_() != v1::IRRECOVERABLE;
   uint64_t ack_seq = 0;

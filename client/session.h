@@ -158,7 +158,9 @@ class Session {
   absl::StatusOr<std::optional<Output>> Next(absl::Duration wait);
   // The application has secured `output`: recorded durably, then
   // acknowledged. OK once recorded: if the acknowledgement is lost, the
-  // resynchronization confirms it (DELIVERED).
+  // resynchronization confirms it (DELIVERED). FailedPrecondition when a
+  // resynchronization since Next took the output back: Next hands it out
+  // again, flagged possible_duplicate.
   absl::Status Acknowledge(const Output& output);
   // Negative acknowledgement: the server keeps the output and counts it.
   absl::Status Reject(const Output& output, uint32_t sense_code);
