@@ -18,9 +18,12 @@ bool IsDeferred(v1::MessageClass c) {
   return c == v1::RESPONSE || c == v1::CONVERSATIONAL || c == v1::FASTPATH;
 }
 
-// Failures that reconnecting and resynchronizing may cure.
+// Failures that reconnecting and resynchronizing may cure. CANCELLED: the
+// session cancels only its own Receive stream, whose end it ignores, so a
+// cancelled call was cancelled by a server going down.
 bool Recoverable(const absl::Status& status) {
-  if (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status) || absl::IsAborted(status)) {
+  if (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status) || absl::IsAborted(status) ||
+      absl::IsCancelled(status)) {
     return true;
   }
   const std::string reason = ReasonOf(status);
@@ -149,9 +152,10 @@ absl::Status Session::Connect(absl::Time deadline) {
     stub_ = v1::QueueManager::NewStub(channel_);
     target_ = target;
   }
-  // Bounded per attempt, so that a target that moved is asked for again.
+  // Bounded per attempt, so that a target that moved is asked for again;
+  // the channel goes on connecting between attempts.
   const absl::Time attempt_deadline =
-      std::min(deadline, absl::Now() + std::max(options_.reconnect_backoff_max, absl::Seconds(1)));
+      std::min(deadline, absl::Now() + options_.reconnect_backoff_max);
   if (!channel_->WaitForConnected(absl::ToChronoTime(attempt_deadline))) {
     return absl::UnavailableError(absl::StrCat("cannot connect to the queue manager at ", target));
   }
