@@ -452,6 +452,35 @@ TEST_F(SessionEngineTest, TheReissueReportCarriesTheDiscardedInput) {
   EXPECT_EQ(again->input_seq, 1u);
 }
 
+TEST_F(SessionEngineTest, ASequenceGapIsRecoveredWithRqrWithoutRebinding) {
+  // A deferred input expires unprocessed: the server forgets it, so the
+  // next input leaves a gap (SEQUENCE_GAP). The session sends RQR (keeping
+  // its binding), reports the expired one for reissue, and resends the new
+  // one under the freed number.
+  std::vector<ResyncReport> reports;
+  SessionOptions options = Options();
+  options.on_resync = [&](const ResyncReport& r) { reports.push_back(r); };
+  std::unique_ptr<Session> session = MustOpen(options);
+  ASSERT_NE(session, nullptr);
+  v1::NewMessage deferred = Input("expires", v1::RESPONSE);
+  deferred.set_expiry_time_us(absl::ToUnixMicros(absl::Now() + absl::Milliseconds(30)));
+  ASSERT_TRUE(session->Send(deferred).ok());
+  absl::SleepFor(absl::Milliseconds(60));
+  engine()->Get(GetOptions{.queue = "REQUESTS"}).IgnoreError();  // meets it expired
+  ASSERT_EQ(engine()->DisplayQueue("REQUESTS")->expired_discarded, 1u);
+
+  absl::StatusOr<Accepted> sent = session->Send(Input("next"));
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  EXPECT_TRUE(sent->recovered);
+  EXPECT_EQ(sent->input_seq, 1u);
+  EXPECT_EQ(service_->Calls("RequestRecovery"), 1);
+  EXPECT_EQ(service_->Calls("OpenSession"), 1);  // the binding was kept
+  ASSERT_EQ(reports.size(), 2u);
+  ASSERT_EQ(reports.back().reissue_inputs.size(), 1u);
+  EXPECT_EQ(reports.back().reissue_inputs[0].payload(), "expires");
+  EXPECT_EQ(ServerSide().in_seq(), 1u);
+}
+
 TEST_F(SessionEngineTest, ALostAcknowledgementIsConfirmedByTheResync) {
   for (Fault fault : {Fault::kRefuse, Fault::kLoseAnswer}) {
     std::vector<ResyncReport> reports;
