@@ -539,6 +539,29 @@ TEST_F(SessionEngineTest, SecuredButUnacknowledgedOutputIsDeliveredAtReopen) {
   EXPECT_FALSE(none->has_value());
 }
 
+TEST_F(SessionEngineTest, OutputReassignedAwayIsReportedAndNumberingGoesOn) {
+  v1::QueueAttributes other;
+  other.set_output_of_session("T2");
+  ASSERT_TRUE(engine()->DefineQueue("T2.OUT", other).ok());
+  std::unique_ptr<Session> session = MustOpen();
+  ASSERT_NE(session, nullptr);
+  PutOutput("first");
+  Output held = MustNext(*session);
+  session.reset();  // the terminal fails holding it; an operator moves it
+  ASSERT_EQ(engine()->Assign(kName, "T2", /*force=*/true)->possible_duplicate_message_id,
+            held.message.id());
+  session = MustOpen();
+  ASSERT_NE(session, nullptr);
+  EXPECT_EQ(session->open_report().output_outcome, v1::REASSIGNED);
+  PutOutput("second");
+  Output next = MustNext(*session);
+  EXPECT_EQ(next.out_seq, held.out_seq + 1);
+  EXPECT_EQ(next.message.payload(), "second");
+  EXPECT_FALSE(next.possible_duplicate);
+  ASSERT_TRUE(session->Acknowledge(next).ok());
+  EXPECT_EQ(Depth("T2.OUT"), 1u);
+}
+
 TEST_F(SessionEngineTest, AnImpliedAcknowledgementSecuresWithTheInputsSave) {
   std::unique_ptr<Session> session = MustOpen();
   ASSERT_NE(session, nullptr);
