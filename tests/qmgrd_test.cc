@@ -356,6 +356,33 @@ TEST_F(QmgrdTest, EnqueueStreamAnswersInOrderAndARefusalDoesNotEndIt) {
   }
 }
 
+// Read-ahead is bounded in bytes too: with a window smaller than one
+// message the stream still answers every message, in order.
+TEST(QmgrdStreamTest, ABytesBoundedWindowStillAnswersEveryMessageInOrder) {
+  Server server({"--stream-window-bytes", "1024"});
+  ASSERT_TRUE(server.Start().ok());
+  server.Define("BIG");
+  grpc::ClientContext context;
+  auto stream = server.qm().EnqueueStream(&context);
+  constexpr int kMessages = 40;
+  for (int i = 0; i < kMessages; ++i) {
+    v1::EnqueueRequest request;
+    request.mutable_message()->set_queue("BIG");
+    request.mutable_message()->set_payload(absl::StrCat(i, std::string(64 << 10, 'x')));
+    ASSERT_TRUE(stream->Write(request));
+  }
+  stream->WritesDone();
+  v1::EnqueueStreamResponse response;
+  std::vector<uint64_t> ids;
+  while (stream->Read(&response)) {
+    ASSERT_TRUE(response.has_enqueued()) << response.error().message();
+    ids.push_back(response.enqueued().message_id());
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  ASSERT_EQ(ids.size(), static_cast<size_t>(kMessages));
+  EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));
+}
+
 // --- Programs (unary) ------------------------------------------------------
 
 TEST_F(QmgrdTest, UnaryGetSyncPointBackoutAndInsert) {

@@ -129,6 +129,14 @@ int ParseFlags(int argc, char** argv, ServerOptions* o) {
                  "EnqueueStream: requests in progress per stream before reading pauses")
       ->check(CLI::Range(1, 4096))
       ->capture_default_str();
+  app.add_option("--grpc-memory-bytes", o->grpc_memory_bytes,
+                 "Memory gRPC may use for its buffers across all connections")
+      ->check(CLI::Range(uint64_t{16} << 20, uint64_t{1} << 40))
+      ->capture_default_str();
+  app.add_option("--stream-window-bytes", o->stream_window_bytes,
+                 "EnqueueStream: payload bytes read ahead per stream before reading pauses")
+      ->check(CLI::Range(uint64_t{1} << 10, uint64_t{1} << 32))
+      ->capture_default_str();
   int64_t grace_ms = absl::ToInt64Milliseconds(o->shutdown_grace);
   app.add_option("--shutdown-grace-ms", grace_ms,
                  "Normal shutdown: how long open units get to end before being backed out")
@@ -213,6 +221,7 @@ int main(int argc, char** argv) {
   context.io_pool = &io_pool;
   context.wait_pool = &wait_pool;
   context.stream_window = options.stream_window;
+  context.stream_window_bytes = options.stream_window_bytes;
   // Well inside what one record may carry, so that a group is refused for
   // its own messages, not for its size.
   context.group_messages_max = static_cast<int>(
@@ -234,6 +243,11 @@ int main(int argc, char** argv) {
       static_cast<int>(std::min<uint64_t>(qmgr::server::MaxReceiveBytes(options), INT32_MAX));
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
+  // gRPC's own buffers (reads in progress on every connection) within a
+  // bound: beyond it gRPC stops reading rather than growing without limit.
+  grpc::ResourceQuota quota("qmgrd");
+  quota.Resize(options.grpc_memory_bytes);
+  builder.SetResourceQuota(quota);
   // A client whose host or network died sends nothing more: without pings a
   // stream (and the units it holds, which no lease ends) would wait forever.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);

@@ -43,6 +43,8 @@ struct ServerOptions {
   absl::Duration get_wait_max = absl::Seconds(60);
   // EnqueueStream: requests read ahead of their answers, per stream.
   int stream_window = 64;
+  uint64_t stream_window_bytes = 8u << 20;
+  uint64_t grpc_memory_bytes = 512u << 20;
   // Normal shutdown: how long open units get to end before being backed out.
   absl::Duration shutdown_grace = absl::Seconds(10);
   // Checkpoint triggers (checkpoint::CheckpointOptions; 0 turns one off).

@@ -90,6 +90,7 @@ class EnqueueStreamReactor final
         read_closed_ = true;
       } else {
         ++in_flight_;
+        waiting_bytes_ += request_.message().payload().size();
         waiting_.emplace_back(next_seq_++, std::move(*request_.mutable_message()));
         if (runners_ < kRunnersMax) {
           ++runners_;
@@ -114,10 +115,13 @@ class EnqueueStreamReactor final
       --in_flight_;
       ++next_write_seq_;
       if (!ok) {
-        // The client is gone: answers still coming are dropped.
+        // The client is gone: answers still coming are dropped, and what no
+        // runner has taken yet is not enqueued (nobody would hear of it).
         broken_ = true;
-        in_flight_ -= done_.size();
+        in_flight_ -= done_.size() + waiting_.size();
         done_.clear();
+        waiting_.clear();
+        waiting_bytes_ = 0;
       }
       actions = NextActionsLocked();
     }
@@ -147,6 +151,7 @@ class EnqueueStreamReactor final
                (group.empty() ||
                 bytes + waiting_.front().second.payload().size() <= c_->group_bytes_max)) {
           bytes += waiting_.front().second.payload().size();
+          waiting_bytes_ -= waiting_.front().second.payload().size();
           seqs.push_back(waiting_.front().first);
           group.push_back(std::move(waiting_.front().second));
           waiting_.pop_front();
@@ -186,6 +191,7 @@ class EnqueueStreamReactor final
       CompleteLocked(seq, std::move(refused));
     }
     waiting_.clear();
+    waiting_bytes_ = 0;
   }
 
   void CompleteLocked(uint64_t seq, v1::EnqueueStreamResponse response)
@@ -207,7 +213,8 @@ class EnqueueStreamReactor final
         writing_ = a.write = true;
       }
     }
-    if (!reading_ && !read_closed_ && !broken_ && in_flight_ < c_->stream_window) {
+    if (!reading_ && !read_closed_ && !broken_ && in_flight_ < c_->stream_window &&
+        waiting_bytes_ < c_->stream_window_bytes) {
       reading_ = a.read = true;
     }
     if ((read_closed_ || broken_) && !reading_ && !writing_ && in_flight_ == 0 && !finished_) {
@@ -243,6 +250,7 @@ class EnqueueStreamReactor final
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;  // read, answer not yet written
   // Read, not yet taken by a runner, by seq.
   std::deque<std::pair<uint64_t, v1::NewMessage>> waiting_ ABSL_GUARDED_BY(mu_);
+  uint64_t waiting_bytes_ ABSL_GUARDED_BY(mu_) = 0;                          // their payloads
   std::map<uint64_t, v1::EnqueueStreamResponse> done_ ABSL_GUARDED_BY(mu_);  // by seq
 };
 
@@ -263,17 +271,11 @@ class ProgramStreamReactor final
       End();  // the client closed its side, or is gone
       return;
     }
-    // Only a Get can block (a wait for a message, a durability wait), and a
-    // SyncPoint (its durability wait); the rest runs here.
-    WorkerPool* pool = nullptr;
-    if (request_.has_get()) {
-      pool = request_.get().wait_ms() > 0 ? c_->wait_pool : c_->io_pool;
-    } else if (request_.has_sync_point()) {
-      pool = c_->io_pool;
-    }
-    if (pool == nullptr) {
-      Run();
-    } else if (!pool->Submit([this] { Run(); })) {
+    // Every operation appends to the log, and an append can wait for the log
+    // to preallocate its next segment: none runs on a gRPC thread.
+    WorkerPool* pool =
+        request_.has_get() && request_.get().wait_ms() > 0 ? c_->wait_pool : c_->io_pool;
+    if (!pool->Submit([this] { Run(); })) {
       response_.Clear();
       response_.mutable_error()->set_code(kPoolFull.error_code());
       response_.mutable_error()->set_message(kPoolFull.error_message());
@@ -434,7 +436,11 @@ grpc::ServerUnaryReactor* QueueManagerService::Get(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* QueueManagerService::Insert(grpc::CallbackServerContext* ctx,
                                                       const v1::InsertRequest* request,
                                                       v1::InsertResponse* response) {
-  return Inline(ctx, [&] { return Fill(c_->operations->Insert(*request, kLeaseOwner), response); });
+  // On the pool: an Insert may append an ID_RESERVE, which can wait for the
+  // log's next segment.
+  return OnPool(c_->io_pool, ctx, [this, request, response] {
+    return Fill(c_->operations->Insert(*request, kLeaseOwner), response);
+  });
 }
 
 grpc::ServerUnaryReactor* QueueManagerService::SyncPoint(grpc::CallbackServerContext* ctx,
@@ -448,8 +454,9 @@ grpc::ServerUnaryReactor* QueueManagerService::SyncPoint(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* QueueManagerService::Backout(grpc::CallbackServerContext* ctx,
                                                        const v1::BackoutRequest* request,
                                                        v1::BackoutResponse* response) {
-  return Inline(ctx,
-                [&] { return Fill(c_->operations->Backout(*request, kLeaseOwner), response); });
+  return OnPool(c_->io_pool, ctx, [this, request, response] {
+    return Fill(c_->operations->Backout(*request, kLeaseOwner), response);
+  });
 }
 
 grpc::ServerBidiReactor<v1::ProgramRequest, v1::ProgramResponse>*
@@ -588,14 +595,18 @@ grpc::ServerUnaryReactor* AdminService::Shutdown(grpc::CallbackServerContext* ct
         : request_(std::move(request)), mode_(mode) {
       Finish(grpc::Status::OK);
     }
+    // A caller that gave up (deadline, cancel) hears an error: it must not
+    // find the queue manager shut down anyway.
+    void OnCancel() override { cancelled_ = true; }
     void OnDone() override {
-      request_(mode_);
+      if (!cancelled_) request_(mode_);
       delete this;
     }
 
    private:
     const std::function<void(v1::ShutdownMode)> request_;
     const v1::ShutdownMode mode_;
+    std::atomic<bool> cancelled_{false};
   };
   return new ShutdownReactor(c_->request_shutdown,
                              request->mode() == v1::IMMEDIATE ? v1::IMMEDIATE : v1::NORMAL);

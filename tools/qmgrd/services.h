@@ -30,6 +30,9 @@ struct ServiceContext {
   // EnqueueStream: requests read ahead of their answers, per stream; and
   // the most messages and payload bytes written as one group (one record).
   int stream_window = 64;
+  // ... and at most this many payload bytes read but not yet taken into a
+  // group, so that large messages cannot pile up in memory per stream.
+  uint64_t stream_window_bytes = 8u << 20;
   int group_messages_max = 64;
   uint64_t group_bytes_max = 1u << 20;
   // Admin Checkpoint; empty: UNIMPLEMENTED.
