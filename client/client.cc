@@ -97,7 +97,10 @@ absl::StatusOr<Enqueued> Client::Enqueue(const v1::NewMessage& message, Retry re
         return s;
       });
   if (!status.ok()) return status;
-  if (landed) return Enqueued{.durable = true, .first_attempt_landed = true};
+  // A deferred input that landed is held until its sync point, not durable.
+  const bool deferred = message.class_() == v1::RESPONSE ||
+                        message.class_() == v1::CONVERSATIONAL || message.class_() == v1::FASTPATH;
+  if (landed) return Enqueued{.durable = !deferred, .first_attempt_landed = true};
   return FromResponse(response);
 }
 

@@ -69,6 +69,7 @@ struct Enqueued {
   bool durable = false;
   // A retry of session input found that the first attempt had been queued
   // (ALREADY_HARDENED): the message is queued once; its id is unknown here.
+  // `durable` is false for a deferred class (held until its sync point).
   bool first_attempt_landed = false;
 };
 

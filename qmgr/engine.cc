@@ -267,6 +267,14 @@ absl::Status Engine::CheckSessionInput(const MessageSpec& spec, MessageClass cls
   // The reply an implied acknowledgement confirms ends the outstanding input.
   const bool reply_acked = spec.ack_out_seq != 0 && s.sent != nullptr &&
                            s.sent->m.id() == s.awaited_reply && s.out_seq == spec.ack_out_seq;
+  if (s.outstanding_seq != 0 && spec.input_seq == s.outstanding_seq && IsDeferred(cls)) {
+    // A retry of the pending input itself: it is held (until its sync
+    // point), so the retry must not be read as a refusal of it.
+    return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                          "input ", spec.input_seq, " of session '", spec.origin_session,
+                          "' is already accepted; it waits for its sync point")),
+                      reason::kAlreadyHardened);
+  }
   if (s.outstanding_seq != 0 && !reply_acked) {
     return WithReason(absl::FailedPreconditionError(absl::StrCat(
                           "session '", spec.origin_session, "' has input ", s.outstanding_seq,

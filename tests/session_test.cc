@@ -191,6 +191,10 @@ TEST_F(SessionTest, IrrecoverableOutputIsExceptionResponse) {
 TEST_F(SessionTest, ResponseModeEndsWhenTheReplyIsAcknowledged) {
   ASSERT_TRUE(engine_->OpenSession("T1", false).ok());
   ASSERT_TRUE(engine_->Enqueue(Input(1, qmgr::v1::RESPONSE)).ok());
+  EXPECT_EQ(ReasonOf(engine_->Enqueue(Input(1, qmgr::v1::RESPONSE)).status()),
+            reason::kAlreadyHardened)
+      << "a retry of the pending input: held once";
+  EXPECT_EQ(engine_->DisplayQueue("IN")->depth, 1u);
   EXPECT_EQ(ReasonOf(engine_->Enqueue(Input(2, qmgr::v1::RESPONSE)).status()),
             reason::kResponseOutstanding);
   EXPECT_EQ(ReasonOf(engine_->CloseSession("T1")), reason::kResponseOutstanding);
