@@ -419,6 +419,8 @@ class Engine {
   // Every known session (or the named ones; NotFound for an unknown name).
   absl::StatusOr<std::vector<qmgr::v1::SessionInfo>> DisplaySessions(
       const std::vector<std::string>& names) const;
+  // Sessions whose sent output waits for its acknowledgement.
+  size_t OutputsUnacknowledged() const;
   // A session's last hardened input number (0 if none).
   uint64_t SessionInSeq(const std::string& session) const;
   uint64_t next_free_id() const;

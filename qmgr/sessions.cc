@@ -635,6 +635,12 @@ absl::StatusOr<bool> Engine::Acknowledge(const std::string& name, uint64_t out_s
   return moved;
 }
 
+size_t Engine::OutputsUnacknowledged() const {
+  absl::MutexLock lock(&mu_);
+  return std::count_if(sessions_.begin(), sessions_.end(),
+                       [](const auto& s) { return s.second->sent != nullptr; });
+}
+
 // ---- Assign and display --------------------------------------------------------
 
 absl::StatusOr<AssignResult> Engine::Assign(const std::string& from, const std::string& to,

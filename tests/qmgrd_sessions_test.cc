@@ -32,7 +32,9 @@ using qmgr::testing::QmgrdProcess;
 using qmgr::testing::TempDir;
 
 // Small segments: a test's qmgrd preallocates two of them at start.
-const std::vector<std::string> kFlags = {"--log-segment-bytes", "4MiB"};
+// A short shutdown grace: a session left unacknowledged on purpose waits it out.
+const std::vector<std::string> kFlags = {"--log-segment-bytes", "4MiB", "--shutdown-grace-ms",
+                                         "1500"};
 constexpr absl::Duration kCallTimeout = absl::Seconds(10);
 // How long a test waits for output that must come, and for output that must not.
 constexpr absl::Duration kOutputWait = absl::Seconds(5);
@@ -1008,6 +1010,27 @@ TEST_F(SessionsTest, NormalShutdownClosesIdleSessionsOthersResync) {
     ASSERT_OK(Open(session, false, &resync));
     EXPECT_FALSE(resync) << session;
   }
+}
+
+// The shutdown's grace is also for sessions' unacknowledged output: one
+// acknowledged then closes like an idle session, with no resync after.
+TEST_F(SessionsTest, OutputAcknowledgedDuringTheShutdownGraceNeedsNoResync) {
+  DefineOutput("LATE");
+  OpenFresh("LATE");
+  Output("LATE", "acknowledged late");
+  auto receiver = Receive("LATE");
+  std::optional<v1::ReceiveResponse> out = receiver->Next();
+  ASSERT_TRUE(out.has_value());
+  process_->Signal(SIGTERM);
+  EXPECT_REFUSED(*receiver->End(), kUnavailable, "");
+  receiver.reset();
+  ASSERT_OK(Ack("LATE", out->out_seq()));
+  ASSERT_EQ(process_->WaitExit(absl::Seconds(20)), 0) << process_->Stderr();
+  ASSERT_NO_FATAL_FAILURE(Start());
+  bool resync = true;
+  ASSERT_OK(Open("LATE", false, &resync));
+  EXPECT_FALSE(resync);
+  EXPECT_EQ(Depth("OUT.LATE"), 0u);
 }
 
 // A forced Assign moves the sent-but-unacknowledged output too, marked

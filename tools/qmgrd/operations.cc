@@ -347,6 +347,8 @@ void Operations::ReleaseOwner(Owner owner, qmgr::v1::BackoutReason reason) {
 
 void Operations::StopIntake() { intake_stopped_.store(true, std::memory_order_release); }
 
+size_t Operations::OutputsUnacknowledged() const { return engine_->OutputsUnacknowledged(); }
+
 size_t Operations::LiveUnits() const {
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);

@@ -114,6 +114,9 @@ class Operations {
   // Units that may still be open: not ended through the server, and touched
   // within a lease (an older one has been, or is about to be, reaped).
   size_t LiveUnits() const;
+  // Sessions whose sent output waits for its acknowledgement: a normal
+  // shutdown gives them its grace, so that they can close without resync.
+  size_t OutputsUnacknowledged() const;
   // Backs out every unit the server knows of, with `reason`; a unit whose
   // Get is still waiting is left to its caller. Returns how many it ended.
   int BackoutAll(qmgr::v1::BackoutReason reason);

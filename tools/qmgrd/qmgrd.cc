@@ -2,10 +2,10 @@
 //
 // Restarts the queue manager (OpenQueueManager: restart/), serves
 // QueueManager, Admin, grpc.health.v1 and server reflection, and on SIGTERM,
-// SIGINT or Admin Shutdown stops: intake first, then open units get the grace
-// period, the rest are backed out, calls still running are cancelled; then a
-// normal shutdown takes the shutdown checkpoint and logs SHUTDOWN, an
-// immediate one just closes the log.
+// SIGINT or Admin Shutdown stops: intake first, then open units and sessions'
+// unacknowledged output get the grace period, the rest are backed out, calls still running are
+// cancelled; then a normal shutdown takes the shutdown checkpoint and logs SHUTDOWN, an immediate
+// one just closes the log.
 //
 // Exit codes: 0 after a shutdown; 64 bad flags; 3 the data directory cannot
 // be used (another qmgrd holds it, unreadable log, ...); 4 cannot listen;
@@ -283,7 +283,8 @@ int main(int argc, char** argv) {
   server->GetHealthCheckService()->SetServingStatus(false);
   if (mode == qmgr::v1::NORMAL) {
     const absl::Time grace_end = absl::Now() + options.shutdown_grace;
-    while (operations.LiveUnits() > 0 && absl::Now() < grace_end) {
+    while ((operations.LiveUnits() > 0 || operations.OutputsUnacknowledged() > 0) &&
+           absl::Now() < grace_end) {
       absl::SleepFor(absl::Milliseconds(10));
     }
   }
