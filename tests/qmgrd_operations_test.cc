@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "qmgr/engine.h"
 #include "qmgr/status.h"
+#include "tests/support/engine_on_log.h"
 #include "tests/support/fault_file_system.h"
 #include "tools/qmgrd/operations.h"
 
@@ -21,15 +22,7 @@ namespace v1 = qmgr::v1;
 class OperationsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(fs_.CreateDir("/data").ok());
-    log::LogOptions log_options;
-    log_options.segment_bytes = 1 << 20;
-    absl::StatusOr<std::unique_ptr<log::Log>> log = log::Log::Open(&fs_, "/data/log", log_options);
-    ASSERT_TRUE(log.ok()) << log.status();
-    log_ = *std::move(log);
-    EngineOptions engine_options;
-    engine_options.reaper_interval = absl::ZeroDuration();
-    engine_ = std::make_unique<Engine>(log_.get(), engine_options);
+    ASSERT_TRUE(testing::OpenEngineOnLog(fs_, &log_, &engine_).ok());
     ops_ = std::make_unique<Operations>(engine_.get(), OperationsOptions{});
     v1::QueueAttributes small;
     small.set_max_depth(2);

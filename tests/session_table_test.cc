@@ -15,6 +15,7 @@
 #include "log/log.h"
 #include "log/reader.h"
 #include "qmgr/engine.h"
+#include "tests/support/engine_on_log.h"
 #include "tests/support/fault_file_system.h"
 
 namespace qmgr {
@@ -639,17 +640,7 @@ const Row kRows[] = {
 
 class SessionTableTest : public ::testing::TestWithParam<Row> {
  protected:
-  void SetUp() override {
-    ASSERT_TRUE(fs_.CreateDir("/data").ok());
-    log::LogOptions log_options;
-    log_options.segment_bytes = 1 << 20;
-    absl::StatusOr<std::unique_ptr<log::Log>> log = log::Log::Open(&fs_, "/data/log", log_options);
-    ASSERT_TRUE(log.ok()) << log.status();
-    log_ = *std::move(log);
-    EngineOptions options;
-    options.reaper_interval = absl::ZeroDuration();
-    engine_ = std::make_unique<Engine>(log_.get(), options);
-  }
+  void SetUp() override { ASSERT_TRUE(testing::OpenEngineOnLog(fs_, &log_, &engine_).ok()); }
 
   // The state every row starts from (see the top of this file).
   void Prepare(const Row& row) {

@@ -10,6 +10,7 @@
 #include "log/log.h"
 #include "log/reader.h"
 #include "qmgr/engine.h"
+#include "tests/support/engine_on_log.h"
 #include "tests/support/fault_file_system.h"
 
 namespace qmgr {
@@ -21,15 +22,7 @@ using qmgr::v1::LogRecord;
 class SessionTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(fs_.CreateDir("/data").ok());
-    log::LogOptions log_options;
-    log_options.segment_bytes = 1 << 20;
-    absl::StatusOr<std::unique_ptr<log::Log>> log = log::Log::Open(&fs_, "/data/log", log_options);
-    ASSERT_TRUE(log.ok()) << log.status();
-    log_ = *std::move(log);
-    EngineOptions options;
-    options.reaper_interval = absl::ZeroDuration();
-    engine_ = std::make_unique<Engine>(log_.get(), options);
+    ASSERT_TRUE(testing::OpenEngineOnLog(fs_, &log_, &engine_).ok());
     ASSERT_TRUE(engine_->DefineQueue("IN", {}).ok());
     qmgr::v1::QueueAttributes out;
     out.set_output_of_session("T1");
