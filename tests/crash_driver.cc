@@ -8,6 +8,7 @@
 // Output, one line per write(2) so that a kill never leaves half a line:
 //   R <restart summary>
 //   M <id> <queue> <backout count> <payload>   every message held after the restart
+//   D <xid> <id,id,...>                         every unit in doubt, the messages it locks
 //   S <session in_seq>
 //   N <next id>
 //   READY
@@ -23,6 +24,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "restart/restart.h"
 #include "tests/support/crash_workload.h"
 
@@ -74,6 +76,9 @@ int main(int argc, char** argv) {
   }
   for (const auto& m : state->messages) {
     Say(absl::StrCat("M ", m.id, " ", m.queue, " ", m.backout_count, " ", m.marker));
+  }
+  for (const auto& [xid, locked] : state->in_doubt) {
+    Say(absl::StrCat("D ", xid, " ", absl::StrJoin(locked, ",")));
   }
   Say(absl::StrCat("S ", state->session_in_seq));
   Say(absl::StrCat("N ", state->next_id));

@@ -95,6 +95,11 @@ Startup ReadState(Driver& driver, ObservedState* state, std::string* summary) {
       EXPECT_TRUE(absl::SimpleAtoi(parts[3], &m.backout_count));
       m.marker = parts[4];
       state->messages.push_back(std::move(m));
+    } else if (parts[0] == "D" && parts.size() == 3) {
+      std::vector<uint64_t>& locked = state->in_doubt[parts[1]];
+      for (absl::string_view id : absl::StrSplit(parts[2], ',', absl::SkipEmpty())) {
+        EXPECT_TRUE(absl::SimpleAtoi(id, &locked.emplace_back()));
+      }
     } else if (parts[0] == "S") {
       EXPECT_TRUE(absl::SimpleAtoi(parts[1], &state->session_in_seq));
     } else if (parts[0] == "N") {

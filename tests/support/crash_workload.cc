@@ -51,9 +51,15 @@ absl::Status CrashWorkload::Start() {
     absl::Status s = engine_->DefineQueue(name, attributes);
     if (!s.ok() && !absl::IsAlreadyExists(s)) return s;
   }
+  // Units left in doubt by the last crash: the coordinator decides (backout).
+  for (const InDoubtUnit& unit : engine_->InDoubtUnits(kCoordinator, kQualifier)) {
+    Emit({'R', 0, unit.key.xid});
+    engine_->Resolve(kCoordinator, kQualifier, {{unit.key.xid, qmgr::v1::BACKOUT}}, kCoordinator);
+  }
   for (int i = 0; i < 2; ++i) threads_.emplace_back([this, i] { Producer(i); });
   for (int i = 0; i < 2; ++i) threads_.emplace_back([this, i] { Consumer(i); });
   threads_.emplace_back([this] { Terminal(); });
+  threads_.emplace_back([this] { Coordinator(); });
   return absl::OkStatus();
 }
 
@@ -172,6 +178,43 @@ void CrashWorkload::Terminal() {
   }
 }
 
+// Two-phase commit: take a message in a coordinated unit, prepare it, and
+// decide (mostly commit) a little later; a crash anywhere in between.
+void CrashWorkload::Coordinator() {
+  std::mt19937_64 random(std::hash<std::string>()(prefix_) + 99);
+  for (uint64_t n = 0; !stop_; ++n) {
+    const std::string xid = absl::StrCat(prefix_, "-x", n);
+    absl::StatusOr<UowId> uow = engine_->BeginCoordinatedUnit({kCoordinator, kQualifier, xid});
+    if (!uow.ok()) {
+      absl::SleepFor(absl::Milliseconds(1));
+      continue;
+    }
+    GetOptions get;
+    get.uow = *uow;
+    get.queue = kIn;
+    get.wait = absl::Milliseconds(20);
+    absl::StatusOr<GetResult> got = engine_->Get(get);
+    const auto decide = [&](qmgr::v1::Outcome outcome) {
+      Emit({'R', 0, xid});
+      return engine_->Resolve(kCoordinator, kQualifier, {{xid, outcome}}, kCoordinator)
+          .statuses.front();
+    };
+    if (!got.ok()) {
+      decide(qmgr::v1::BACKOUT).IgnoreError();
+      continue;
+    }
+    const uint64_t id = got->message.id();
+    Emit({'P', id, xid});
+    if (!engine_->Prepare(*uow).ok()) continue;
+    Emit({'Q', id, xid});
+    absl::SleepFor(absl::Microseconds(random() % 2000));  // in doubt for a while
+    const bool commit = random() % 4 != 0;
+    const absl::Status decided = decide(commit ? qmgr::v1::COMMIT : qmgr::v1::BACKOUT);
+    if (commit && decided.ok()) Emit({'C', id, ""});
+    if (!commit && decided.ok()) Emit({'S', id, ""});  // back: its outcome is settled
+  }
+}
+
 absl::StatusOr<ObservedState> Observe(Engine* engine) {
   ObservedState state;
   for (const QueueStatus& queue : engine->DisplayQueues()) {
@@ -181,6 +224,10 @@ absl::StatusOr<ObservedState> Observe(Engine* engine) {
     for (const qmgr::v1::Message& m : *messages) {
       state.messages.push_back({m.id(), m.queue(), m.payload(), m.backout_count()});
     }
+  }
+  for (const InDoubtUnit& unit :
+       engine->InDoubtUnits(CrashWorkload::kCoordinator, CrashWorkload::kQualifier)) {
+    state.in_doubt[unit.key.xid] = unit.locked_messages;
   }
   state.session_in_seq = engine->SessionInSeq(CrashWorkload::kSession);
   state.next_id = engine->next_free_id();
@@ -194,6 +241,8 @@ std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
   std::set<uint64_t> consumed, unknown;
   std::set<std::string> inserted, backed_out, pending_inserts;
   uint64_t max_id = 0, hardened = 0;
+  std::map<std::string, uint64_t> prepared;  // XID -> its message: Prepare acknowledged
+  std::set<std::string> prepare_asked, decided;
   for (const Event& e : events) {
     if (e.kind != 'H') max_id = std::max(max_id, e.id);  // H carries an input number
     switch (e.kind) {
@@ -206,6 +255,13 @@ std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
       case 'P':
         unknown.insert(e.id);
         if (!e.marker.empty()) pending_inserts.insert(e.marker);
+        prepare_asked.insert(e.marker);
+        break;
+      case 'Q':
+        prepared[e.marker] = e.id;
+        break;
+      case 'R':
+        decided.insert(e.marker);
         break;
       case 'U':
         unknown.insert(e.id);
@@ -224,6 +280,20 @@ std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
         break;
       default:
         break;
+    }
+  }
+  for (const auto& [xid, id] : prepared) {
+    if (decided.count(xid)) continue;
+    auto unit = state.in_doubt.find(xid);
+    if (unit == state.in_doubt.end()) {
+      broken.push_back(absl::StrCat("prepared unit ", xid, " is not in doubt"));
+    } else if (std::find(unit->second.begin(), unit->second.end(), id) == unit->second.end()) {
+      broken.push_back(absl::StrCat("prepared unit ", xid, " does not lock message ", id));
+    }
+  }
+  for (const auto& [xid, locked] : state.in_doubt) {
+    if (!prepare_asked.count(xid)) {
+      broken.push_back(absl::StrCat("unit ", xid, " is in doubt but was never prepared"));
     }
   }
   std::map<std::string, int> seen;

@@ -13,6 +13,8 @@
 //    order on the input queue, which is their commit order;
 //  - IRRECOVERABLE and unhardened deferred (FASTPATH) messages are gone;
 //  - a session's hardened input number is never lost;
+//  - a coordinated unit whose Prepare was acknowledged, and whose outcome
+//    was never asked for, is in doubt with its message locked;
 //  - ids are unique: the next id handed out is above every id acknowledged.
 #ifndef QMGR_TESTS_SUPPORT_CRASH_WORKLOAD_H_
 #define QMGR_TESTS_SUPPORT_CRASH_WORKLOAD_H_
@@ -40,7 +42,10 @@ namespace qmgr::testing {
 // it consumes, marker of the insert it carries if any: from now on its
 // outcome is open until 'C'), 'U' that sync point failed, so it may or may
 // not have been committed (id), 'S' settled: a restart showed the message
-// still there, so its open outcome was "not committed" (id).
+// still there, so its open outcome was "not committed" (id). Coordinated
+// units: 'P' also before a Prepare (id of the message the unit took, marker
+// its XID), 'Q' the Prepare acknowledged (id, XID), 'R' an outcome asked for
+// (XID).
 struct Event {
   char kind = 0;
   uint64_t id = 0;
@@ -63,11 +68,14 @@ class CrashWorkload {
   void Stop();
 
   static constexpr char kSession[] = "TERM1";
+  static constexpr char kCoordinator[] = "CRASH";
+  static constexpr char kQualifier[] = "QM1";
 
  private:
   void Producer(int thread);
   void Consumer(int thread);
   void Terminal();
+  void Coordinator();
   void Emit(Event event);
 
   Engine* const engine_;
@@ -87,6 +95,8 @@ struct ObservedState {
     uint32_t backout_count = 0;
   };
   std::vector<Message> messages;
+  // Units in doubt: XID -> the messages they lock.
+  std::map<std::string, std::vector<uint64_t>> in_doubt;
   uint64_t session_in_seq = 0;
   uint64_t next_id = 0;  // the next id the engine hands out
 };
