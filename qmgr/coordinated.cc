@@ -19,11 +19,13 @@ using qmgr::v1::LogRecord;
 namespace {
 
 absl::Status CheckKey(const CoordinatedKey& key) {
-  if (key.coordinator.empty() || key.coordinator.size() > 64) {
-    return absl::InvalidArgumentError("a coordinator name is 1..64 bytes");
+  if (key.coordinator.empty() || key.coordinator.size() > kCoordinatorNameBytesMax) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a coordinator name is 1..", kCoordinatorNameBytesMax, " bytes"));
   }
-  if (key.qualifier.empty() || key.qualifier.size() > 64) {
-    return absl::InvalidArgumentError("a resync qualifier is 1..64 bytes");
+  if (key.qualifier.empty() || key.qualifier.size() > kCoordinatorNameBytesMax) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a resync qualifier is 1..", kCoordinatorNameBytesMax, " bytes"));
   }
   if (key.xid.empty() || key.xid.size() > kXidBytesMax) {
     return absl::InvalidArgumentError(
