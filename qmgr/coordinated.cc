@@ -121,6 +121,7 @@ absl::Status Engine::Prepare(UowId uow) {
     prepare->set_coordinator(key->coordinator);
     prepare->set_qualifier(key->qualifier);
     prepare->set_xid(key->xid);
+    prepare->set_prepared_time_us(options_.clock->NowMicros());
     absl::StatusOr<log::Lsn> appended = log_->Append(record);
     if (!appended.ok()) return appended.status();
     lsn = *appended;
@@ -128,7 +129,7 @@ absl::Status Engine::Prepare(UowId uow) {
     for (auto& message : unit->inserted) message->logged = true;
     unit->prepared =
         std::make_shared<const qmgr::v1::PrepareRecord>(std::move(*record.mutable_prepare()));
-    unit->prepared_time_us = options_.clock->NowMicros();
+    unit->prepared_time_us = unit->prepared->prepared_time_us();
     unit->exempt = true;
     changed_coordinated_.insert(unit->coordinated_key);
   }
@@ -277,8 +278,11 @@ std::vector<InDoubtUnit> Engine::InDoubtUnits(const std::string& coordinator,
     }
     u.inserted = unit.inserted.size();
   }
-  std::sort(out.begin(), out.end(),
-            [](const InDoubtUnit& a, const InDoubtUnit& b) { return a.age > b.age; });
+  // Units are numbered as they begin: the tie-break keeps the order stable
+  // for units prepared within one clock tick.
+  std::sort(out.begin(), out.end(), [](const InDoubtUnit& a, const InDoubtUnit& b) {
+    return a.age != b.age ? a.age > b.age : a.uow < b.uow;
+  });
   return out;
 }
 
