@@ -419,9 +419,17 @@ TEST_F(CoordinatorTest, OnePhaseCommitAndBackoutOfUnitsNeverPrepared) {
   ASSERT_OK(Begin("two", &uow));
   ASSERT_OK(Get(uow, "IN", &got));
   ASSERT_OK(Backout("two"));
+  // The program API may give up a coordinator's unit before Prepare.
+  ASSERT_OK(Begin("three", &uow));
+  ASSERT_OK(Get(uow, "IN", &got));
+  v1::BackoutRequest backout;
+  backout.set_uow(uow);
+  v1::BackoutResponse backed_out;
+  ASSERT_OK(qm_->Backout(Ctx().get(), backout, &backed_out));
+  EXPECT_REFUSED(Commit("three"), kNotFound, "");
   ASSERT_OK(Get(0, "IN", &got));
   EXPECT_EQ(got.message().payload(), "m2");
-  EXPECT_EQ(got.message().backout_count(), 1u);
+  EXPECT_EQ(got.message().backout_count(), 2u);
   // Neither unit is left in the server's bookkeeping.
   v1::DisplayQueuesRequest request;
   v1::DisplayQueuesResponse response;
