@@ -780,5 +780,34 @@ TEST_F(ShortLeaseTest, UnitOfACoordinatorGoneBeforePrepareIsBackedOutWhenItsLeas
   ASSERT_OK(Commit("kept"));
 }
 
+// ListInDoubt stops short of qmgrd's largest response (here about 1 KiB):
+// the oldest units, and `truncated`.
+class SmallAnswersTest : public CoordinatorTest {
+ protected:
+  SmallAnswersTest() {
+    flags_ = {"--log-segment-bytes", "4MiB", "--qmgr-name",         "QM1",
+              "--unit-bytes-max",    "1024", "--max-message-bytes", "1024",
+              "--unit-messages-max", "2"};
+  }
+};
+
+TEST_F(SmallAnswersTest, ListInDoubtSaysWhenNotEveryUnitFits) {
+  constexpr int kUnits = 60;
+  for (int i = 0; i < kUnits; ++i) {
+    const std::string xid = absl::StrCat("xid-", 100 + i);
+    ASSERT_OK(Begin(xid));
+    ASSERT_OK(Prepare(xid));
+  }
+  v1::ListInDoubtRequest request;
+  v1::ListInDoubtResponse response;
+  ASSERT_OK(admin_->ListInDoubt(Ctx().get(), request, &response));
+  EXPECT_TRUE(response.truncated());
+  ASSERT_GT(response.units_size(), 0);
+  ASSERT_LT(response.units_size(), kUnits);
+  EXPECT_EQ(response.units(0).xid(), "xid-100");  // the oldest first
+  std::vector<std::string> xids;
+  ASSERT_OK(Connect(kCics, "QM1", &xids));  // a coordinator's answer is not cut
+  EXPECT_EQ(xids.size(), static_cast<size_t>(kUnits));
+}
 }  // namespace
 }  // namespace qmgr

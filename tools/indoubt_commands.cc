@@ -79,6 +79,10 @@ int InDoubtList(client::Client& client, const InDoubtListOptions& options, std::
         unit.queues().empty() ? "-" : absl::StrJoin(unit.queues(), ","), unit.inserted());
   }
   out << response.units_size() << " unit(s) in doubt\n";
+  if (response.truncated()) {
+    out << "more units are in doubt than fit in one answer: list one coordinator's with "
+           "--coordinator\n";
+  }
   return kExitOk;
 }
 

@@ -17,6 +17,8 @@ namespace v1 = qmgr::v1;
 
 // Log lines name at most this many XIDs or coordinators, then "...".
 constexpr size_t kListedMax = 10;
+// Per InDoubtInfo of a ListInDoubtResponse beyond its own size: tag and length.
+constexpr uint64_t kInfoFramingBytes = 16;
 
 absl::Status CheckName(absl::string_view what, const std::string& name) {
   if (name.empty() || name.size() > kCoordinatorNameBytesMax) {
@@ -260,6 +262,7 @@ absl::StatusOr<v1::ListInDoubtResponse> Coordination::ListInDoubt(
                                                    kCoordinatorNameBytesMax, " bytes"));
   }
   v1::ListInDoubtResponse response;
+  uint64_t bytes = 0;
   for (const InDoubtUnit& unit :
        engine_->InDoubtUnits(request.coordinator(), request.qualifier())) {
     v1::InDoubtInfo* info = response.add_units();
@@ -271,6 +274,14 @@ absl::StatusOr<v1::ListInDoubtResponse> Coordination::ListInDoubt(
     for (uint64_t id : unit.locked_messages) info->add_locked_message_ids(id);
     for (const std::string& queue : unit.queues) info->add_queues(queue);
     info->set_inserted(unit.inserted);
+    // A unit lists up to unit_messages_max message ids: many units may not
+    // fit in one answer.
+    bytes += info->ByteSizeLong() + kInfoFramingBytes;
+    if (bytes > options_.max_send_bytes) {
+      response.mutable_units()->RemoveLast();
+      response.set_truncated(true);
+      break;
+    }
   }
   return response;
 }

@@ -18,6 +18,7 @@
 #define QMGR_TOOLS_QMGRD_COORDINATION_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -38,6 +39,8 @@ struct CoordinationOptions {
   // --group-name; the group's may be empty: none).
   std::string qmgr_name;
   std::string group_name;
+  // The largest answer qmgrd sends: ListInDoubt stops short of it.
+  uint64_t max_send_bytes = 16u << 20;
   // One line per resync event (Connect, Resolve, an operator's decision);
   // null: none.
   std::function<void(absl::string_view line)> progress;

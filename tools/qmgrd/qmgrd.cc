@@ -232,6 +232,7 @@ int main(int argc, char** argv) {
   qmgr::server::CoordinationOptions coordination_options;
   coordination_options.qmgr_name = options.queue_manager_name;
   coordination_options.group_name = options.group_name;
+  coordination_options.max_send_bytes = ops_options.max_send_bytes;
   coordination_options.progress = [](absl::string_view line) {
     std::cerr << absl::StrCat("qmgrd: ", line, "\n") << std::flush;
   };
