@@ -323,6 +323,21 @@ TEST_F(CoordinatorTest, EveryCallRefusesBadNamesAndForeignQualifiers) {
     EXPECT_REFUSED(Backout(xid), kInvalidArgument, "");
     EXPECT_REFUSED(Forget({xid}), kInvalidArgument, "");
   }
+  // Bounded batches.
+  v1::ResolveRequest many;
+  many.set_coordinator(kCics);
+  many.set_qualifier("QM1");
+  v1::ForgetRequest forget_many;
+  forget_many.set_coordinator(kCics);
+  forget_many.set_qualifier("QM1");
+  for (int i = 0; i <= 10000; ++i) {
+    many.add_outcomes()->set_xid(absl::StrCat(i));
+    forget_many.add_xids(absl::StrCat(i));
+  }
+  v1::ResolveResponse resolved_many;
+  EXPECT_REFUSED(coord_->Resolve(Ctx().get(), many, &resolved_many), kInvalidArgument, "");
+  v1::ForgetResponse forgot_many;
+  EXPECT_REFUSED(coord_->Forget(Ctx().get(), forget_many, &forgot_many), kInvalidArgument, "");
   // XIDs never seen.
   EXPECT_REFUSED(Prepare("nobody"), kNotFound, "");
   EXPECT_REFUSED(Commit("nobody"), kNotFound, "");
@@ -486,9 +501,11 @@ TEST_F(CoordinatorTest, CrashAfterPrepareThenBackoutReturnsMessagesAndDropsInser
   EXPECT_EQ(Queue("IN").depth(), 1u);  // the Get's unit was backed out by the restart
 }
 
-// The answer to Commit is lost (qmgrd dies after the RESOLVE record and
-// before the coordinator reads the answer): the coordinator asks again
-// after the restart and is told OK, and the effect happened once.
+// qmgrd dies once the RESOLVE records are durable: a coordinator whose
+// answer was lost with it cannot tell this from a crash before the record,
+// so it asks again after the restart, is told OK, and the effect happened
+// once. (Here the answers did arrive; the retries are what a coordinator
+// that lost them would send.)
 TEST_F(CoordinatorTest, OutcomeRetriedAfterCrashBetweenRecordAndAnswerIsOk) {
   ASSERT_NO_FATAL_FAILURE(Enqueue("IN", "m1"));
   ASSERT_NO_FATAL_FAILURE(Enqueue("IN", "m2"));
