@@ -19,11 +19,13 @@ using qmgr::v1::LogRecord;
 namespace {
 
 absl::Status CheckKey(const CoordinatedKey& key) {
-  if (key.coordinator.empty() || key.coordinator.size() > 64) {
-    return absl::InvalidArgumentError("a coordinator name is 1..64 bytes");
+  if (key.coordinator.empty() || key.coordinator.size() > kCoordinatorNameBytesMax) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a coordinator name is 1..", kCoordinatorNameBytesMax, " bytes"));
   }
-  if (key.qualifier.empty() || key.qualifier.size() > 64) {
-    return absl::InvalidArgumentError("a resync qualifier is 1..64 bytes");
+  if (key.qualifier.empty() || key.qualifier.size() > kCoordinatorNameBytesMax) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a resync qualifier is 1..", kCoordinatorNameBytesMax, " bytes"));
   }
   if (key.xid.empty() || key.xid.size() > kXidBytesMax) {
     return absl::InvalidArgumentError(
@@ -119,6 +121,7 @@ absl::Status Engine::Prepare(UowId uow) {
     prepare->set_coordinator(key->coordinator);
     prepare->set_qualifier(key->qualifier);
     prepare->set_xid(key->xid);
+    prepare->set_prepared_time_us(options_.clock->NowMicros());
     absl::StatusOr<log::Lsn> appended = log_->Append(record);
     if (!appended.ok()) return appended.status();
     lsn = *appended;
@@ -126,7 +129,7 @@ absl::Status Engine::Prepare(UowId uow) {
     for (auto& message : unit->inserted) message->logged = true;
     unit->prepared =
         std::make_shared<const qmgr::v1::PrepareRecord>(std::move(*record.mutable_prepare()));
-    unit->prepared_time_us = options_.clock->NowMicros();
+    unit->prepared_time_us = unit->prepared->prepared_time_us();
     unit->exempt = true;
     changed_coordinated_.insert(unit->coordinated_key);
   }
@@ -275,8 +278,11 @@ std::vector<InDoubtUnit> Engine::InDoubtUnits(const std::string& coordinator,
     }
     u.inserted = unit.inserted.size();
   }
-  std::sort(out.begin(), out.end(),
-            [](const InDoubtUnit& a, const InDoubtUnit& b) { return a.age > b.age; });
+  // Units are numbered as they begin: the tie-break keeps the order stable
+  // for units prepared within one clock tick.
+  std::sort(out.begin(), out.end(), [](const InDoubtUnit& a, const InDoubtUnit& b) {
+    return a.age != b.age ? a.age > b.age : a.uow < b.uow;
+  });
   return out;
 }
 

@@ -56,7 +56,9 @@ struct CoordinatedKey {
   std::string qualifier;    // this queue manager's name or its group's
   std::string xid;          // bytes, 1..kXidBytesMax
 };
+// An X/Open XID: three 4-byte fields and up to 128 bytes of ids.
 inline constexpr size_t kXidBytesMax = 140;
+inline constexpr size_t kCoordinatorNameBytesMax = 64;  // also the qualifier's
 
 // Reads payloads that only the checkpoint store holds: a restart leaves the
 // payloads of checkpointed messages on disk until a Get needs them.

@@ -434,8 +434,10 @@ absl::Status RedoRecord(State& state, log::Lsn lsn, LogRecord& record) {
       state.next_uow = std::max(state.next_uow, prepare.uow_id() + 1);
       qmgr::v1::StoredCoordinatedUnit& unit = state.coordinated[key];
       unit.Clear();
+      // Older records carry no time: the unit is then as old as this restart.
+      unit.set_prepared_time_us(prepare.prepared_time_us() != 0 ? prepare.prepared_time_us()
+                                                                : absl::ToUnixMicros(absl::Now()));
       *unit.mutable_prepared() = std::move(prepare);
-      unit.set_prepared_time_us(absl::ToUnixMicros(absl::Now()));
       state.changed_coordinated.insert(key);
       return absl::OkStatus();
     }

@@ -619,6 +619,37 @@ TEST_F(RestartTest, ColdStartIsRefusedWhileUnitsAreInDoubtUnlessForced) {
 // Units in doubt keep their messages locked across crashes, checkpoints and
 // the retirement of the log beneath them; outcomes are remembered until
 // forgotten, also across restarts.
+// Regression: the redo of a PREPARE made the unit as old as the restart
+// (the record carried no time), so an operator saw a unit in doubt for hours
+// as just prepared, and units redone together in no stable order.
+TEST_F(RestartTest, AgeInDoubtSurvivesARestartThatRedoesThePrepare) {
+  RestartOptions options = Options();
+  options.qmgr_name = "QM1";
+  ASSERT_NE(Open(options), nullptr);
+  Define("Q");
+  Put("Q", "one");
+  absl::StatusOr<UowId> x1 = engine()->BeginCoordinatedUnit({"CICSA", "QM1", "x1"});
+  ASSERT_TRUE(x1.ok());
+  Take("Q", *x1);
+  ASSERT_TRUE(engine()->Prepare(*x1).ok());
+  clock_.Advance(absl::Seconds(45));
+  for (const char* xid : {"x2", "x3"}) {
+    absl::StatusOr<UowId> uow = engine()->BeginCoordinatedUnit({"CICSA", "QM1", xid});
+    ASSERT_TRUE(uow.ok());
+    ASSERT_TRUE(engine()->Prepare(*uow).ok());  // x2 and x3 in the same clock tick
+  }
+  Crash();
+  ASSERT_NE(Open(options), nullptr);
+  clock_.Advance(absl::Seconds(5));
+  std::vector<InDoubtUnit> in_doubt = engine()->InDoubtUnits("CICSA", "QM1");
+  ASSERT_EQ(in_doubt.size(), 3u);
+  EXPECT_EQ(in_doubt[0].key.xid, "x1");
+  EXPECT_EQ(in_doubt[0].age, absl::Seconds(50));
+  EXPECT_EQ(in_doubt[1].key.xid, "x2");
+  EXPECT_EQ(in_doubt[1].age, absl::Seconds(5));
+  EXPECT_EQ(in_doubt[2].key.xid, "x3");
+}
+
 TEST_F(RestartTest, UnitsInDoubtSurviveRestartsAndResolve) {
   RestartOptions options = Options();
   options.qmgr_name = "QM1";

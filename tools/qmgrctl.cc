@@ -8,12 +8,37 @@
 #include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "log/segment.h"
+#include "tools/indoubt_commands.h"
 #include "tools/log_commands.h"
 
 namespace {
-// Online verbs.
-constexpr int kExitRefused = 4;       // qmgrd answered with an error
-constexpr int kExitUnreachable = 69;  // no qmgrd at --server (EX_UNAVAILABLE)
+
+// Online verbs: --server and --connect-timeout-ms.
+struct ServerFlags {
+  std::string address = "127.0.0.1:7430";
+  int connect_timeout_ms = 3000;
+  void AddTo(CLI::App* verb) {
+    verb->add_option("--server", address, "qmgrd's address (HOST:PORT)")->capture_default_str();
+    verb->add_option("--connect-timeout-ms", connect_timeout_ms, "How long to try to connect")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+  }
+  // Null (the reason on stderr) when no qmgrd answers.
+  std::unique_ptr<qmgr::client::Client> Connect() const {
+    qmgr::client::ClientOptions options;
+    options.target = address;
+    options.connect_timeout = absl::Milliseconds(connect_timeout_ms);
+    absl::StatusOr<std::unique_ptr<qmgr::client::Client>> client =
+        qmgr::client::Client::Connect(options);
+    if (!client.ok()) {
+      std::cerr << "qmgrctl: cannot reach qmgrd at " << address << ": " << client.status().message()
+                << "\n";
+      return nullptr;
+    }
+    return *std::move(client);
+  }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -46,16 +71,38 @@ int main(int argc, char** argv) {
       "verify", "Check every checksum and the LSN chain (exit 0 clean, 1 torn tail, 2 corrupt)");
   verify_cmd->add_flag("--json", json, "JSON output");
 
-  std::string server = "127.0.0.1:7430";
+  ServerFlags server;
   CLI::App* checkpoint_cmd =
       app.add_subcommand("checkpoint", "Ask qmgrd for a checkpoint now (Admin.Checkpoint)");
-  checkpoint_cmd->add_option("--server", server, "qmgrd's address (HOST:PORT)")
+  server.AddTo(checkpoint_cmd);
+
+  CLI::App* indoubt_cmd =
+      app.add_subcommand("indoubt", "Units of work in doubt (two-phase commit) on a running qmgrd");
+  indoubt_cmd->require_subcommand(1);
+  InDoubtListOptions list;
+  CLI::App* list_cmd = indoubt_cmd->add_subcommand(
+      "list", "Units in doubt, oldest first: coordinator, qualifier, XID, age, what they lock");
+  list_cmd->add_option("--coordinator", list.coordinator, "Only this coordinator's");
+  list_cmd->add_option("--qualifier", list.qualifier, "Only those under this resync qualifier");
+  server.AddTo(list_cmd);
+  InDoubtResolveOptions resolve;
+  std::string xid_hex;
+  bool backout = false;
+  CLI::App* resolve_cmd = indoubt_cmd->add_subcommand(
+      "resolve", "Decide a unit in doubt by hand (its coordinator cannot come back)");
+  resolve_cmd->add_option("XID", xid_hex, "The unit's XID in hex, as `indoubt list` shows it")
+      ->required();
+  CLI::Option* commit_flag =
+      resolve_cmd->add_flag("--commit", resolve.commit, "Commit: consume, make inserts visible");
+  CLI::Option* backout_flag = resolve_cmd->add_flag(
+      "--backout", backout, "Back out: return its messages (backout count + 1), drop inserts");
+  commit_flag->excludes(backout_flag);
+  resolve_cmd->add_option("--coordinator", resolve.coordinator,
+                          "The coordinator, when several have units in doubt with this XID");
+  resolve_cmd->add_option("--qualifier", resolve.qualifier, "Its resync qualifier, likewise");
+  resolve_cmd->add_option("--operator", resolve.operator_name, "Who decides (recorded)")
       ->capture_default_str();
-  int connect_timeout_ms = 3000;
-  checkpoint_cmd
-      ->add_option("--connect-timeout-ms", connect_timeout_ms, "How long to try to connect")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  server.AddTo(resolve_cmd);
 
   try {
     app.parse(argc, argv);
@@ -81,28 +128,34 @@ int main(int argc, char** argv) {
   }
   if (log_dir.empty()) log_dir = qmgr::log::JoinPath(data_dir, "log");
 
-  if (checkpoint_cmd->parsed()) {
-    qmgr::client::ClientOptions options;
-    options.target = server;
-    options.connect_timeout = absl::Milliseconds(connect_timeout_ms);
-    absl::StatusOr<std::unique_ptr<qmgr::client::Client>> client =
-        qmgr::client::Client::Connect(options);
-    if (!client.ok()) {
-      std::cerr << "qmgrctl: cannot reach qmgrd at " << server << ": " << client.status().message()
-                << "\n";
-      return kExitUnreachable;
+  if (resolve_cmd->parsed()) {
+    if (resolve.commit == backout) {
+      std::cerr << "qmgrctl: indoubt resolve needs --commit or --backout\n";
+      return kExitUsage;
     }
+    absl::StatusOr<std::string> xid = ParseXidHex(xid_hex);
+    if (!xid.ok()) {
+      std::cerr << "qmgrctl: " << xid.status().message() << "\n";
+      return kExitUsage;
+    }
+    resolve.xid = *std::move(xid);
+  }
+  if (checkpoint_cmd->parsed() || list_cmd->parsed() || resolve_cmd->parsed()) {
+    std::unique_ptr<qmgr::client::Client> client = server.Connect();
+    if (client == nullptr) return kExitUnreachable;
+    if (list_cmd->parsed()) return InDoubtList(*client, list, std::cout, std::cerr);
+    if (resolve_cmd->parsed()) return InDoubtResolve(*client, resolve, std::cout, std::cerr);
     qmgr::v1::CheckpointRequest request;
     qmgr::v1::CheckpointResponse response;
     const grpc::Status status =
-        (*client)->admin()->Checkpoint((*client)->NewContext().get(), request, &response);
+        client->admin()->Checkpoint(client->NewContext().get(), request, &response);
     if (!status.ok()) {
       std::cerr << "qmgrctl: checkpoint refused: " << status.error_message() << "\n";
       return kExitRefused;
     }
     std::cout << "checkpoint " << response.checkpoint_number() << " taken, redo LSN "
               << response.redo_lsn() << "\n";
-    return 0;
+    return kExitOk;
   }
   if (print_cmd->parsed()) return LogPrint(log_dir, print, std::cout, std::cerr);
   if (stats_cmd->parsed()) return LogStats(log_dir, json, std::cout, std::cerr);

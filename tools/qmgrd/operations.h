@@ -7,7 +7,8 @@
 // that stream and are backed out when it ends (ReleaseOwner); leased units
 // can be used by any unary call and are backed out by the engine's idle
 // reaper when no call touched them for the lease (EngineOptions::
-// unit_idle_timeout).
+// unit_idle_timeout). A coordinator's unit is leased from its Begin to its
+// Prepare (Coordination adds and removes it): unary Get and Insert use it.
 //
 // Thread-safe.
 #ifndef QMGR_TOOLS_QMGRD_OPERATIONS_H_
@@ -92,6 +93,11 @@ class Operations {
       const qmgr::v1::AcknowledgeRequest& request);
 
   Owner NewStreamOwner() { return next_stream_owner_.fetch_add(1, std::memory_order_relaxed); }
+  // A unit opened elsewhere (Coordinator Begin) is held by `owner` like the
+  // units opened here; RemoveUnit drops it from the server's bookkeeping
+  // (ended, or in doubt: a unit in doubt has no owner, only its coordinator).
+  void AddUnit(UowId uow, Owner owner);
+  void RemoveUnit(UowId uow);
   // Backs out every unit `owner` still holds. REQUIRES: no call of that
   // owner is running (a stream calls it once its last operation answered).
   void ReleaseOwner(Owner owner, qmgr::v1::BackoutReason reason);
@@ -111,6 +117,8 @@ class Operations {
   // (Unavailable) while open units may still insert, commit and back out.
   void StopIntake();
   bool intake_stopped() const { return intake_stopped_.load(std::memory_order_acquire); }
+  // The lease of units held by unary calls, as answered to callers.
+  uint32_t lease_ms() const;
   // Units that may still be open: not ended through the server, and touched
   // within a lease (an older one has been, or is about to be, reaped).
   size_t LiveUnits() const;
@@ -130,9 +138,6 @@ class Operations {
   absl::Status CheckIntake() const;
   // OK when `owner` may use `uow` (and marks it used).
   absl::Status CheckOwner(UowId uow, Owner owner);
-  void AddUnit(UowId uow, Owner owner);
-  void RemoveUnit(UowId uow);
-  uint32_t lease_ms() const;
 
   Engine* const engine_;
   const OperationsOptions options_;

@@ -1,11 +1,12 @@
 // qmgrd: the queue manager's gRPC server (docs/server.md).
 //
 // Restarts the queue manager (OpenQueueManager: restart/), serves
-// QueueManager, Admin, grpc.health.v1 and server reflection, and on SIGTERM,
-// SIGINT or Admin Shutdown stops: intake first, then open units and sessions'
-// unacknowledged output get the grace period, the rest are backed out, calls still running are
-// cancelled; then a normal shutdown takes the shutdown checkpoint and logs SHUTDOWN, an immediate
-// one just closes the log.
+// QueueManager, Coordinator, Admin, grpc.health.v1 and server reflection, and
+// on SIGTERM, SIGINT or Admin Shutdown stops: intake first, then open units
+// and sessions' unacknowledged output get the grace period, the rest are
+// backed out (units in doubt stay), calls still running are cancelled; then a
+// normal shutdown takes the shutdown checkpoint and logs SHUTDOWN, an
+// immediate one just closes the log.
 //
 // Exit codes: 0 after a shutdown; 64 bad flags; 3 the data directory cannot
 // be used (another qmgrd holds it, unreadable log, ...); 4 cannot listen;
@@ -27,6 +28,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "tools/qmgrd/coordination.h"
+#include "tools/qmgrd/coordinator_service.h"
 #include "tools/qmgrd/operations.h"
 #include "tools/qmgrd/queue_manager.h"
 #include "tools/qmgrd/services.h"
@@ -74,14 +77,31 @@ class ShutdownRequest {
 };
 
 int ParseFlags(int argc, char** argv, ServerOptions* o) {
-  CLI::App app{"qmgrd: the queue manager's gRPC server (QueueManager, Admin, health, reflection)"};
+  CLI::App app{
+      "qmgrd: the queue manager's gRPC server (QueueManager, Coordinator, Admin, health, "
+      "reflection)"};
   app.set_config("--config", "", "Read flags from this TOML/INI file (command line wins)");
   app.add_option("--data-dir", o->data_dir,
                  "Data directory: the log in DIR/log, the store in DIR/store")
       ->capture_default_str();
   app.add_option("--listen", o->listen_address, "Address to serve on (HOST:PORT; port 0: any)")
       ->capture_default_str();
-  app.add_option("--name", o->queue_manager_name, "Queue manager name")->capture_default_str();
+  // Names are resync qualifiers of units in doubt: a restart under others
+  // while units are in doubt is refused unless --force.
+  const auto name_bytes = [](const std::string& name) -> std::string {
+    if (name.size() <= qmgr::kCoordinatorNameBytesMax) return "";
+    return absl::StrCat("a name is at most ", qmgr::kCoordinatorNameBytesMax, " bytes");
+  };
+  app.add_option("--qmgr-name,--name", o->queue_manager_name,
+                 "This queue manager's name: a resync qualifier for coordinators")
+      ->check([name_bytes](const std::string& name) {
+        return name.empty() ? std::string("may not be empty") : name_bytes(name);
+      })
+      ->capture_default_str();
+  app.add_option("--group-name", o->group_name,
+                 "Its group's name (empty: none): the other resync qualifier it answers to")
+      ->check(name_bytes)
+      ->capture_default_str();
   app.add_option("--memory-budget", o->memory_budget_bytes,
                  "Payload bytes held in memory before spilling to the store (0: no budget; "
                  "units like 512MiB accepted)")
@@ -161,7 +181,9 @@ int ParseFlags(int argc, char** argv, ServerOptions* o) {
                "Cold start: discard every message and session (the LSN and ids keep running)");
   app.add_flag("--cold-keep-definitions", o->cold_keep_definitions,
                "With --cold: keep the queue definitions");
-  app.add_flag("--force", o->force, "With --cold: discard units in doubt too");
+  app.add_flag("--force", o->force,
+               "With --cold: discard units in doubt too; without: start under another "
+               "--qmgr-name/--group-name although units are in doubt under the old ones");
   app.add_flag("--truncate-log-at-corruption", o->truncate_log_at_corruption,
                "Start although the log is corrupt: cut it at the damage and report the loss");
   try {
@@ -216,8 +238,19 @@ int main(int argc, char** argv) {
   // Leaked: the signal thread may still hold it while the process exits.
   auto* shutdown = new ShutdownRequest;
 
+  qmgr::server::CoordinationOptions coordination_options;
+  coordination_options.qmgr_name = options.queue_manager_name;
+  coordination_options.group_name = options.group_name;
+  coordination_options.max_send_bytes = ops_options.max_send_bytes;
+  coordination_options.progress = [](absl::string_view line) {
+    std::cerr << absl::StrCat("qmgrd: ", line, "\n") << std::flush;
+  };
+  qmgr::server::Coordination coordination((*qm)->engine(), &operations,
+                                          std::move(coordination_options));
+
   qmgr::server::ServiceContext context;
   context.operations = &operations;
+  context.coordination = &coordination;
   context.io_pool = &io_pool;
   context.wait_pool = &wait_pool;
   context.stream_window = options.stream_window;
@@ -231,6 +264,7 @@ int main(int argc, char** argv) {
   context.request_shutdown = [shutdown](qmgr::v1::ShutdownMode mode) { shutdown->Request(mode); };
   qmgr::server::QueueManagerService queue_manager_service(&context);
   qmgr::server::AdminService admin_service(&context);
+  qmgr::server::CoordinatorService coordinator_service(&context);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -239,6 +273,7 @@ int main(int argc, char** argv) {
   builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&queue_manager_service);
   builder.RegisterService(&admin_service);
+  builder.RegisterService(&coordinator_service);
   const auto max_bytes =
       static_cast<int>(std::min<uint64_t>(qmgr::server::MaxReceiveBytes(options), INT32_MAX));
   builder.SetMaxReceiveMessageSize(max_bytes);
@@ -262,7 +297,8 @@ int main(int argc, char** argv) {
   // The server as a whole ("") and each service by its full name.
   server->GetHealthCheckService()->SetServingStatus(true);
   for (const char* service :
-       {qmgr::v1::QueueManager::service_full_name(), qmgr::v1::Admin::service_full_name()}) {
+       {qmgr::v1::QueueManager::service_full_name(), qmgr::v1::Coordinator::service_full_name(),
+        qmgr::v1::Admin::service_full_name()}) {
     server->GetHealthCheckService()->SetServingStatus(service, true);
   }
   const std::string host = options.listen_address.substr(0, options.listen_address.rfind(':'));

@@ -55,6 +55,8 @@ absl::StatusOr<std::unique_ptr<QueueManagerInstance>> OpenQueueManager(
   r.log.segment_bytes = options.log_segment_bytes;
   r.cold = options.cold;
   r.cold_keep_definitions = options.cold_keep_definitions;
+  r.qmgr_name = options.queue_manager_name;
+  r.group_name = options.group_name;
   r.force = options.force;
   r.truncate_log_at_corruption = options.truncate_log_at_corruption;
   r.archive = options.archive;
@@ -74,8 +76,10 @@ absl::StatusOr<std::unique_ptr<QueueManagerInstance>> OpenQueueManager(
   r.progress = [](absl::string_view line) {
     std::cerr << absl::StrCat("qmgrd: ", line, "\n") << std::flush;
   };
-  std::cerr << "qmgrd: restarting queue manager " << options.queue_manager_name << " in "
-            << options.data_dir << std::endl;
+  std::cerr << absl::StrCat("qmgrd: restarting queue manager ", options.queue_manager_name,
+                            options.group_name.empty() ? "" : " of group " + options.group_name,
+                            " in ", options.data_dir, "\n")
+            << std::flush;
   absl::StatusOr<std::unique_ptr<restart::QueueManager>> qm = restart::Restart(std::move(r));
   if (!qm.ok()) {
     return absl::Status(qm.status().code(), absl::StrCat("restart in ", options.data_dir,

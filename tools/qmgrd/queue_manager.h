@@ -23,7 +23,10 @@ namespace qmgr::server {
 struct ServerOptions {
   std::string data_dir = "./qmgr-data";
   std::string listen_address = "127.0.0.1:7430";
+  // This queue manager's name and its group's (empty: none): the resync
+  // qualifiers coordinators connect with (docs/in-doubt.md).
   std::string queue_manager_name = "QM1";
+  std::string group_name;
   uint64_t memory_budget_bytes = 1ull << 30;
   // Size of each log segment file (LogOptions::segment_bytes).
   uint64_t log_segment_bytes = log::kSegmentBytesDefault;
@@ -56,6 +59,8 @@ struct ServerOptions {
   // Restart (restart::RestartOptions).
   bool cold = false;
   bool cold_keep_definitions = false;
+  // With cold: discard units in doubt; or start under changed names while
+  // units are in doubt.
   bool force = false;
   bool truncate_log_at_corruption = false;
 };

@@ -12,6 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "client/rpc_status.h"
+#include "tools/qmgrd/unary_call.h"
 
 namespace qmgr::server {
 namespace {
@@ -20,40 +21,10 @@ using qmgr::rpc::ToGrpcStatus;
 using qmgr::rpc::ToRpcStatus;
 namespace v1 = qmgr::v1;
 
-const grpc::Status kPoolFull(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                             "too many calls in progress on the queue manager; retry later");
-
 absl::Time CallDeadline(const grpc::CallbackServerContext* ctx) {
   const std::chrono::system_clock::time_point deadline = ctx->deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
   return absl::FromChrono(deadline);
-}
-
-// Runs `work` (returning absl::Status, filling the response) on `pool` and
-// finishes the call with its status.
-template <typename Work>
-grpc::ServerUnaryReactor* OnPool(WorkerPool* pool, grpc::CallbackServerContext* ctx, Work work) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (!pool->Submit(
-          [reactor, work = std::move(work)]() mutable { reactor->Finish(ToGrpcStatus(work())); })) {
-    reactor->Finish(kPoolFull);
-  }
-  return reactor;
-}
-
-// For calls that never block: runs `work` on the gRPC thread.
-template <typename Work>
-grpc::ServerUnaryReactor* Inline(grpc::CallbackServerContext* ctx, Work work) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(work()));
-  return reactor;
-}
-
-template <typename T>
-absl::Status Fill(absl::StatusOr<T> result, T* response) {
-  if (!result.ok()) return result.status();
-  *response = *std::move(result);
-  return absl::OkStatus();
 }
 
 // EnqueueStream: reads ahead up to stream_window requests and answers them
@@ -624,6 +595,20 @@ grpc::ServerUnaryReactor* AdminService::DisplaySessions(grpc::CallbackServerCont
                                                         const v1::DisplaySessionsRequest* request,
                                                         v1::DisplaySessionsResponse* response) {
   return Inline(ctx, [&] { return Fill(c_->operations->DisplaySessions(*request), response); });
+}
+
+grpc::ServerUnaryReactor* AdminService::ListInDoubt(grpc::CallbackServerContext* ctx,
+                                                    const v1::ListInDoubtRequest* request,
+                                                    v1::ListInDoubtResponse* response) {
+  return Inline(ctx, [&] { return Fill(c_->coordination->ListInDoubt(*request), response); });
+}
+
+grpc::ServerUnaryReactor* AdminService::ResolveInDoubt(grpc::CallbackServerContext* ctx,
+                                                       const v1::ResolveInDoubtRequest* request,
+                                                       v1::ResolveInDoubtResponse* response) {
+  return OnPool(c_->io_pool, ctx, [this, request, response] {
+    return Fill(c_->coordination->ResolveInDoubt(*request), response);
+  });
 }
 
 }  // namespace qmgr::server

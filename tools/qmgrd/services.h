@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "qmgr/v1/qmgr.grpc.pb.h"
+#include "tools/qmgrd/coordination.h"
 #include "tools/qmgrd/operations.h"
 #include "tools/qmgrd/queue_manager.h"
 #include "tools/qmgrd/worker_pool.h"
@@ -19,6 +20,8 @@ namespace qmgr::server {
 
 struct ServiceContext {
   Operations* operations = nullptr;
+  // The Coordinator service and Admin's in-doubt calls.
+  Coordination* coordination = nullptr;
   // Engine calls that wait for durability (or for nothing).
   WorkerPool* io_pool = nullptr;
   // Gets that may wait for a message (wait_ms > 0), and Receive streams.
@@ -129,6 +132,12 @@ class AdminService final : public qmgr::v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* DisplaySessions(grpc::CallbackServerContext* ctx,
                                             const qmgr::v1::DisplaySessionsRequest* request,
                                             qmgr::v1::DisplaySessionsResponse* response) override;
+  grpc::ServerUnaryReactor* ListInDoubt(grpc::CallbackServerContext* ctx,
+                                        const qmgr::v1::ListInDoubtRequest* request,
+                                        qmgr::v1::ListInDoubtResponse* response) override;
+  grpc::ServerUnaryReactor* ResolveInDoubt(grpc::CallbackServerContext* ctx,
+                                           const qmgr::v1::ResolveInDoubtRequest* request,
+                                           qmgr::v1::ResolveInDoubtResponse* response) override;
 
  private:
   const ServiceContext* const c_;
