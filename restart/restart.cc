@@ -797,7 +797,26 @@ absl::Status CheckInDoubt(const RestartOptions& options, const qmgr::v1::Checkpo
                           const State& state, RestartReport& report) {
   report.units_in_doubt = UnitsInDoubt(state).size();
   if (report.units_in_doubt == 0 || options.force) return absl::OkStatus();
-  if (meta.qmgr_name() == options.qmgr_name && meta.group_name() == options.group_name) {
+  // A unit whose qualifier is neither new name could not be found by its
+  // coordinator.
+  for (const auto& [key, unit] : state.coordinated) {
+    if (!unit.has_prepared()) continue;
+    const std::string& qualifier = unit.prepared().qualifier();
+    if (qualifier != options.qmgr_name && qualifier != options.group_name) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "a unit in doubt (coordinator '", unit.prepared().coordinator(),
+          "') has resync "
+          "qualifier '",
+          qualifier, "', which is neither queue manager '", options.qmgr_name, "' nor group '",
+          options.group_name,
+          "': its coordinator could not resolve it; start under the old names, or force"));
+    }
+  }
+  // No checkpoint recorded names yet (a crash before the first one): the
+  // qualifiers above are all there is to check.
+  const bool recorded = !meta.qmgr_name().empty() || !meta.group_name().empty();
+  if (!recorded ||
+      (meta.qmgr_name() == options.qmgr_name && meta.group_name() == options.group_name)) {
     return absl::OkStatus();
   }
   return absl::FailedPreconditionError(absl::StrCat(

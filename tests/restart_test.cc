@@ -740,6 +740,27 @@ TEST_F(RestartTest, UnitsInDoubtSurviveRestartsAndResolve) {
   EXPECT_EQ(resolved.statuses[0].code(), absl::StatusCode::kNotFound) << "forgotten";
 }
 
+// When no checkpoint has recorded names yet (a crash before the first one;
+// here a queue manager first run without names), the units' qualifiers
+// decide: names that reach them restart, others are refused.
+TEST_F(RestartTest, WithoutRecordedNamesTheQualifiersOfUnitsInDoubtDecide) {
+  ASSERT_NE(Open(), nullptr);
+  Define("Q");
+  Put("Q", "m");
+  absl::StatusOr<UowId> uow = engine()->BeginCoordinatedUnit({"CICSA", "QM1", "x"});
+  ASSERT_TRUE(uow.ok());
+  Take("Q", *uow);
+  ASSERT_TRUE(engine()->Prepare(*uow).ok());
+  Crash();
+  RestartOptions options = Options();
+  options.qmgr_name = "QM2";
+  absl::StatusOr<std::unique_ptr<QueueManager>> refused = Restart(options);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  options.qmgr_name = "QM1";
+  ASSERT_NE(Open(options), nullptr);
+  EXPECT_EQ(engine()->InDoubtUnits("CICSA", "QM1").size(), 1u);
+}
+
 TEST_F(RestartTest, ChangedNamesAreRefusedWhileUnitsAreInDoubt) {
   RestartOptions options = Options();
   options.qmgr_name = "QM1";
