@@ -180,7 +180,7 @@ absl::Status Store::Flush(bool wait) {
   rocksdb::FlushOptions flush;
   flush.wait = wait;
   flush.allow_write_stall = true;
-  return FromRocksDb(db_->db()->Flush(flush, {messages_, queues_, sessions_, meta_}),
+  return FromRocksDb(db_->db()->Flush(flush, {messages_, queues_, sessions_, prepared_, meta_}),
                      absl::StrCat("checkpoint store ", path(), ": flushing"));
 }
 
