@@ -26,6 +26,7 @@
 #include "qmgr/status.h"
 #include "qmgr/v1/qmgr.grpc.pb.h"
 #include "tests/support/qmgrd_process.h"
+#include "tests/support/rpc_expect.h"
 #include "tests/support/temp_dir.h"
 
 namespace qmgr {
@@ -40,32 +41,6 @@ const std::vector<std::string> kFlags = {"--log-segment-bytes", "4MiB", "--qmgr-
                                          "--group-name",        "GRP"};
 constexpr absl::Duration kCallTimeout = absl::Seconds(10);
 constexpr char kCics[] = "CICSA";
-
-struct Refusal {
-  absl::StatusCode code;
-  std::string reason;
-};
-Refusal Of(const grpc::Status& s) {
-  absl::Status a = qmgr::rpc::FromGrpcStatus(s);
-  return {a.code(), ReasonOf(a)};
-}
-#define EXPECT_REFUSED(status, expected_code, expected_reason)                \
-  do {                                                                        \
-    const grpc::Status s_ = (status);                                         \
-    const Refusal r = Of(s_);                                                 \
-    EXPECT_EQ(r.code, absl::StatusCode::expected_code) << s_.error_message(); \
-    EXPECT_EQ(r.reason, expected_reason) << s_.error_message();               \
-  } while (0)
-#define ASSERT_OK(status)                                                  \
-  do {                                                                     \
-    const grpc::Status s_ = (status);                                      \
-    ASSERT_TRUE(s_.ok()) << s_.error_code() << ": " << s_.error_message(); \
-  } while (0)
-#define EXPECT_OK(status)                                                  \
-  do {                                                                     \
-    const grpc::Status s_ = (status);                                      \
-    EXPECT_TRUE(s_.ok()) << s_.error_code() << ": " << s_.error_message(); \
-  } while (0)
 
 // Runs a command; its exit code and stdout+stderr.
 int RunCommand(const std::string& command, std::string* output) {
@@ -300,17 +275,17 @@ TEST_F(CoordinatorTest, EveryCallRefusesBadNamesAndForeignQualifiers) {
            {kCics, "QM2", "x1", absl::StatusCode::kFailedPrecondition},
        }) {
     SCOPED_TRACE(absl::StrCat("coordinator '", coordinator, "' qualifier '", qualifier, "'"));
-    EXPECT_EQ(Of(Connect(coordinator, qualifier)).code, code);
-    EXPECT_EQ(Of(Begin(xid, nullptr, coordinator, qualifier)).code, code);
-    EXPECT_EQ(Of(Prepare(xid, coordinator, qualifier)).code, code);
-    EXPECT_EQ(Of(Commit(xid, coordinator, qualifier)).code, code);
-    EXPECT_EQ(Of(Backout(xid, coordinator, qualifier)).code, code);
-    EXPECT_EQ(Of(Forget({xid}, coordinator, qualifier)).code, code);
+    EXPECT_EQ(testing::Of(Connect(coordinator, qualifier)).code, code);
+    EXPECT_EQ(testing::Of(Begin(xid, nullptr, coordinator, qualifier)).code, code);
+    EXPECT_EQ(testing::Of(Prepare(xid, coordinator, qualifier)).code, code);
+    EXPECT_EQ(testing::Of(Commit(xid, coordinator, qualifier)).code, code);
+    EXPECT_EQ(testing::Of(Backout(xid, coordinator, qualifier)).code, code);
+    EXPECT_EQ(testing::Of(Forget({xid}, coordinator, qualifier)).code, code);
     v1::ResolveRequest resolve;
     resolve.set_coordinator(coordinator);
     resolve.set_qualifier(qualifier);
     v1::ResolveResponse resolved;
-    EXPECT_EQ(Of(coord_->Resolve(Ctx().get(), resolve, &resolved)).code, code);
+    EXPECT_EQ(testing::Of(coord_->Resolve(Ctx().get(), resolve, &resolved)).code, code);
   }
   const grpc::Status foreign = Begin("x1", nullptr, kCics, "QM2");
   EXPECT_TRUE(absl::StrContains(foreign.error_message(), "neither this queue manager's name 'QM1'"))

@@ -22,6 +22,7 @@
 #include "qmgr/status.h"
 #include "qmgr/v1/qmgr.grpc.pb.h"
 #include "tests/support/qmgrd_process.h"
+#include "tests/support/rpc_expect.h"
 #include "tests/support/temp_dir.h"
 
 namespace qmgr {
@@ -39,27 +40,6 @@ constexpr absl::Duration kCallTimeout = absl::Seconds(10);
 // How long a test waits for output that must come, and for output that must not.
 constexpr absl::Duration kOutputWait = absl::Seconds(5);
 constexpr absl::Duration kNoOutputWait = absl::Milliseconds(400);
-
-struct Refusal {
-  absl::StatusCode code;
-  std::string reason;
-};
-Refusal Of(const grpc::Status& s) {
-  absl::Status a = qmgr::rpc::FromGrpcStatus(s);
-  return {a.code(), ReasonOf(a)};
-}
-#define EXPECT_REFUSED(status, expected_code, expected_reason)                \
-  do {                                                                        \
-    const grpc::Status s_ = (status);                                         \
-    const Refusal r = Of(s_);                                                 \
-    EXPECT_EQ(r.code, absl::StatusCode::expected_code) << s_.error_message(); \
-    EXPECT_EQ(r.reason, expected_reason) << s_.error_message();               \
-  } while (0)
-#define ASSERT_OK(status)                                                  \
-  do {                                                                     \
-    const grpc::Status s_ = (status);                                      \
-    ASSERT_TRUE(s_.ok()) << s_.error_code() << ": " << s_.error_message(); \
-  } while (0)
 
 // A Receive stream read on a thread of its own, so that a test can wait for
 // the next output with a timeout, and see how the stream ended.
