@@ -804,10 +804,9 @@ absl::Status CheckInDoubt(const RestartOptions& options, const qmgr::v1::Checkpo
     const std::string& qualifier = unit.prepared().qualifier();
     if (qualifier != options.qmgr_name && qualifier != options.group_name) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "a unit in doubt (coordinator '", unit.prepared().coordinator(),
-          "') has resync "
-          "qualifier '",
-          qualifier, "', which is neither queue manager '", options.qmgr_name, "' nor group '",
+          report.units_in_doubt, " units are in doubt; one of coordinator '",
+          unit.prepared().coordinator(), "' has resync qualifier '", qualifier,
+          "', which is neither queue manager '", options.qmgr_name, "' nor group '",
           options.group_name,
           "': its coordinator could not resolve it; start under the old names, or force"));
     }
