@@ -1,13 +1,16 @@
 // qmgrctl: the queue manager's admin tool. Offline verbs read a data
 // directory read-only; online verbs talk to qmgrd's Admin service.
+#include <algorithm>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "log/segment.h"
+#include "tools/admin_commands.h"
 #include "tools/indoubt_commands.h"
 #include "tools/log_commands.h"
 
@@ -38,6 +41,31 @@ struct ServerFlags {
     return *std::move(client);
   }
 };
+
+// CLI11 reads "-1" into an unsigned option as its two's complement.
+const CLI::Validator kWholeNumber(
+    [](std::string& value) -> std::string {
+      if (!value.empty() && std::all_of(value.begin(), value.end(), absl::ascii_isdigit)) return "";
+      return "'" + value + "' is not a whole number (0, 1, 2, ...)";
+    },
+    "N");
+
+void AddQueueAttributeOptions(CLI::App* verb, qmgr::tools::QueueAttributeFlags* flags) {
+  verb->add_option("--class", flags->message_class,
+                   "Default message class: RECOVERABLE, RESPONSE, CONVERSATIONAL, FASTPATH, "
+                   "IRRECOVERABLE");
+  verb->add_option("--max-depth", flags->max_depth, "Most messages held (0: no limit)")
+      ->check(kWholeNumber);
+  verb->add_option("--max-message-bytes", flags->max_message_bytes,
+                   "Largest payload (0: qmgrd's --max-message-bytes)")
+      ->check(kWholeNumber);
+  verb->add_option("--backout-threshold", flags->backout_threshold,
+                   "Backouts after which a message moves to the backout queue (0: never)")
+      ->check(kWholeNumber);
+  verb->add_option("--backout-queue", flags->backout_queue, "Where poison messages go");
+  verb->add_option("--output-of-session", flags->output_of_session,
+                   "Make it this session's output queue");
+}
 
 }  // namespace
 
@@ -104,6 +132,67 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   server.AddTo(resolve_cmd);
 
+  CLI::App* display_cmd = app.add_subcommand("display", "What a running qmgrd holds (/DISPLAY)");
+  display_cmd->require_subcommand(1);
+  std::vector<std::string> names;
+  CLI::App* display_queues_cmd = display_cmd->add_subcommand(
+      "queues", "Queues: depth, taken, attributes, inhibit state; memory and open units");
+  display_queues_cmd->add_option("NAME", names, "Only these queues");
+  display_queues_cmd->add_flag("--json", json, "A qmgr.v1.DisplayQueuesResponse in JSON");
+  server.AddTo(display_queues_cmd);
+  CLI::App* display_sessions_cmd = display_cmd->add_subcommand(
+      "sessions", "Sessions: sequence numbers, acknowledgement, resync, output queue");
+  display_sessions_cmd->add_option("NAME", names, "Only these sessions");
+  display_sessions_cmd->add_flag("--json", json, "A qmgr.v1.DisplaySessionsResponse in JSON");
+  server.AddTo(display_sessions_cmd);
+
+  CLI::App* queue_cmd = app.add_subcommand("queue", "Define, alter, delete, stop, start a queue");
+  queue_cmd->require_subcommand(1);
+  std::string queue;
+  QueueAttributeFlags queue_flags;
+  CLI::App* define_cmd = queue_cmd->add_subcommand("define", "Define a queue");
+  CLI::App* alter_cmd =
+      queue_cmd->add_subcommand("alter", "Change the attributes given, keep the others");
+  for (CLI::App* verb : {define_cmd, alter_cmd}) AddQueueAttributeOptions(verb, &queue_flags);
+  bool purge = false;
+  CLI::App* delete_cmd = queue_cmd->add_subcommand("delete", "Delete a queue");
+  delete_cmd->add_flag("--purge", purge, "Delete its messages too (else refused unless empty)");
+  InhibitChange inhibit;
+  bool put_only = false;
+  bool get_only = false;
+  CLI::App* stop_cmd =
+      queue_cmd->add_subcommand("stop", "Inhibit puts and/or gets (both unless one is named)");
+  CLI::App* start_cmd =
+      queue_cmd->add_subcommand("start", "Allow puts and/or gets (both unless one is named)");
+  for (CLI::App* verb : {stop_cmd, start_cmd}) {
+    verb->add_flag("--put", put_only, "Only puts");
+    verb->add_flag("--get", get_only, "Only gets");
+  }
+  for (CLI::App* verb : {define_cmd, alter_cmd, delete_cmd, stop_cmd, start_cmd}) {
+    verb->add_option("NAME", queue, "The queue")->required();
+    verb->add_flag("--json", json, "The request qmgrd accepted, in JSON");
+    server.AddTo(verb);
+  }
+
+  bool immediate = false;
+  CLI::App* shutdown_cmd = app.add_subcommand("shutdown", "Shut qmgrd down (Admin.Shutdown)");
+  shutdown_cmd->add_flag("--immediate", immediate,
+                         "Back out every open unit now instead of granting the grace period");
+  shutdown_cmd->add_flag("--json", json, "The request qmgrd accepted, in JSON");
+  server.AddTo(shutdown_cmd);
+
+  std::string from_session;
+  std::string to_session;
+  bool force = false;
+  CLI::App* assign_cmd = app.add_subcommand(
+      "assign", "Move a session's queued output to another session's output queue (/ASSIGN)");
+  assign_cmd->add_option("SESSION", from_session, "The session whose output moves")->required();
+  assign_cmd->add_option("--to", to_session, "The session it moves to")->required();
+  assign_cmd->add_flag("--force", force,
+                       "Also move output sent but not acknowledged (marked possibly duplicate)");
+  assign_cmd->add_flag("--json", json, "A qmgr.v1.AssignResponse in JSON");
+  server.AddTo(assign_cmd);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -140,9 +229,37 @@ int main(int argc, char** argv) {
     }
     resolve.xid = *std::move(xid);
   }
-  if (checkpoint_cmd->parsed() || list_cmd->parsed() || resolve_cmd->parsed()) {
+  if (queue_flags.message_class.has_value()) {
+    if (absl::Status s = MessageClassByName(*queue_flags.message_class).status(); !s.ok()) {
+      std::cerr << "qmgrctl: " << s.message() << "\n";
+      return kExitUsage;
+    }
+  }
+  if (put_only || get_only) {
+    inhibit.put = put_only;
+    inhibit.get = get_only;
+  }
+  inhibit.inhibit = stop_cmd->parsed();
+  const bool admin_verb = display_queues_cmd->parsed() || display_sessions_cmd->parsed() ||
+                          define_cmd->parsed() || alter_cmd->parsed() || delete_cmd->parsed() ||
+                          stop_cmd->parsed() || start_cmd->parsed() || shutdown_cmd->parsed() ||
+                          assign_cmd->parsed();
+  if (admin_verb || checkpoint_cmd->parsed() || list_cmd->parsed() || resolve_cmd->parsed()) {
     std::unique_ptr<qmgr::client::Client> client = server.Connect();
     if (client == nullptr) return kExitUnreachable;
+    std::ostream& out = std::cout;
+    std::ostream& err = std::cerr;
+    if (display_queues_cmd->parsed()) return DisplayQueues(*client, names, json, out, err);
+    if (display_sessions_cmd->parsed()) return DisplaySessions(*client, names, json, out, err);
+    if (define_cmd->parsed()) return QueueDefine(*client, queue, queue_flags, json, out, err);
+    if (alter_cmd->parsed()) return QueueAlter(*client, queue, queue_flags, json, out, err);
+    if (delete_cmd->parsed()) return QueueDelete(*client, queue, purge, json, out, err);
+    if (stop_cmd->parsed() || start_cmd->parsed()) {
+      return QueueInhibit(*client, queue, inhibit, json, out, err);
+    }
+    if (shutdown_cmd->parsed()) return Shutdown(*client, immediate, json, out, err);
+    if (assign_cmd->parsed())
+      return Assign(*client, from_session, to_session, force, json, out, err);
     if (list_cmd->parsed()) return InDoubtList(*client, list, std::cout, std::cerr);
     if (resolve_cmd->parsed()) return InDoubtResolve(*client, resolve, std::cout, std::cerr);
     qmgr::v1::CheckpointRequest request;
