@@ -43,6 +43,11 @@ std::string Bytes(uint64_t n) {
   return absl::StrFormat("%.1f%s", v, units[unit]);
 }
 
+std::string Describe(const v1::QueueAttributes& a) {
+  const std::string text = a.ShortDebugString();
+  return text.empty() ? "default attributes" : text;
+}
+
 std::string ClassName(v1::MessageClass c) {
   return c == v1::MESSAGE_CLASS_UNSPECIFIED ? "-" : v1::MessageClass_Name(c);
 }
@@ -214,7 +219,7 @@ int QueueDefine(client::Client& client, const std::string& name, const QueueAttr
   if (json) {
     PrintJson(request, out);
   } else {
-    out << "queue " << name << " defined: " << request.attributes().ShortDebugString() << "\n";
+    out << "queue " << name << " defined: " << Describe(request.attributes()) << "\n";
   }
   return kExitOk;
 }
@@ -237,7 +242,7 @@ int QueueAlter(client::Client& client, const std::string& name, const QueueAttri
   if (json) {
     PrintJson(request, out);
   } else {
-    out << "queue " << name << " altered: " << request.attributes().ShortDebugString() << "\n";
+    out << "queue " << name << " altered: " << Describe(request.attributes()) << "\n";
   }
   return kExitOk;
 }
