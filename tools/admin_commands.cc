@@ -1,6 +1,7 @@
 #include "tools/admin_commands.h"
 
 #include <algorithm>
+#include <iterator>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -33,14 +34,14 @@ std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
 
 std::string Bytes(uint64_t n) {
   if (n < 1024) return absl::StrCat(n, "B");
-  const char* units[] = {"KiB", "MiB", "GiB", "TiB"};
+  constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB"};
   double v = n / 1024.0;
-  int unit = 0;
-  while (v >= 1024 && unit < 3) {
+  size_t unit = 0;
+  while (v >= 1024 && unit + 1 < std::size(kUnits)) {
     v /= 1024;
     ++unit;
   }
-  return absl::StrFormat("%.1f%s", v, units[unit]);
+  return absl::StrFormat("%.1f%s", v, kUnits[unit]);
 }
 
 std::string Describe(const v1::QueueAttributes& a) {
