@@ -1,17 +1,22 @@
 // qmgrctl: the queue manager's admin tool. Offline verbs read a data
 // directory read-only; online verbs talk to qmgrd's Admin service.
+#include <algorithm>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "log/segment.h"
+#include "tools/admin_commands.h"
 #include "tools/indoubt_commands.h"
 #include "tools/log_commands.h"
 
 namespace {
+
+using namespace qmgr::tools;
 
 // Online verbs: --server and --connect-timeout-ms.
 struct ServerFlags {
@@ -37,6 +42,145 @@ struct ServerFlags {
     }
     return *std::move(client);
   }
+};
+
+// CLI11 reads "-1" into an unsigned option as its two's complement.
+const CLI::Validator kWholeNumber(
+    [](std::string& value) -> std::string {
+      if (!value.empty() && std::all_of(value.begin(), value.end(), absl::ascii_isdigit)) return "";
+      return "'" + value + "' is not a whole number (0, 1, 2, ...)";
+    },
+    "N");
+
+void AddQueueAttributeOptions(CLI::App* verb, QueueAttributeFlags* flags) {
+  verb->add_option("--class", flags->message_class,
+                   "Default message class: RECOVERABLE, RESPONSE, CONVERSATIONAL, FASTPATH, "
+                   "IRRECOVERABLE");
+  verb->add_option("--max-depth", flags->max_depth, "Most messages held (0: no limit)")
+      ->check(kWholeNumber);
+  verb->add_option("--max-message-bytes", flags->max_message_bytes,
+                   "Largest payload (0: qmgrd's --max-message-bytes)")
+      ->check(kWholeNumber);
+  verb->add_option("--backout-threshold", flags->backout_threshold,
+                   "Backouts after which a message moves to the backout queue (0: never)")
+      ->check(kWholeNumber);
+  verb->add_option("--backout-queue", flags->backout_queue, "Where poison messages go");
+  verb->add_option("--output-of-session", flags->output_of_session,
+                   "Make it this session's output queue");
+}
+
+// The online display and operation verbs (tools/admin_commands.h): their
+// options, and the run of the one parsed.
+class AdminVerbs {
+ public:
+  void AddTo(CLI::App* app, ServerFlags* server) {
+    CLI::App* display = app->add_subcommand("display", "What a running qmgrd holds (/DISPLAY)");
+    display->require_subcommand(1);
+    display_queues_ = display->add_subcommand(
+        "queues", "Queues: depth, taken, attributes, inhibit state; memory and open units");
+    display_queues_->add_option("NAME", names_, "Only these queues");
+    display_queues_->add_flag("--json", json_, "A qmgr.v1.DisplayQueuesResponse in JSON");
+    display_sessions_ = display->add_subcommand(
+        "sessions", "Sessions: sequence numbers, acknowledgement, resync, output queue");
+    display_sessions_->add_option("NAME", names_, "Only these sessions");
+    display_sessions_->add_flag("--json", json_, "A qmgr.v1.DisplaySessionsResponse in JSON");
+
+    CLI::App* queue = app->add_subcommand("queue", "Define, alter, delete, stop, start a queue");
+    queue->require_subcommand(1);
+    define_ = queue->add_subcommand("define", "Define a queue");
+    alter_ = queue->add_subcommand("alter", "Change the attributes given, keep the others");
+    for (CLI::App* verb : {define_, alter_}) AddQueueAttributeOptions(verb, &queue_flags_);
+    delete_ = queue->add_subcommand("delete", "Delete a queue");
+    delete_->add_flag("--purge", purge_, "Delete its messages too (else refused unless empty)");
+    stop_ = queue->add_subcommand("stop", "Inhibit puts and/or gets (both unless one is named)");
+    start_ = queue->add_subcommand("start", "Allow puts and/or gets (both unless one is named)");
+    for (CLI::App* verb : {stop_, start_}) {
+      verb->add_flag("--put", put_only_, "Only puts");
+      verb->add_flag("--get", get_only_, "Only gets");
+    }
+    for (CLI::App* verb : {define_, alter_, delete_, stop_, start_}) {
+      verb->add_option("NAME", queue_, "The queue")->required();
+      verb->add_flag("--json", json_, "The request qmgrd accepted, in JSON");
+    }
+
+    shutdown_ = app->add_subcommand("shutdown", "Shut qmgrd down (Admin.Shutdown)");
+    shutdown_->add_flag("--immediate", immediate_,
+                        "Back out every open unit now instead of granting the grace period");
+    shutdown_->add_flag("--json", json_, "The request qmgrd accepted, in JSON");
+
+    assign_ = app->add_subcommand(
+        "assign", "Move a session's queued output to another session's output queue (/ASSIGN)");
+    assign_->add_option("SESSION", from_session_, "The session whose output moves")->required();
+    assign_->add_option("--to", to_session_, "The session it moves to")->required();
+    assign_->add_flag("--force", force_,
+                      "Also move output sent but not acknowledged (marked possibly duplicate)");
+    assign_->add_flag("--json", json_, "A qmgr.v1.AssignResponse in JSON");
+
+    for (CLI::App* verb : Verbs()) server->AddTo(verb);
+  }
+
+  bool parsed() const {
+    const std::vector<CLI::App*> verbs = Verbs();
+    return std::any_of(verbs.begin(), verbs.end(), [](CLI::App* verb) { return verb->parsed(); });
+  }
+
+  // What CLI11 does not check, before qmgrd is asked: kExitOk or kExitUsage.
+  int Check(std::ostream& err) const {
+    if (queue_flags_.message_class.has_value()) {
+      if (absl::Status s = MessageClassByName(*queue_flags_.message_class).status(); !s.ok()) {
+        err << "qmgrctl: " << s.message() << "\n";
+        return kExitUsage;
+      }
+    }
+    return kExitOk;
+  }
+
+  int Run(qmgr::client::Client& client, std::ostream& out, std::ostream& err) const {
+    if (display_queues_->parsed()) return DisplayQueues(client, names_, json_, out, err);
+    if (display_sessions_->parsed()) return DisplaySessions(client, names_, json_, out, err);
+    if (define_->parsed()) return QueueDefine(client, queue_, queue_flags_, json_, out, err);
+    if (alter_->parsed()) return QueueAlter(client, queue_, queue_flags_, json_, out, err);
+    if (delete_->parsed()) return QueueDelete(client, queue_, purge_, json_, out, err);
+    if (stop_->parsed() || start_->parsed()) {
+      InhibitChange change;
+      change.inhibit = stop_->parsed();
+      if (put_only_ || get_only_) {
+        change.put = put_only_;
+        change.get = get_only_;
+      }
+      return QueueInhibit(client, queue_, change, json_, out, err);
+    }
+    if (shutdown_->parsed()) return Shutdown(client, immediate_, json_, out, err);
+    return Assign(client, from_session_, to_session_, force_, json_, out, err);
+  }
+
+ private:
+  std::vector<CLI::App*> Verbs() const {
+    return {display_queues_, display_sessions_, define_, alter_, delete_, stop_,
+            start_,          shutdown_,         assign_};
+  }
+
+  CLI::App* display_queues_ = nullptr;
+  CLI::App* display_sessions_ = nullptr;
+  CLI::App* define_ = nullptr;
+  CLI::App* alter_ = nullptr;
+  CLI::App* delete_ = nullptr;
+  CLI::App* stop_ = nullptr;
+  CLI::App* start_ = nullptr;
+  CLI::App* shutdown_ = nullptr;
+  CLI::App* assign_ = nullptr;
+
+  bool json_ = false;
+  std::vector<std::string> names_;  // display
+  std::string queue_;
+  QueueAttributeFlags queue_flags_;  // define, alter
+  bool purge_ = false;
+  bool put_only_ = false;  // stop, start
+  bool get_only_ = false;
+  bool immediate_ = false;
+  std::string from_session_;  // assign
+  std::string to_session_;
+  bool force_ = false;
 };
 
 }  // namespace
@@ -104,6 +248,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   server.AddTo(resolve_cmd);
 
+  AdminVerbs admin;
+  admin.AddTo(&app, &server);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -140,9 +287,13 @@ int main(int argc, char** argv) {
     }
     resolve.xid = *std::move(xid);
   }
-  if (checkpoint_cmd->parsed() || list_cmd->parsed() || resolve_cmd->parsed()) {
+  if (admin.parsed()) {
+    if (const int code = admin.Check(std::cerr); code != kExitOk) return code;
+  }
+  if (admin.parsed() || checkpoint_cmd->parsed() || list_cmd->parsed() || resolve_cmd->parsed()) {
     std::unique_ptr<qmgr::client::Client> client = server.Connect();
     if (client == nullptr) return kExitUnreachable;
+    if (admin.parsed()) return admin.Run(*client, std::cout, std::cerr);
     if (list_cmd->parsed()) return InDoubtList(*client, list, std::cout, std::cerr);
     if (resolve_cmd->parsed()) return InDoubtResolve(*client, resolve, std::cout, std::cerr);
     qmgr::v1::CheckpointRequest request;
