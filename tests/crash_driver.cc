@@ -50,6 +50,8 @@ int main(int argc, char** argv) {
 
   qmgr::restart::RestartOptions options;
   options.data_dir = argv[1];
+  // The name the workload's coordinator prepares its units under.
+  options.qmgr_name = qmgr::testing::CrashWorkload::kQualifier;
   options.log.segment_bytes = 256 << 10;  // segment switches all the time
   options.engine.id_block = 256;
   options.archive = std::getenv("QMGR_ARCHIVE") != nullptr;

@@ -41,6 +41,8 @@ class CrashSimTest : public ::testing::Test {
   restart::RestartOptions Options() {
     restart::RestartOptions options;
     options.data_dir = tmp_.path() + "/qm";
+    // The name the workload's coordinator prepares its units under.
+    options.qmgr_name = testing::CrashWorkload::kQualifier;
     options.fs = &log_fs_;
     options.store_env = env_.get();
     options.store_write_buffer_bytes = 1 << 20;
