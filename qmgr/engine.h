@@ -400,7 +400,7 @@ class Engine {
   // The session's next output, waiting up to `wait` (DeadlineExceeded when
   // none came). One outstanding at a time: while an output waits for its
   // acknowledgement it is answered again (same number). OUTPUT_SENT is
-  // appended, not waited for. A rebind, Clear or CloseSession ends the wait
+  // durable before it returns. A rebind, Clear or CloseSession ends the wait
   // (ABORTED); RequestRecovery too (RESYNC_REQUIRED). Irrecoverable output
   // is not numbered (out_seq 0) and is done when sent.
   // `cursor` (may be null) ties calls of one receiver together: the output

@@ -532,9 +532,14 @@ absl::StatusOr<SessionOutput> Engine::ReceiveOutput(const std::string& name, abs
     }
     if (result.out_seq != 0) cursor->sent = result.out_seq;
   }
-  // OUTPUT_SENT is not waited for: after a crash the message id reported in
-  // STSN identifies the output.
-  (void)sent_lsn;
+  // OUTPUT_SENT is durable before the output leaves: a client that got it
+  // and crashed before securing it would otherwise, after a crash that lost
+  // the record, get it again unflagged (a silent duplicate). With the record
+  // the resync answers WILL_RESEND and the repeat is flagged. The wait is a
+  // share of a group commit, off the enqueue path.
+  if (sent_lsn != log::kNoLsn) {
+    if (absl::Status s = WaitDurable(sent_lsn); !s.ok()) return s;
+  }
   if (payload != nullptr) result.message.set_payload(*payload);
   return result;
 }
