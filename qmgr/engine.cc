@@ -1437,7 +1437,16 @@ std::vector<OpenUnit> Engine::OpenUnits() const {
   absl::MutexLock lock(&mu_);
   std::vector<OpenUnit> out;
   for (const auto& [id, unit] : units_) {
-    out.push_back({id, now - unit->begun, now - unit->last_used, unit->messages()});
+    OpenUnit& o = out.emplace_back();
+    o.id = id;
+    o.age = now - unit->begun;
+    o.idle = now - unit->last_used;
+    o.messages = unit->messages();
+    o.in_doubt = unit->in_doubt();
+    if (!unit->coordinated_key.empty()) {
+      absl::StatusOr<CoordinatedKey> key = ParseCoordinatedStoreKey(unit->coordinated_key);
+      if (key.ok()) o.coordinated = *std::move(key);
+    }
   }
   std::sort(out.begin(), out.end(),
             [](const OpenUnit& a, const OpenUnit& b) { return a.age > b.age; });

@@ -25,6 +25,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -282,6 +283,8 @@ struct OpenUnit {
   absl::Duration age;   // since it began
   absl::Duration idle;  // since its last call
   uint64_t messages = 0;
+  bool in_doubt = false;                      // prepared, waiting for its coordinator's outcome
+  std::optional<CoordinatedKey> coordinated;  // a coordinator's unit
 };
 
 class Engine {

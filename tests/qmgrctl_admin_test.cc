@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -238,6 +239,55 @@ TEST_F(QmgrctlAdminTest, QueueDefineAlterStopStartDeleteRoundTrip) {
 
 // display sessions, then assign: refused while output is sent but not
 // acknowledged, done with --force (that message marked possibly duplicate).
+// display uow: a leased unit with its message, then a coordinator's unit in
+// doubt with its XID; the table and --json agree.
+TEST_F(QmgrctlAdminTest, DisplayUowShowsOwnersAgesMessagesAndUnitsInDoubt) {
+  CommandResult r = Ctl("display uow");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_CONTAINS(r.out, "no open units of work");
+  ASSERT_EQ(Ctl("queue define WORK").exit_code, 0);
+  ASSERT_TRUE(Enqueue("WORK", "one").ok());
+  ASSERT_TRUE(Enqueue("WORK", "two").ok());
+  v1::GetRequest get;
+  get.set_queue("WORK");
+  v1::GetResponse got;
+  ASSERT_TRUE(qm_->Get(Ctx().get(), get, &got).ok());
+  auto channel = grpc::CreateChannel(process_->target(), grpc::InsecureChannelCredentials());
+  auto coordinator = v1::Coordinator::NewStub(channel);
+  v1::BeginRequest begin;
+  begin.set_coordinator("CICSA");
+  begin.set_qualifier("QM1");
+  begin.set_xid("XID1");
+  v1::BeginResponse begun;
+  ASSERT_TRUE(coordinator->Begin(Ctx().get(), begin, &begun).ok());
+  get.set_uow(begun.uow());
+  ASSERT_TRUE(qm_->Get(Ctx().get(), get, &got).ok());
+  v1::PrepareRequest prepare;
+  prepare.set_coordinator("CICSA");
+  prepare.set_qualifier("QM1");
+  prepare.set_xid("XID1");
+  v1::PrepareResponse prepared;
+  ASSERT_TRUE(coordinator->Prepare(Ctx().get(), prepare, &prepared).ok());
+
+  r = Ctl("display uow");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_CONTAINS(r.out, "lease");
+  EXPECT_CONTAINS(r.out, "coordinator CICSA");
+  EXPECT_CONTAINS(r.out, absl::BytesToHexString("XID1"));
+  EXPECT_CONTAINS(r.out, "2 open unit(s)");
+  r = Ctl("display uow --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto units = ParseJson<v1::DisplayUnitsResponse>(r.out);
+  ASSERT_EQ(units.units_size(), 2);
+  int in_doubt = 0;
+  for (const v1::UnitInfo& unit : units.units()) {
+    EXPECT_EQ(unit.messages(), 1u);
+    in_doubt += unit.in_doubt();
+    EXPECT_EQ(unit.xid(), unit.in_doubt() ? "XID1" : "");
+  }
+  EXPECT_EQ(in_doubt, 1);
+}
+
 TEST_F(QmgrctlAdminTest, DisplaySessionsAndAssignWithAndWithoutForce) {
   ASSERT_EQ(Ctl("queue define OUT.A --output-of-session A").exit_code, 0);
   ASSERT_EQ(Ctl("queue define OUT.B --output-of-session B").exit_code, 0);

@@ -4,6 +4,7 @@
 #include <iterator>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/util/json_util.h"
@@ -200,6 +201,33 @@ int DisplaySessions(client::Client& client, const std::vector<std::string>& name
                            queue_width, OrDash(s.output_queue()), s.output_depth());
   }
   out << response.sessions_size() << " session(s)\n";
+  return kExitOk;
+}
+
+int DisplayUnits(client::Client& client, bool json, std::ostream& out, std::ostream& err) {
+  v1::DisplayUnitsResponse response;
+  const grpc::Status status =
+      client.admin()->DisplayUnits(client.NewContext().get(), v1::DisplayUnitsRequest(), &response);
+  if (!status.ok()) return Refused("display uow", status, err);
+  if (json) {
+    PrintJson(response, out);
+    return kExitOk;
+  }
+  if (response.units().empty()) {
+    out << "no open units of work\n";
+    return kExitOk;
+  }
+  const int owner_width =
+      Width("OWNER", response.units(), [](const v1::UnitInfo& u) { return OrDash(u.owner()); });
+  out << absl::StrFormat("%10s  %-*s %10s %10s %8s %8s %s\n", "UOW", owner_width, "OWNER", "AGE-MS",
+                         "IDLE-MS", "MESSAGES", "IN-DOUBT", "XID");
+  for (const v1::UnitInfo& u : response.units()) {
+    out << absl::StrFormat("%10d  %-*s %10d %10d %8d %8s %s\n", u.uow(), owner_width,
+                           OrDash(u.owner()), u.age_ms(), u.idle_ms(), u.messages(),
+                           YesNo(u.in_doubt()),
+                           u.xid().empty() ? "-" : absl::BytesToHexString(u.xid()));
+  }
+  out << response.units_size() << " open unit(s)\n";
   return kExitOk;
 }
 

@@ -46,6 +46,7 @@ int DisplayQueues(client::Client& client, const std::vector<std::string>& names,
                   std::ostream& out, std::ostream& err);
 int DisplaySessions(client::Client& client, const std::vector<std::string>& names, bool json,
                     std::ostream& out, std::ostream& err);
+int DisplayUnits(client::Client& client, bool json, std::ostream& out, std::ostream& err);
 
 int QueueDefine(client::Client& client, const std::string& name, const QueueAttributeFlags& flags,
                 bool json, std::ostream& out, std::ostream& err);

@@ -84,6 +84,9 @@ class AdminVerbs {
         "sessions", "Sessions: sequence numbers, acknowledgement, resync, output queue");
     display_sessions_->add_option("NAME", names_, "Only these sessions");
     display_sessions_->add_flag("--json", json_, "A qmgr.v1.DisplaySessionsResponse in JSON");
+    display_uow_ = display->add_subcommand(
+        "uow", "Open units of work: owner, age, idle time, messages held, in doubt");
+    display_uow_->add_flag("--json", json_, "A qmgr.v1.DisplayUnitsResponse in JSON");
 
     CLI::App* queue = app->add_subcommand("queue", "Define, alter, delete, stop, start a queue");
     queue->require_subcommand(1);
@@ -138,6 +141,7 @@ class AdminVerbs {
   int Run(qmgr::client::Client& client, std::ostream& out, std::ostream& err) const {
     if (display_queues_->parsed()) return DisplayQueues(client, names_, json_, out, err);
     if (display_sessions_->parsed()) return DisplaySessions(client, names_, json_, out, err);
+    if (display_uow_->parsed()) return DisplayUnits(client, json_, out, err);
     if (define_->parsed()) return QueueDefine(client, queue_, queue_flags_, json_, out, err);
     if (alter_->parsed()) return QueueAlter(client, queue_, queue_flags_, json_, out, err);
     if (delete_->parsed()) return QueueDelete(client, queue_, purge_, json_, out, err);
@@ -156,12 +160,13 @@ class AdminVerbs {
 
  private:
   std::vector<CLI::App*> Verbs() const {
-    return {display_queues_, display_sessions_, define_, alter_, delete_, stop_,
+    return {display_queues_, display_sessions_, display_uow_, define_, alter_, delete_, stop_,
             start_,          shutdown_,         assign_};
   }
 
   CLI::App* display_queues_ = nullptr;
   CLI::App* display_sessions_ = nullptr;
+  CLI::App* display_uow_ = nullptr;
   CLI::App* define_ = nullptr;
   CLI::App* alter_ = nullptr;
   CLI::App* delete_ = nullptr;

@@ -463,4 +463,26 @@ absl::StatusOr<qmgr::v1::DisplaySessionsResponse> Operations::DisplaySessions(
   return response;
 }
 
+qmgr::v1::DisplayUnitsResponse Operations::DisplayUnits() const {
+  const std::vector<OpenUnit> open = engine_->OpenUnits();
+  qmgr::v1::DisplayUnitsResponse response;
+  absl::MutexLock lock(&mu_);
+  for (const OpenUnit& unit : open) {
+    qmgr::v1::UnitInfo& info = *response.add_units();
+    info.set_uow(unit.id);
+    info.set_age_ms(absl::ToInt64Milliseconds(unit.age));
+    info.set_idle_ms(absl::ToInt64Milliseconds(unit.idle));
+    info.set_messages(unit.messages);
+    info.set_in_doubt(unit.in_doubt);
+    if (unit.coordinated.has_value()) {
+      info.set_owner(absl::StrCat("coordinator ", unit.coordinated->coordinator));
+      info.set_xid(unit.coordinated->xid);
+    } else if (auto it = units_.find(unit.id); it != units_.end()) {
+      info.set_owner(it->second.owner == kLeaseOwner ? std::string("lease")
+                                                     : absl::StrCat("stream ", it->second.owner));
+    }
+  }
+  return response;
+}
+
 }  // namespace qmgr::server

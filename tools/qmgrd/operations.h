@@ -112,6 +112,7 @@ class Operations {
   absl::StatusOr<qmgr::v1::AssignResponse> Assign(const qmgr::v1::AssignRequest& request);
   absl::StatusOr<qmgr::v1::DisplaySessionsResponse> DisplaySessions(
       const qmgr::v1::DisplaySessionsRequest& request) const;
+  qmgr::v1::DisplayUnitsResponse DisplayUnits() const;
 
   // Shutdown. After StopIntake, new messages and new units are refused
   // (Unavailable) while open units may still insert, commit and back out.

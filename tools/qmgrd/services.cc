@@ -591,6 +591,15 @@ grpc::ServerUnaryReactor* AdminService::Assign(grpc::CallbackServerContext* ctx,
   });
 }
 
+grpc::ServerUnaryReactor* AdminService::DisplayUnits(grpc::CallbackServerContext* ctx,
+                                                     const v1::DisplayUnitsRequest*,
+                                                     v1::DisplayUnitsResponse* response) {
+  return Inline(ctx, [&] {
+    *response = c_->operations->DisplayUnits();
+    return absl::OkStatus();
+  });
+}
+
 grpc::ServerUnaryReactor* AdminService::DisplaySessions(grpc::CallbackServerContext* ctx,
                                                         const v1::DisplaySessionsRequest* request,
                                                         v1::DisplaySessionsResponse* response) {

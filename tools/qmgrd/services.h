@@ -129,6 +129,9 @@ class AdminService final : public qmgr::v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* Assign(grpc::CallbackServerContext* ctx,
                                    const qmgr::v1::AssignRequest* request,
                                    qmgr::v1::AssignResponse* response) override;
+  grpc::ServerUnaryReactor* DisplayUnits(grpc::CallbackServerContext* ctx,
+                                         const qmgr::v1::DisplayUnitsRequest* request,
+                                         qmgr::v1::DisplayUnitsResponse* response) override;
   grpc::ServerUnaryReactor* DisplaySessions(grpc::CallbackServerContext* ctx,
                                             const qmgr::v1::DisplaySessionsRequest* request,
                                             qmgr::v1::DisplaySessionsResponse* response) override;
