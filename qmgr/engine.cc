@@ -249,10 +249,6 @@ absl::Status Engine::CheckSessionInput(const MessageSpec& spec, MessageClass cls
     }
     return absl::OkStatus();
   }
-  if (!IsValidQueueName(spec.origin_session)) {
-    return absl::InvalidArgumentError(absl::StrCat("session name '", spec.origin_session,
-                                                   "' must be 1..48 characters of [A-Za-z0-9._-]"));
-  }
   if (cls == qmgr::v1::IRRECOVERABLE && spec.input_seq != 0) {
     return absl::InvalidArgumentError("IRRECOVERABLE input is not numbered");
   }

@@ -86,6 +86,15 @@ class RestartTest : public ::testing::Test {
     return r.ok() ? r->message_id : 0;
   }
 
+  // A unit of coordinator CICSA (qualifier QM1) that took the head of
+  // `queue`, prepared: in doubt.
+  void PrepareTaking(const std::string& queue, const std::string& xid) {
+    absl::StatusOr<UowId> uow = engine()->BeginCoordinatedUnit({"CICSA", "QM1", xid});
+    ASSERT_TRUE(uow.ok()) << uow.status();
+    Take(queue, *uow);
+    ASSERT_TRUE(engine()->Prepare(*uow).ok());
+  }
+
   GetResult Take(const std::string& queue, UowId uow = 0) {
     GetOptions get;
     get.queue = queue;
@@ -593,10 +602,7 @@ TEST_F(RestartTest, ColdStartIsRefusedWhileUnitsAreInDoubtUnlessForced) {
   ASSERT_NE(Open(), nullptr);
   Define("Q");
   Put("Q", "locked");
-  absl::StatusOr<UowId> uow = engine()->BeginCoordinatedUnit({"CICSA", "QM1", "XID-7"});
-  ASSERT_TRUE(uow.ok()) << uow.status();
-  Take("Q", *uow);
-  ASSERT_TRUE(engine()->Prepare(*uow).ok());
+  ASSERT_NO_FATAL_FAILURE(PrepareTaking("Q", "XID-7"));
   ASSERT_TRUE(qm_->checkpointer()->Checkpoint(checkpoint::Trigger::kRequested).ok());
   qm_.reset();
   RestartOptions options = Options();
@@ -628,10 +634,7 @@ TEST_F(RestartTest, AgeInDoubtSurvivesARestartThatRedoesThePrepare) {
   ASSERT_NE(Open(options), nullptr);
   Define("Q");
   Put("Q", "one");
-  absl::StatusOr<UowId> x1 = engine()->BeginCoordinatedUnit({"CICSA", "QM1", "x1"});
-  ASSERT_TRUE(x1.ok());
-  Take("Q", *x1);
-  ASSERT_TRUE(engine()->Prepare(*x1).ok());
+  ASSERT_NO_FATAL_FAILURE(PrepareTaking("Q", "x1"));
   clock_.Advance(absl::Seconds(45));
   for (const char* xid : {"x2", "x3"}) {
     absl::StatusOr<UowId> uow = engine()->BeginCoordinatedUnit({"CICSA", "QM1", xid});
@@ -674,10 +677,7 @@ TEST_F(RestartTest, UnitsInDoubtSurviveRestartsAndResolve) {
   const log::Lsn prepared_at = qm_->log()->NextLsn();
   EXPECT_EQ(engine()->Insert(*x1, reply).code(), absl::StatusCode::kFailedPrecondition)
       << "in doubt";
-  absl::StatusOr<UowId> x2 = engine()->BeginCoordinatedUnit({"CICSA", "QM1", "x2"});
-  ASSERT_TRUE(x2.ok());
-  Take("Q", *x2);
-  ASSERT_TRUE(engine()->Prepare(*x2).ok());
+  ASSERT_NO_FATAL_FAILURE(PrepareTaking("Q", "x2"));
   absl::StatusOr<UowId> x3 = engine()->BeginCoordinatedUnit({"CICSA", "QM1", "x3"});
   ASSERT_TRUE(x3.ok());  // never prepared: backed out by the crash
 
@@ -747,10 +747,7 @@ TEST_F(RestartTest, WithoutRecordedNamesTheQualifiersOfUnitsInDoubtDecide) {
   ASSERT_NE(Open(), nullptr);
   Define("Q");
   Put("Q", "m");
-  absl::StatusOr<UowId> uow = engine()->BeginCoordinatedUnit({"CICSA", "QM1", "x"});
-  ASSERT_TRUE(uow.ok());
-  Take("Q", *uow);
-  ASSERT_TRUE(engine()->Prepare(*uow).ok());
+  ASSERT_NO_FATAL_FAILURE(PrepareTaking("Q", "x"));
   Crash();
   RestartOptions options = Options();
   options.qmgr_name = "QM2";
@@ -767,10 +764,7 @@ TEST_F(RestartTest, ChangedNamesAreRefusedWhileUnitsAreInDoubt) {
   ASSERT_NE(Open(options), nullptr);
   Define("Q");
   Put("Q", "m");
-  absl::StatusOr<UowId> uow = engine()->BeginCoordinatedUnit({"CICSA", "QM1", "x"});
-  ASSERT_TRUE(uow.ok());
-  Take("Q", *uow);
-  ASSERT_TRUE(engine()->Prepare(*uow).ok());
+  ASSERT_NO_FATAL_FAILURE(PrepareTaking("Q", "x"));
   ASSERT_TRUE(qm_->checkpointer()->Checkpoint(checkpoint::Trigger::kRequested).ok());
   Crash();
   options.qmgr_name = "QM2";
