@@ -217,4 +217,100 @@ absl::Status Store::Discard(
                      absl::StrCat("checkpoint store ", path(), ": cold start"));
 }
 
+absl::StatusOr<std::unique_ptr<StoreReader>> StoreReader::Open(const std::string& path) {
+  rocksdb::DBOptions options;
+  const std::string context = absl::StrCat("checkpoint store ", path);
+  if (options.env->FileExists(path + "/CURRENT").IsNotFound()) {
+    return absl::NotFoundError(absl::StrCat(context, ": no store there"));
+  }
+  std::vector<std::string> names;
+  if (rocksdb::Status s = rocksdb::DB::ListColumnFamilies(options, path, &names); !s.ok()) {
+    return FromRocksDb(s, absl::StrCat(context, ": listing column families"));
+  }
+  // A read-only open may name a subset: the spill is none of ours.
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  for (const std::string& name : names) {
+    if (name == kSpillColumnFamily) continue;
+    families.emplace_back(name, rocksdb::ColumnFamilyOptions());
+  }
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  if (rocksdb::Status s = rocksdb::DB::OpenForReadOnly(options, path, families, &handles, &db);
+      !s.ok()) {
+    return FromRocksDb(s, absl::StrCat(context, ": opening read-only"));
+  }
+  return std::unique_ptr<StoreReader>(
+      new StoreReader(path, std::unique_ptr<rocksdb::DB>(db), std::move(handles)));
+}
+
+StoreReader::StoreReader(std::string path, std::unique_ptr<rocksdb::DB> db,
+                         std::vector<rocksdb::ColumnFamilyHandle*> handles)
+    : path_(std::move(path)), db_(std::move(db)), handles_(std::move(handles)) {}
+
+StoreReader::~StoreReader() {
+  for (rocksdb::ColumnFamilyHandle* handle : handles_) db_->DestroyColumnFamilyHandle(handle);
+}
+
+rocksdb::ColumnFamilyHandle* StoreReader::Family(absl::string_view name) const {
+  for (rocksdb::ColumnFamilyHandle* handle : handles_) {
+    if (handle->GetName() == name) return handle;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<std::optional<qmgr::v1::CheckpointMeta>> StoreReader::ReadMeta() {
+  rocksdb::ColumnFamilyHandle* meta = Family(kMetaFamily);
+  if (meta == nullptr) return std::nullopt;
+  std::string value;
+  const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), meta, SliceOf(kMetaKey), &value);
+  if (s.IsNotFound()) return std::nullopt;
+  if (!s.ok()) return FromRocksDb(s, absl::StrCat("checkpoint store ", path_, ": reading meta"));
+  qmgr::v1::CheckpointMeta parsed;
+  if (!parsed.ParseFromString(value)) {
+    return absl::DataLossError(
+        absl::StrCat("checkpoint store ", path_, ": the checkpoint meta does not parse"));
+  }
+  return parsed;
+}
+
+absl::StatusOr<std::optional<qmgr::v1::StoredMessage>> StoreReader::ReadMessage(
+    uint64_t message_id) {
+  rocksdb::ColumnFamilyHandle* messages = Family(kMessagesFamily);
+  if (messages == nullptr) return std::nullopt;
+  std::string value;
+  const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), messages,
+                                     MessageKey(kImagePrefix, message_id), &value);
+  if (s.IsNotFound()) return std::nullopt;
+  if (!s.ok()) {
+    return FromRocksDb(s, absl::StrCat("checkpoint store ", path_, ": message ", message_id));
+  }
+  qmgr::v1::StoredMessage image;
+  if (!image.ParseFromString(value)) {
+    return absl::DataLossError(absl::StrCat("checkpoint store ", path_, ": the image of message ",
+                                            message_id, " does not parse"));
+  }
+  return image;
+}
+
+absl::Status StoreReader::ForEachQueue(
+    const std::function<absl::Status(std::string, qmgr::v1::StoredQueue)>& fn) {
+  rocksdb::ColumnFamilyHandle* family = Family(kQueuesFamily);
+  if (family == nullptr) return absl::OkStatus();
+  return ForEachValue<qmgr::v1::StoredQueue>(db_.get(), family, "", path_, fn);
+}
+
+absl::Status StoreReader::ForEachSession(
+    const std::function<absl::Status(std::string, qmgr::v1::StoredSession)>& fn) {
+  rocksdb::ColumnFamilyHandle* family = Family(kSessionsFamily);
+  if (family == nullptr) return absl::OkStatus();
+  return ForEachValue<qmgr::v1::StoredSession>(db_.get(), family, "", path_, fn);
+}
+
+absl::Status StoreReader::ForEachCoordinated(
+    const std::function<absl::Status(std::string, qmgr::v1::StoredCoordinatedUnit)>& fn) {
+  rocksdb::ColumnFamilyHandle* family = Family(kPreparedFamily);
+  if (family == nullptr) return absl::OkStatus();
+  return ForEachValue<qmgr::v1::StoredCoordinatedUnit>(db_.get(), family, "", path_, fn);
+}
+
 }  // namespace qmgr::checkpoint

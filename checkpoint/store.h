@@ -27,6 +27,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -36,6 +37,7 @@
 
 namespace rocksdb {
 class ColumnFamilyHandle;
+class DB;
 }  // namespace rocksdb
 
 namespace qmgr::checkpoint {
@@ -117,6 +119,41 @@ class Store final : public StoredPayloads {
   rocksdb::ColumnFamilyHandle* const sessions_;
   rocksdb::ColumnFamilyHandle* const prepared_;
   rocksdb::ColumnFamilyHandle* const meta_;
+};
+
+// The store opened read-only (qmgrctl explain): RocksDB's read-only open
+// takes no lock and writes nothing, so it works beside a running qmgrd (it
+// sees the store as of its open) and after it stopped.
+class StoreReader {
+ public:
+  // NotFound when there is no store at `path`.
+  static absl::StatusOr<std::unique_ptr<StoreReader>> Open(const std::string& path);
+  ~StoreReader();
+  StoreReader(const StoreReader&) = delete;
+  StoreReader& operator=(const StoreReader&) = delete;
+
+  // nullopt if no checkpoint was ever written.
+  absl::StatusOr<std::optional<qmgr::v1::CheckpointMeta>> ReadMeta();
+  // The message's image (payload empty), nullopt when the store has none.
+  absl::StatusOr<std::optional<qmgr::v1::StoredMessage>> ReadMessage(uint64_t message_id);
+  absl::Status ForEachQueue(
+      const std::function<absl::Status(std::string name, qmgr::v1::StoredQueue)>& fn);
+  absl::Status ForEachSession(
+      const std::function<absl::Status(std::string name, qmgr::v1::StoredSession)>& fn);
+  absl::Status ForEachCoordinated(
+      const std::function<absl::Status(std::string, qmgr::v1::StoredCoordinatedUnit)>& fn);
+
+  const std::string& path() const { return path_; }
+
+ private:
+  StoreReader(std::string path, std::unique_ptr<rocksdb::DB> db,
+              std::vector<rocksdb::ColumnFamilyHandle*> handles);
+  // Null when the store lacks that column family (no checkpoint wrote it).
+  rocksdb::ColumnFamilyHandle* Family(absl::string_view name) const;
+
+  const std::string path_;
+  std::unique_ptr<rocksdb::DB> db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // destroyed before db_
 };
 
 }  // namespace qmgr::checkpoint

@@ -157,6 +157,7 @@ absl::StatusOr<bool> LogScanner::Next(Batch* batch) {
     }
     if (next_lsn_ == header.end_lsn()) {  // the last batch filled the segment
       if (segment_ + 1 == segments_.size()) {
+        if (follow_) return false;  // the next segment may come
         done_ = true;
         break;
       }
@@ -195,6 +196,7 @@ absl::StatusOr<bool> LogScanner::Next(Batch* batch) {
                               next_reason);
       }
     }
+    if (*probe != Probe::kValid && follow_) return false;  // not written yet, or being written
     if (*probe != Probe::kValid) {
       done_ = true;
       if (absl::Status s = Finish(segment_, next_lsn_, std::move(reason)); !s.ok()) {
@@ -208,6 +210,30 @@ absl::StatusOr<bool> LogScanner::Next(Batch* batch) {
     return true;
   }
   return false;
+}
+
+absl::Status LogScanner::Resume(std::vector<SegmentFile> segments) {
+  if (segments_.empty()) {
+    segments_ = std::move(segments);
+    files_.resize(segments_.size());
+    done_ = segments_.empty();
+    if (!done_) next_lsn_ = tail_.end_lsn = tail_.garbage_end_lsn = segments_.front().header.first_lsn;
+    return absl::OkStatus();
+  }
+  const Lsn current = segments_[segment_].header.first_lsn;
+  auto it = std::find_if(segments.begin(), segments.end(),
+                         [&](const SegmentFile& s) { return s.header.first_lsn == current; });
+  if (it == segments.end()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "segment ", segments_[segment_].path, " was retired while it was being read"));
+  }
+  std::unique_ptr<File> file = std::move(files_[segment_]);
+  segment_ = static_cast<size_t>(it - segments.begin());
+  segments_ = std::move(segments);
+  files_.clear();
+  files_.resize(segments_.size());
+  files_[segment_] = std::move(file);
+  return absl::OkStatus();
 }
 
 absl::Status LogScanner::Finish(size_t segment, Lsn lsn, std::string reason) {
@@ -284,6 +310,12 @@ absl::StatusOr<std::unique_ptr<LogReader>> LogReader::Open(FileSystem* fs, const
   absl::StatusOr<std::vector<SegmentFile>> segments = ListSegments(fs, dir, nullptr);
   if (!segments.ok()) return segments.status();
   return std::unique_ptr<LogReader>(new LogReader(fs, *std::move(segments), from_lsn, stop_lsn));
+}
+
+absl::Status LogReader::Refresh(FileSystem* fs, const std::string& dir) {
+  absl::StatusOr<std::vector<SegmentFile>> segments = ListSegments(fs, dir, nullptr);
+  if (!segments.ok()) return segments.status();
+  return scanner_.Resume(*std::move(segments));
 }
 
 absl::StatusOr<bool> LogReader::Next(LogEntry* entry) {

@@ -79,6 +79,14 @@ class LogScanner {
   const LogTail& tail() const { return tail_; }
   const std::vector<SegmentFile>& segments() const { return segments_; }
 
+  // Tailing a live log: where no valid batch follows, Next returns false
+  // without judging the end (the writer may be in the middle of it), and a
+  // later Next looks again. Resume gives it the segments listed since, so
+  // that it goes on into a new segment; FailedPrecondition when the segment
+  // it reads was retired meanwhile.
+  void Follow() { follow_ = true; }
+  absl::Status Resume(std::vector<SegmentFile> segments);
+
  private:
   enum class Probe { kValid, kZero, kInvalid };
   absl::StatusOr<Probe> ReadBatch(size_t segment, Lsn lsn, Batch* batch, std::string* reason);
@@ -87,13 +95,14 @@ class LogScanner {
   absl::StatusOr<File*> FileOf(size_t segment);
 
   FileSystem* const fs_;
-  const std::vector<SegmentFile> segments_;
+  std::vector<SegmentFile> segments_;
   const Lsn stop_lsn_;
   std::vector<std::unique_ptr<File>> files_;
   size_t segment_ = 0;
   Lsn next_lsn_ = 0;
   Lsn last_batch_lsn_ = kNoLsn;
   bool done_ = false;
+  bool follow_ = false;
   LogTail tail_;
 };
 
@@ -116,6 +125,12 @@ class LogReader {
   const LogTail& tail() const { return scanner_.tail(); }
   const std::vector<SegmentFile>& segments() const { return scanner_.segments(); }
   uint64_t batches_read() const { return batches_read_; }
+
+  // Tailing a live log (LogScanner::Follow): Next returns false at the
+  // current end and finds later records on a later call; Refresh lists the
+  // directory's segments again so that it goes on into new ones.
+  void Follow() { scanner_.Follow(); }
+  absl::Status Refresh(FileSystem* fs, const std::string& dir);
 
  private:
   LogReader(FileSystem* fs, std::vector<SegmentFile> segments, Lsn from_lsn, Lsn stop_lsn);

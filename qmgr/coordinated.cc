@@ -125,6 +125,7 @@ absl::Status Engine::Prepare(UowId uow) {
     absl::StatusOr<log::Lsn> appended = log_->Append(record);
     if (!appended.ok()) return appended.status();
     lsn = *appended;
+    if (unit->first_lsn == log::kNoLsn) unit->first_lsn = lsn;
     // Its inserts hold their ids until the outcome: they are in the record.
     for (auto& message : unit->inserted) message->logged = true;
     unit->prepared =

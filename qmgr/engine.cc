@@ -89,6 +89,7 @@ absl::Status Engine::DefineQueue(const std::string& name,
     auto queue = std::make_shared<Queue>();
     queue->name = name;
     queue->attributes = attributes;
+    queue->rates = QueueRates(options_.clock->NowMicros());
     queues_[name] = std::move(queue);
     changed_queues_.insert(name);
     deleted_queues_.erase(name);
@@ -158,24 +159,84 @@ absl::Status Engine::DeleteQueue(const std::string& name, bool purge) {
   return WaitDurable(*lsn);
 }
 
+void QueueRates::Sample(int64_t now_us) {
+  if (!samples_.empty() && now_us - samples_.back().time_us < kSampleEveryUs) return;
+  samples_.push_back({now_us, arrived_, got_});
+  // The oldest sample still needed is the first at or after the window's
+  // start; the ones before it never will be.
+  const int64_t window_start = now_us - absl::ToInt64Microseconds(kRateWindow);
+  while (samples_.size() > 1 && samples_[1].time_us <= window_start) samples_.pop_front();
+}
+
+double QueueRates::PerSecond(int64_t now_us, uint64_t Counts::*count) const {
+  const Counts now{now_us, arrived_, got_};
+  int64_t start_us = now_us - absl::ToInt64Microseconds(kRateWindow);
+  uint64_t at_start = 0;  // counting began inside the window, at zero
+  if (since_us_ < start_us) {
+    // The counts at the window's start are those of the first sample taken
+    // at or after it: nothing changed between (beyond the second after the
+    // sample before). No such sample: nothing changed since.
+    at_start = now.*count;
+    for (const Counts& sample : samples_) {
+      if (sample.time_us >= start_us) {
+        at_start = sample.*count;
+        break;
+      }
+    }
+  } else {
+    start_us = since_us_;
+  }
+  if (now_us <= start_us) return 0;
+  return static_cast<double>(now.*count - at_start) * 1e6 / static_cast<double>(now_us - start_us);
+}
+
+QueueStatus Engine::StatusOf(const Queue& q, int64_t now_us,
+                             const absl::flat_hash_map<std::string, uint64_t>& in_doubt) {
+  QueueStatus status;
+  status.name = q.name;
+  status.attributes = q.attributes;
+  status.depth = q.visible.size();
+  status.taken = q.taken;
+  status.expired_discarded = q.expired_discarded;
+  status.backout_moved_in = q.backout_moved_in;
+  if (auto it = in_doubt.find(q.name); it != in_doubt.end()) status.in_doubt = it->second;
+  if (!q.visible.empty()) {
+    status.oldest_message_age =
+        absl::Microseconds(std::max<int64_t>(0, now_us - q.visible.front()->m.enqueue_time_us()));
+  }
+  status.enqueue_rate = q.rates.ArrivedPerSecond(now_us);
+  status.get_rate = q.rates.GotPerSecond(now_us);
+  // A walk of the queue: display is rare, and counters kept at every place a
+  // message enters or leaves a queue would cost every call.
+  for (const auto& message : q.visible) ++status.by_class[message->m.class_()];
+  return status;
+}
+
+absl::flat_hash_map<std::string, uint64_t> Engine::InDoubtByQueue() const {
+  absl::flat_hash_map<std::string, uint64_t> held;
+  for (const auto& [id, unit] : units_) {
+    if (!unit->in_doubt()) continue;
+    for (const auto& message : unit->taken) ++held[message->m.queue()];
+  }
+  return held;
+}
+
 absl::StatusOr<QueueStatus> Engine::DisplayQueue(const std::string& name) const {
+  const int64_t now_us = options_.clock->NowMicros();
   absl::MutexLock lock(&mu_);
   auto it = queues_.find(name);
   if (it == queues_.end()) {
     return absl::NotFoundError(absl::StrCat("queue '", name, "' is not defined"));
   }
-  const Queue& q = *it->second;
-  return QueueStatus{q.name,  q.attributes,        q.visible.size(),
-                     q.taken, q.expired_discarded, q.backout_moved_in};
+  return StatusOf(*it->second, now_us, InDoubtByQueue());
 }
 
 std::vector<QueueStatus> Engine::DisplayQueues() const {
+  const int64_t now_us = options_.clock->NowMicros();
   absl::MutexLock lock(&mu_);
+  const absl::flat_hash_map<std::string, uint64_t> in_doubt = InDoubtByQueue();
   std::vector<QueueStatus> out;
-  for (const auto& [name, q] : queues_) {
-    out.push_back({q->name, q->attributes, q->visible.size(), q->taken, q->expired_discarded,
-                   q->backout_moved_in});
-  }
+  for (const auto& [name, q] : queues_) out.push_back(StatusOf(*q, now_us, in_doubt));
   return out;
 }
 
@@ -453,6 +514,7 @@ void Engine::MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at
   } else {
     message->position = queue->next_tail++;
     queue->visible.push_back(std::move(message));
+    queue->rates.Arrived(options_.clock->NowMicros());
   }
   queue->available.Signal();
 }
@@ -673,6 +735,7 @@ void Engine::EndUnit(UowId uow) {
     unit->inserted.clear();
     unit->record_bytes = 0;
     unit->reserve_lsn = log::kNoLsn;
+    unit->first_lsn = log::kNoLsn;
     unit->busy = 0;
     unit->exempt = false;
     unit->prepared.reset();
@@ -892,6 +955,7 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
         drop_if_empty();
         return lsn.status();
       }
+      if (unit->first_lsn == log::kNoLsn) unit->first_lsn = *lsn;
       // Wait only for a message delivered before, so that one that keeps
       // killing its consumers is counted even across a server crash.
       if (message->m.backout_count() > 0) *get_lsn = *lsn;
@@ -905,6 +969,7 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
     unit->taken.push_back(std::move(queue->visible.front()));
     queue->visible.pop_front();
     ++queue->taken;
+    queue->rates.Got(now_us);
   }
   return result;
 }
@@ -1256,6 +1321,7 @@ void Engine::Restore(RestoredState restored) {
     auto queue = std::make_shared<Queue>();
     queue->name = rq.name;
     queue->attributes = rq.attributes;
+    queue->rates = QueueRates(options_.clock->NowMicros());
     if (rq.changed) changed_queues_.insert(rq.name);
     if (!rq.messages.empty()) {
       queue->next_head = rq.messages.front().position;
@@ -1431,6 +1497,7 @@ void Engine::EndCheckpoint() {
 std::vector<OpenUnit> Engine::OpenUnits() const {
   const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
+  const log::Lsn next_lsn = log_->NextLsn();
   std::vector<OpenUnit> out;
   for (const auto& [id, unit] : units_) {
     OpenUnit& o = out.emplace_back();
@@ -1438,6 +1505,10 @@ std::vector<OpenUnit> Engine::OpenUnits() const {
     o.age = now - unit->begun;
     o.idle = now - unit->last_used;
     o.messages = unit->messages();
+    o.first_lsn = unit->first_lsn;
+    if (unit->first_lsn != log::kNoLsn && next_lsn > unit->first_lsn) {
+      o.log_bytes_since_first = next_lsn - unit->first_lsn;
+    }
     o.in_doubt = unit->in_doubt();
     if (!unit->coordinated_key.empty()) {
       absl::StatusOr<CoordinatedKey> key = ParseCoordinatedStoreKey(unit->coordinated_key);

@@ -159,6 +159,18 @@ struct QueueStatus {
   uint64_t taken = 0;  // taken by open units
   uint64_t expired_discarded = 0;
   uint64_t backout_moved_in = 0;
+  // Of `taken`: held by units in doubt (until their coordinator's outcome).
+  uint64_t in_doubt = 0;
+  // Since the head message (the oldest in commit order) was enqueued; zero
+  // when the queue is empty.
+  absl::Duration oldest_message_age;
+  // Per second over the last 10 s: messages arriving at the tail (puts,
+  // committed inserts, backout moves, assigned output) and taken (Gets,
+  // output sent).
+  double enqueue_rate = 0;
+  double get_rate = 0;
+  // Visible messages by class (classes with none left out).
+  std::map<MessageClass, uint64_t> by_class;
 };
 
 // What restart (restart/) rebuilt from the store and the log, for the engine
@@ -283,6 +295,10 @@ struct OpenUnit {
   absl::Duration age;   // since it began
   absl::Duration idle;  // since its last call
   uint64_t messages = 0;
+  // Its oldest log record (first GET or PREPARE; kNoLsn: none known), and
+  // the log written since it.
+  log::Lsn first_lsn = log::kNoLsn;
+  uint64_t log_bytes_since_first = 0;
   bool in_doubt = false;                      // prepared, waiting for its coordinator's outcome
   std::optional<CoordinatedKey> coordinated;  // a coordinator's unit
 };
@@ -456,6 +472,12 @@ class Engine {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Refuses calls of the program API on a unit in doubt.
   static absl::Status CheckNotInDoubt(const Unit& unit);
+  // What DisplayQueue(s) answer for one queue; `in_doubt`: the messages units
+  // in doubt hold, by queue.
+  static QueueStatus StatusOf(const Queue& queue, int64_t now_us,
+                              const absl::flat_hash_map<std::string, uint64_t>& in_doubt);
+  absl::flat_hash_map<std::string, uint64_t> InDoubtByQueue() const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   struct Remembered {
     qmgr::v1::Outcome outcome = qmgr::v1::OUTCOME_UNSPECIFIED;
     std::string decided_by;

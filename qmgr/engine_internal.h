@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "qmgr/engine.h"
 
 namespace qmgr {
@@ -70,6 +71,44 @@ struct Engine::Message {
   }
 };
 
+// Messages arriving on a queue and taken from it, and their rates over the
+// last kRateWindow without a timer: a sample of the counts is kept at most
+// once a second, just before the first change after a quiet second, so the
+// counts at any moment of the window are known to within one second's
+// changes.
+class QueueRates {
+ public:
+  static constexpr absl::Duration kRateWindow = absl::Seconds(10);
+
+  explicit QueueRates(int64_t now_us = 0) : since_us_(now_us) {}
+  void Arrived(int64_t now_us) {
+    Sample(now_us);
+    ++arrived_;
+  }
+  void Got(int64_t now_us) {
+    Sample(now_us);
+    ++got_;
+  }
+  // Per second over the window (or since counting began, if later).
+  double ArrivedPerSecond(int64_t now_us) const { return PerSecond(now_us, &Counts::arrived); }
+  double GotPerSecond(int64_t now_us) const { return PerSecond(now_us, &Counts::got); }
+
+ private:
+  struct Counts {
+    int64_t time_us = 0;
+    uint64_t arrived = 0;
+    uint64_t got = 0;
+  };
+  static constexpr int64_t kSampleEveryUs = 1000000;
+  void Sample(int64_t now_us);
+  double PerSecond(int64_t now_us, uint64_t Counts::*count) const;
+
+  int64_t since_us_;
+  uint64_t arrived_ = 0;
+  uint64_t got_ = 0;
+  std::deque<Counts> samples_;  // oldest first, none long before the window
+};
+
 struct Engine::Queue {
   std::string name;
   qmgr::v1::QueueAttributes attributes;
@@ -77,6 +116,7 @@ struct Engine::Queue {
   uint64_t taken = 0;                            // held by open units
   uint64_t expired_discarded = 0;
   uint64_t backout_moved_in = 0;
+  QueueRates rates;
   bool deleted = false;
   // Positions: the next message made visible at the tail takes next_tail;
   // one returned to the head takes next_head - 1.
@@ -95,6 +135,9 @@ struct Engine::Unit {
   // The ID_RESERVE covering its inserts' ids: an unlogged insert's id is
   // handed out at the sync point, so that waits for it when nothing is logged.
   log::Lsn reserve_lsn = log::kNoLsn;
+  // Its oldest record (its first GET, or its PREPARE): how far back in the
+  // log it reaches. kNoLsn: it wrote none (or a restart rebuilt it).
+  log::Lsn first_lsn = log::kNoLsn;
   absl::Time begun;
   absl::Time last_used;
   int busy = 0;         // calls inside the engine now (a waiting Get): never idle

@@ -526,6 +526,7 @@ absl::StatusOr<SessionOutput> Engine::ReceiveOutput(const std::string& name, abs
         result.message = taken->m;
         payload = taken->payload;
         ++output->taken;
+        output->rates.Got(options_.clock->NowMicros());
         s.sent = std::move(taken);
         MarkSessionChanged(name, s, log::kNoLsn);
       }

@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -286,6 +287,86 @@ TEST_F(QmgrctlAdminTest, DisplayUowShowsOwnersAgesMessagesAndUnitsInDoubt) {
     EXPECT_EQ(unit.xid(), unit.in_doubt() ? "XID1" : "");
   }
   EXPECT_EQ(in_doubt, 1);
+}
+
+// display queues: messages held in doubt, the head's age, rates, counts by
+// class; display uow: each unit's oldest record and the log since it.
+TEST_F(QmgrctlAdminTest, DisplayQueuesRatesAgesClassesInDoubtAndUnitLog) {
+  ASSERT_EQ(Ctl("queue define MIX").exit_code, 0);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(Enqueue("MIX", "recoverable").ok());
+  v1::EnqueueRequest fastpath;
+  fastpath.mutable_message()->set_queue("MIX");
+  fastpath.mutable_message()->set_payload("fast");
+  fastpath.mutable_message()->set_class_(v1::FASTPATH);
+  v1::EnqueueResponse enqueued;
+  ASSERT_TRUE(qm_->Enqueue(Ctx().get(), fastpath, &enqueued).ok());
+  // One message in a leased unit, one in a coordinator's unit in doubt.
+  v1::GetRequest get;
+  get.set_queue("MIX");
+  v1::GetResponse leased;
+  ASSERT_TRUE(qm_->Get(Ctx().get(), get, &leased).ok());
+  auto channel = grpc::CreateChannel(process_->target(), grpc::InsecureChannelCredentials());
+  auto coordinator = v1::Coordinator::NewStub(channel);
+  v1::BeginRequest begin;
+  begin.set_coordinator("CICSA");
+  begin.set_qualifier("QM1");
+  begin.set_xid("XID9");
+  v1::BeginResponse begun;
+  ASSERT_TRUE(coordinator->Begin(Ctx().get(), begin, &begun).ok());
+  get.set_uow(begun.uow());
+  v1::GetResponse held;
+  ASSERT_TRUE(qm_->Get(Ctx().get(), get, &held).ok());
+  v1::PrepareRequest prepare;
+  prepare.set_coordinator("CICSA");
+  prepare.set_qualifier("QM1");
+  prepare.set_xid("XID9");
+  v1::PrepareResponse prepared;
+  ASSERT_TRUE(coordinator->Prepare(Ctx().get(), prepare, &prepared).ok());
+  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_TRUE(Enqueue("MIX", "later").ok());  // log written after both units' records
+
+  CommandResult r = Ctl("display queues MIX --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_CONTAINS(r.out, "\"enqueue_rate\"");
+  auto shown = ParseJson<v1::DisplayQueuesResponse>(r.out);
+  ASSERT_EQ(shown.queues_size(), 1);
+  const v1::QueueInfo& q = shown.queues(0);
+  EXPECT_EQ(q.depth(), 4u);
+  EXPECT_EQ(q.taken(), 2u);
+  EXPECT_EQ(q.in_doubt(), 1u);
+  EXPECT_GE(q.oldest_message_age_ms(), 100u);
+  // Six arrivals and two Gets within the 10 s window (or since the queue
+  // was defined, moments ago).
+  EXPECT_GT(q.enqueue_rate(), 0.5);
+  EXPECT_GT(q.get_rate(), 0.1);
+  EXPECT_GT(q.enqueue_rate(), q.get_rate());
+  std::map<v1::MessageClass, uint64_t> classes;
+  for (const v1::ClassCount& c : q.classes()) classes[c.class_()] = c.messages();
+  EXPECT_EQ(classes, (std::map<v1::MessageClass, uint64_t>{{v1::RECOVERABLE, 3},
+                                                           {v1::FASTPATH, 1}}));
+  r = Ctl("display queues MIX");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* column : {"IN-DOUBT", "OLDEST", "ENQ/S", "GET/S", "BY-CLASS"}) {
+    EXPECT_CONTAINS(r.out, column);
+  }
+  EXPECT_CONTAINS(r.out, "RECOVERABLE:3,FASTPATH:1");
+
+  r = Ctl("display uow --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto units = ParseJson<v1::DisplayUnitsResponse>(r.out);
+  ASSERT_EQ(units.units_size(), 2);
+  uint64_t first_lsns[2] = {0, 0};
+  for (const v1::UnitInfo& unit : units.units()) {
+    // Each took a logged message: its GET is its first record.
+    EXPECT_GT(unit.first_lsn(), 0u);
+    EXPECT_GT(unit.log_bytes_since_first(), 0u);
+    first_lsns[unit.in_doubt()] = unit.first_lsn();
+  }
+  EXPECT_LT(first_lsns[0], first_lsns[1]) << "the leased unit's GET came first";
+  r = Ctl("display uow");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_CONTAINS(r.out, "FIRST-LSN");
+  EXPECT_CONTAINS(r.out, absl::StrCat(" ", first_lsns[1], " "));
 }
 
 TEST_F(QmgrctlAdminTest, DisplaySessionsAndAssignWithAndWithoutForce) {

@@ -2,7 +2,9 @@
 // output matches golden files (tests/golden/, regenerated with
 // QMGR_UPDATE_GOLDEN=1), --json parses, and exit codes say good, torn,
 // corrupt, unreadable or bad arguments.
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -11,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 #include "log/log.h"
@@ -183,6 +186,92 @@ TEST_F(QmgrctlLogTest, VerifyTornAndCorrupt) {
   run = Qmgrctl(Args("print"));
   EXPECT_EQ(run.exit_code, 2);
   EXPECT_NE(run.err.find("corruption"), std::string::npos) << run.err;
+}
+
+// Filters keep the records that mention the queue, unit, session or
+// message; given together, a record must mention one of each.
+TEST_F(QmgrctlLogTest, PrintFilters) {
+  auto lsns = [&](const std::string& filters) {
+    const CommandResult run = Qmgrctl(Args("print --json " + filters));
+    EXPECT_EQ(run.exit_code, 0) << run.err;
+    std::vector<uint64_t> out;
+    for (absl::string_view line : absl::StrSplit(run.out, '\n', absl::SkipEmpty())) {
+      qmgr::v1::LogEntryView view;
+      EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(std::string(line), &view).ok());
+      out.push_back(view.lsn());
+    }
+    return out;
+  };
+  // QUEUE_DEFINE, ENQUEUE (Message.queue), GET.
+  EXPECT_EQ(lsns("--queue ORDERS"), (std::vector<uint64_t>{4128, 8224, 12320}));
+  EXPECT_EQ(lsns("--uow 7"), (std::vector<uint64_t>{12320, 16416}));
+  // The ENQUEUE (Message.id), the GET and the SYNCPOINT consuming it.
+  EXPECT_EQ(lsns("--msg 1"), (std::vector<uint64_t>{8224, 12320, 16416}));
+  EXPECT_EQ(lsns("--msg 2"), (std::vector<uint64_t>{8224}));
+  EXPECT_EQ(lsns("--msg 1 --queue ORDERS"), (std::vector<uint64_t>{8224, 12320}));
+  EXPECT_EQ(lsns("--msg 1 --uow 7 --type GET"), (std::vector<uint64_t>{12320}));
+  EXPECT_TRUE(lsns("--session TERM1").empty());
+  EXPECT_TRUE(lsns("--queue NOPE").empty());
+  // Either of two values of one filter.
+  EXPECT_EQ(lsns("--msg 2 --msg 99 --uow 7").size(), 0u);
+  EXPECT_EQ(lsns("--uow 7 --uow 8").size(), 2u);
+  const CommandResult table = Qmgrctl(Args("print --uow 7"));
+  EXPECT_EQ(table.exit_code, 0);
+  EXPECT_EQ(std::count(table.out.begin(), table.out.end(), '\n'), 3) << table.out;
+  EXPECT_EQ(Qmgrctl(Args("print --uow x")).exit_code, 64);
+  EXPECT_EQ(Qmgrctl(Args("print --msg -1")).exit_code, 64);
+}
+
+// --follow tails a log another process holds open (and LOCKs): records
+// appended afterwards, in the same segment and in new ones, appear; SIGINT
+// ends it cleanly.
+TEST_F(QmgrctlLogTest, PrintFollow) {
+  const std::string live = tmp_.path() + "/live";
+  log::LogOptions options;
+  options.segment_bytes = 3 * log::kBlockBytes;  // two batches a segment: new segments come
+  absl::StatusOr<std::unique_ptr<log::Log>> log =
+      log::Log::Open(log::PosixFileSystem(), live, options);
+  ASSERT_TRUE(log.ok()) << log.status();
+  auto append = [&](const std::string& session) {
+    qmgr::v1::LogRecord record;
+    record.mutable_session_open()->set_session(session);
+    ASSERT_TRUE((*log)->AppendDurable(record).ok());
+  };
+  append("FIRST");
+  const std::string out = tmp_.path() + "/follow.out";
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    const std::string args = absl::StrCat(QMGRCTL_PATH, " --log-dir ", live,
+                                          " log print --follow --session S2 --session FIRST >",
+                                          out, " 2>", out, ".err");
+    execl("/bin/sh", "sh", "-c", absl::StrCat("exec ", args).c_str(), nullptr);
+    _exit(127);
+  }
+  auto output_has = [&](const std::string& text) {
+    for (int i = 0; i < 200; ++i) {
+      std::ifstream in(out);
+      const std::string got(std::istreambuf_iterator<char>(in), {});
+      if (got.find(text) != std::string::npos) return true;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return false;
+  };
+  EXPECT_TRUE(output_has("\"FIRST\""));
+  for (int i = 1; i <= 6; ++i) append(absl::StrCat("S", i));  // three more segments
+  EXPECT_TRUE(output_has("\"S2\""));
+  append("S2");
+  kill(child, SIGINT);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  std::ifstream in(out);
+  const std::string got(std::istreambuf_iterator<char>(in), {});
+  EXPECT_EQ(std::count(got.begin(), got.end(), '\n'), 4) << got;  // header, FIRST, S2, S2
+  EXPECT_EQ(got.find("S1"), std::string::npos) << got;
+  EXPECT_GE((*log)->stats().segments_created, 3u);
+  ASSERT_TRUE((*log)->Close().ok());
 }
 
 // Bad arguments and missing logs: clear messages and distinct exit codes.

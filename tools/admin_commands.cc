@@ -66,6 +66,28 @@ std::string Backout(const v1::QueueAttributes& a) {
   return absl::StrCat(OrDash(a.backout_queue()), "/", a.backout_threshold());
 }
 
+// A duration the way an operator reads it: 850ms, 12.5s, 7m, 3h, 2d.
+std::string Age(uint64_t ms) {
+  if (ms < 1000) return absl::StrCat(ms, "ms");
+  if (ms < 60'000) return absl::StrFormat("%.1fs", ms / 1000.0);
+  if (ms < 3'600'000) return absl::StrCat(ms / 60'000, "m");
+  if (ms < 86'400'000) return absl::StrCat(ms / 3'600'000, "h");
+  return absl::StrCat(ms / 86'400'000, "d");
+}
+
+std::string Rate(double per_second) {
+  return per_second == 0 ? "0" : absl::StrFormat(per_second < 10 ? "%.1f" : "%.0f", per_second);
+}
+
+// RECOVERABLE:3,FASTPATH:1; "-" when the queue is empty.
+std::string Classes(const v1::QueueInfo& q) {
+  std::string out;
+  for (const v1::ClassCount& c : q.classes()) {
+    absl::StrAppend(&out, out.empty() ? "" : ",", ClassName(c.class_()), ":", c.messages());
+  }
+  return out.empty() ? "-" : out;
+}
+
 // Widest of `header` and each name, so that long names keep the columns aligned.
 template <typename Rows, typename Name>
 int Width(const char* header, const Rows& rows, Name name) {
@@ -151,16 +173,23 @@ int DisplayQueues(client::Client& client, const std::vector<std::string>& names,
   }
   const int name_width =
       Width("QUEUE", response.queues(), [](const v1::QueueInfo& q) { return q.name(); });
-  out << absl::StrFormat("%-*s %8s %6s %7s %6s  %-14s %9s %9s  %-7s  %-20s %s\n", name_width,
-                         "QUEUE", "DEPTH", "TAKEN", "EXPIRED", "BO-IN", "CLASS", "MAX-DEPTH",
-                         "MAX-BYTES", "INHIBIT", "BACKOUT/THRESHOLD", "OUTPUT-OF");
+  const int output_width = Width("OUTPUT-OF", response.queues(), [](const v1::QueueInfo& q) {
+    return OrDash(q.attributes().output_of_session());
+  });
+  out << absl::StrFormat(
+      "%-*s %8s %6s %8s %7s %7s %7s %7s %6s  %-14s %9s %9s  %-7s  %-20s %-*s  %s\n", name_width,
+      "QUEUE", "DEPTH", "TAKEN", "IN-DOUBT", "OLDEST", "ENQ/S", "GET/S", "EXPIRED", "BO-IN",
+      "CLASS", "MAX-DEPTH", "MAX-BYTES", "INHIBIT", "BACKOUT/THRESHOLD", output_width,
+      "OUTPUT-OF", "BY-CLASS");
   for (const v1::QueueInfo& q : response.queues()) {
     const v1::QueueAttributes& a = q.attributes();
-    out << absl::StrFormat("%-*s %8d %6d %7d %6d  %-14s %9s %9s  %-7s  %-20s %s\n", name_width,
-                           q.name(), q.depth(), q.taken(), q.expired_discarded(),
-                           q.backout_moved_in(), ClassName(a.default_class()),
-                           OrDash(a.max_depth()), OrDash(a.max_message_bytes()), Inhibit(a),
-                           Backout(a), OrDash(a.output_of_session()));
+    out << absl::StrFormat(
+        "%-*s %8d %6d %8d %7s %7s %7s %7d %6d  %-14s %9s %9s  %-7s  %-20s %-*s  %s\n", name_width,
+        q.name(), q.depth(), q.taken(), q.in_doubt(),
+        q.depth() == 0 ? "-" : Age(q.oldest_message_age_ms()), Rate(q.enqueue_rate()),
+        Rate(q.get_rate()), q.expired_discarded(), q.backout_moved_in(),
+        ClassName(a.default_class()), OrDash(a.max_depth()), OrDash(a.max_message_bytes()),
+        Inhibit(a), Backout(a), output_width, OrDash(a.output_of_session()), Classes(q));
   }
   const v1::MemoryInfo& m = response.memory();
   out << response.queues_size() << " queue(s); memory " << Bytes(m.payload_bytes_in_memory())
@@ -219,12 +248,14 @@ int DisplayUnits(client::Client& client, bool json, std::ostream& out, std::ostr
   }
   const int owner_width =
       Width("OWNER", response.units(), [](const v1::UnitInfo& u) { return OrDash(u.owner()); });
-  out << absl::StrFormat("%10s  %-*s %10s %10s %8s %8s %s\n", "UOW", owner_width, "OWNER", "AGE-MS",
-                         "IDLE-MS", "MESSAGES", "IN-DOUBT", "XID");
+  out << absl::StrFormat("%10s  %-*s %10s %10s %8s %8s %12s %10s %s\n", "UOW", owner_width,
+                         "OWNER", "AGE-MS", "IDLE-MS", "MESSAGES", "IN-DOUBT", "FIRST-LSN",
+                         "LOG-SINCE", "XID");
   for (const v1::UnitInfo& u : response.units()) {
-    out << absl::StrFormat("%10d  %-*s %10d %10d %8d %8s %s\n", u.uow(), owner_width,
+    out << absl::StrFormat("%10d  %-*s %10d %10d %8d %8s %12s %10s %s\n", u.uow(), owner_width,
                            OrDash(u.owner()), u.age_ms(), u.idle_ms(), u.messages(),
-                           YesNo(u.in_doubt()),
+                           YesNo(u.in_doubt()), OrDash(u.first_lsn()),
+                           u.first_lsn() == 0 ? "-" : Bytes(u.log_bytes_since_first()),
                            u.xid().empty() ? "-" : absl::BytesToHexString(u.xid()));
   }
   out << response.units_size() << " open unit(s)\n";

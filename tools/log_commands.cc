@@ -1,12 +1,15 @@
 #include "tools/log_commands.h"
 
+#include <csignal>
 #include <map>
 #include <memory>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "google/protobuf/text_format.h"
 #include "google/protobuf/util/json_util.h"
 #include "log/reader.h"
@@ -113,6 +116,89 @@ absl::Status Decode(const log::LogEntry& entry, qmgr::v1::LogRecord* record) {
   return absl::OkStatus();
 }
 
+// What a record mentions, by field name wherever it sits in the record
+// (Message.queue inside an ENQUEUE, PrepareRecord.uow_id, ...), so that a new
+// record type is filtered right without changes here.
+struct Mentions {
+  std::vector<std::string> queues;
+  std::vector<uint64_t> units;
+  std::vector<std::string> sessions;
+  std::vector<uint64_t> messages;
+};
+
+void Collect(const Message& message, Mentions* mentions) {
+  static const absl::flat_hash_set<std::string> kQueueFields = {"queue", "from_queue", "to_queue",
+                                                                "backout_queue", "reply_to"};
+  static const absl::flat_hash_set<std::string> kSessionFields = {
+      "session", "origin_session", "from_session", "to_session", "output_of_session"};
+  static const absl::flat_hash_set<std::string> kMessageFields = {
+      "message_id", "message_ids", "consumed_message_ids", "out_message_id",
+      "possible_duplicate_message_id"};
+  const Reflection* reflection = message.GetReflection();
+  std::vector<const FieldDescriptor*> fields;
+  reflection->ListFields(message, &fields);
+  for (const FieldDescriptor* field : fields) {
+    const std::string& name = field->name();
+    const int n = field->is_repeated() ? reflection->FieldSize(message, field) : 1;
+    for (int i = 0; i < n; ++i) {
+      switch (field->cpp_type()) {
+        case FieldDescriptor::CPPTYPE_MESSAGE:
+          Collect(field->is_repeated() ? reflection->GetRepeatedMessage(message, field, i)
+                                       : reflection->GetMessage(message, field),
+                  mentions);
+          break;
+        case FieldDescriptor::CPPTYPE_STRING: {
+          if (field->type() == FieldDescriptor::TYPE_BYTES) break;
+          std::string value = field->is_repeated()
+                                  ? reflection->GetRepeatedString(message, field, i)
+                                  : reflection->GetString(message, field);
+          if (kQueueFields.contains(name)) mentions->queues.push_back(value);
+          if (kSessionFields.contains(name)) mentions->sessions.push_back(std::move(value));
+          break;
+        }
+        case FieldDescriptor::CPPTYPE_UINT64: {
+          const uint64_t value = field->is_repeated()
+                                     ? reflection->GetRepeatedUInt64(message, field, i)
+                                     : reflection->GetUInt64(message, field);
+          if (name == "uow_id") mentions->units.push_back(value);
+          // A Message's own id.
+          const bool message_id = kMessageFields.contains(name) ||
+                                  (name == "id" && message.GetDescriptor() ==
+                                                       qmgr::v1::Message::descriptor());
+          if (message_id) mentions->messages.push_back(value);
+          break;
+        }
+        default:
+          break;
+      }
+    }
+  }
+}
+
+template <typename T>
+bool AnyOf(const std::vector<T>& wanted, const std::vector<T>& mentioned) {
+  if (wanted.empty()) return true;
+  for (const T& w : wanted) {
+    if (std::find(mentioned.begin(), mentioned.end(), w) != mentioned.end()) return true;
+  }
+  return false;
+}
+
+bool Matches(const LogPrintOptions& options, const qmgr::v1::LogRecord& record) {
+  if (options.queues.empty() && options.units.empty() && options.sessions.empty() &&
+      options.messages.empty()) {
+    return true;
+  }
+  Mentions mentions;
+  Collect(record, &mentions);
+  return AnyOf(options.queues, mentions.queues) && AnyOf(options.units, mentions.units) &&
+         AnyOf(options.sessions, mentions.sessions) && AnyOf(options.messages, mentions.messages);
+}
+
+// Set by SIGINT or SIGTERM: `log print --follow` stops.
+volatile std::sig_atomic_t stop_following = 0;
+extern "C" void StopFollowing(int) { stop_following = 1; }
+
 qmgr::v1::TailView TailViewOf(const log::LogTail& tail) {
   qmgr::v1::TailView view;
   view.set_kind(std::string(log::TailKindName(tail.kind)));
@@ -157,13 +243,36 @@ int LogPrint(const std::string& log_dir, const LogPrintOptions& options, std::os
              std::ostream& err) {
   absl::StatusOr<std::unique_ptr<log::LogReader>> reader = OpenReader(log_dir, options.from_lsn);
   if (!reader.ok()) return Fail(reader.status(), err);
+  if (options.follow) {
+    (*reader)->Follow();
+    stop_following = 0;
+    std::signal(SIGINT, StopFollowing);
+    std::signal(SIGTERM, StopFollowing);
+  }
   if (!options.json)
     out << absl::StrFormat("%-12s %-14s %8s  %s\n", "LSN", "TYPE", "SIZE", "RECORD");
   log::LogEntry entry;
+  // Following: a segment being listed while it is created or retired fails
+  // one look; this many in a row is a real failure.
+  constexpr int kFailedLooksMax = 25;
+  int failed_looks = 0;
   while (true) {
     absl::StatusOr<bool> more = (*reader)->Next(&entry);
     if (!more.ok()) return Fail(more.status(), err);
-    if (!*more || entry.lsn > options.to_lsn) break;
+    if (*more && entry.lsn > options.to_lsn) break;
+    if (!*more) {
+      if (!options.follow) break;
+      out.flush();
+      if (stop_following) break;
+      absl::SleepFor(options.follow_poll);
+      if (stop_following) break;
+      if (absl::Status s = (*reader)->Refresh(log::PosixFileSystem(), log_dir); !s.ok()) {
+        if (++failed_looks == kFailedLooksMax) return Fail(s, err);
+      } else {
+        failed_looks = 0;
+      }
+      continue;
+    }
     if (!options.types.empty() &&
         std::find(options.types.begin(), options.types.end(), entry.type) == options.types.end()) {
       continue;
@@ -173,6 +282,7 @@ int LogPrint(const std::string& log_dir, const LogPrintOptions& options, std::os
     view.set_type(RecordTypeName(entry.type));
     view.set_size(static_cast<uint32_t>(log::kRecordHeaderBytes + entry.payload.size()));
     if (absl::Status s = Decode(entry, view.mutable_record()); !s.ok()) return Fail(s, err);
+    if (!Matches(options, view.record())) continue;
     if (options.json) {
       if (!options.full) CutBytesFields(view.mutable_record());
       out << Json(view) << "\n";

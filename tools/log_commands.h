@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "log/format.h"
 
 namespace qmgr::tools {
@@ -19,6 +20,7 @@ inline constexpr int kExitTornTail = 1;      // verify: unacknowledged bytes at 
 inline constexpr int kExitCorrupt = 2;       // damage to durable records
 inline constexpr int kExitUnreadable = 3;    // no log there, foreign files, I/O errors
 inline constexpr int kExitRefused = 4;       // online verbs: qmgrd answered with an error
+inline constexpr int kExitUnknownMessage = 5;  // explain: nothing mentions the message
 inline constexpr int kExitUsage = 64;        // bad arguments (EX_USAGE)
 inline constexpr int kExitUnreachable = 69;  // online verbs: no qmgrd at --server (EX_UNAVAILABLE)
 
@@ -28,6 +30,16 @@ struct LogPrintOptions {
   std::vector<uint8_t> types;     // empty: every type
   bool json = false;
   bool full = false;  // whole bytes fields instead of abbreviated ones
+  // Only records that mention one of these (each list that is not empty
+  // must match): a queue, a unit of work, a session, a message id.
+  std::vector<std::string> queues;
+  std::vector<uint64_t> units;
+  std::vector<std::string> sessions;
+  std::vector<uint64_t> messages;
+  // At the end of the log, wait for more (new records in the segment, new
+  // segments) until SIGINT or SIGTERM; never takes the log's LOCK.
+  bool follow = false;
+  absl::Duration follow_poll = absl::Milliseconds(200);
 };
 
 int LogPrint(const std::string& log_dir, const LogPrintOptions& options, std::ostream& out,

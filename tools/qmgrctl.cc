@@ -11,6 +11,7 @@
 #include "client/client.h"
 #include "log/segment.h"
 #include "tools/admin_commands.h"
+#include "tools/explain_command.h"
 #include "tools/indoubt_commands.h"
 #include "tools/log_commands.h"
 
@@ -212,6 +213,14 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   print_cmd->add_flag("--json", print.json, "One JSON object per record");
   print_cmd->add_flag("--full", print.full, "Show bytes fields whole, not abbreviated");
+  print_cmd->add_option("--queue", print.queues, "Only records that mention this queue");
+  print_cmd->add_option("--uow", print.units, "Only records of this unit of work")
+      ->check(kWholeNumber);
+  print_cmd->add_option("--session", print.sessions, "Only records that mention this session");
+  print_cmd->add_option("--msg", print.messages, "Only records that mention this message id")
+      ->check(kWholeNumber);
+  print_cmd->add_flag("--follow", print.follow,
+                      "After the last record, wait for new ones (read-only; Ctrl-C stops)");
 
   bool json = false;
   CLI::App* stats_cmd = log_cmd->add_subcommand("stats", "Records and bytes per type, segments");
@@ -219,6 +228,14 @@ int main(int argc, char** argv) {
   CLI::App* verify_cmd = log_cmd->add_subcommand(
       "verify", "Check every checksum and the LSN chain (exit 0 clean, 1 torn tail, 2 corrupt)");
   verify_cmd->add_flag("--json", json, "JSON output");
+
+  ExplainOptions explain;
+  std::string message_id;
+  CLI::App* explain_cmd = app.add_subcommand(
+      "explain",
+      "The life of one message from the log and the checkpoint store (offline, read-only)");
+  explain_cmd->add_option("MSGID", message_id, "The message id")->required();
+  explain_cmd->add_flag("--json", explain.json, "A qmgr.v1.MessageExplanation in JSON");
 
   ServerFlags server;
   CLI::App* checkpoint_cmd =
@@ -312,6 +329,17 @@ int main(int argc, char** argv) {
     std::cout << "checkpoint " << response.checkpoint_number() << " taken, redo LSN "
               << response.redo_lsn() << "\n";
     return kExitOk;
+  }
+  if (explain_cmd->parsed()) {
+    absl::StatusOr<uint64_t> id = ParseMessageId(message_id);
+    if (!id.ok()) {
+      std::cerr << "qmgrctl: " << id.status().message() << "\n";
+      return kExitUsage;
+    }
+    explain.message_id = *id;
+    explain.log_dir = log_dir;
+    explain.store_dir = qmgr::log::JoinPath(data_dir, "store");
+    return Explain(explain, std::cout, std::cerr);
   }
   if (print_cmd->parsed()) return LogPrint(log_dir, print, std::cout, std::cerr);
   if (stats_cmd->parsed()) return LogStats(log_dir, json, std::cout, std::cerr);

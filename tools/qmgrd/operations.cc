@@ -406,6 +406,15 @@ absl::StatusOr<qmgr::v1::DisplayQueuesResponse> Operations::DisplayQueues(
     info->set_taken(q.taken);
     info->set_expired_discarded(q.expired_discarded);
     info->set_backout_moved_in(q.backout_moved_in);
+    info->set_in_doubt(q.in_doubt);
+    info->set_oldest_message_age_ms(absl::ToInt64Milliseconds(q.oldest_message_age));
+    info->set_enqueue_rate(q.enqueue_rate);
+    info->set_get_rate(q.get_rate);
+    for (const auto& [message_class, messages] : q.by_class) {
+      qmgr::v1::ClassCount* count = info->add_classes();
+      count->set_class_(message_class);
+      count->set_messages(messages);
+    }
   }
   const MemoryStatus memory = engine_->Memory();
   qmgr::v1::MemoryInfo* m = response.mutable_memory();
@@ -474,6 +483,10 @@ qmgr::v1::DisplayUnitsResponse Operations::DisplayUnits() const {
     info.set_idle_ms(absl::ToInt64Milliseconds(unit.idle));
     info.set_messages(unit.messages);
     info.set_in_doubt(unit.in_doubt);
+    if (unit.first_lsn != log::kNoLsn) {
+      info.set_first_lsn(unit.first_lsn);
+      info.set_log_bytes_since_first(unit.log_bytes_since_first);
+    }
     if (unit.coordinated.has_value()) {
       info.set_owner(absl::StrCat("coordinator ", unit.coordinated->coordinator));
       info.set_xid(unit.coordinated->xid);
