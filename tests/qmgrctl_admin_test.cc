@@ -294,12 +294,12 @@ TEST_F(QmgrctlAdminTest, DisplayUowShowsOwnersAgesMessagesAndUnitsInDoubt) {
 TEST_F(QmgrctlAdminTest, DisplayQueuesRatesAgesClassesInDoubtAndUnitLog) {
   ASSERT_EQ(Ctl("queue define MIX").exit_code, 0);
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(Enqueue("MIX", "recoverable").ok());
-  v1::EnqueueRequest fastpath;
-  fastpath.mutable_message()->set_queue("MIX");
-  fastpath.mutable_message()->set_payload("fast");
-  fastpath.mutable_message()->set_class_(v1::FASTPATH);
+  v1::EnqueueRequest irrecoverable;
+  irrecoverable.mutable_message()->set_queue("MIX");
+  irrecoverable.mutable_message()->set_payload("lost at a crash");
+  irrecoverable.mutable_message()->set_class_(v1::IRRECOVERABLE);
   v1::EnqueueResponse enqueued;
-  ASSERT_TRUE(qm_->Enqueue(Ctx().get(), fastpath, &enqueued).ok());
+  ASSERT_TRUE(qm_->Enqueue(Ctx().get(), irrecoverable, &enqueued).ok());
   // One message in a leased unit, one in a coordinator's unit in doubt.
   v1::GetRequest get;
   get.set_queue("MIX");
@@ -343,13 +343,13 @@ TEST_F(QmgrctlAdminTest, DisplayQueuesRatesAgesClassesInDoubtAndUnitLog) {
   std::map<v1::MessageClass, uint64_t> classes;
   for (const v1::ClassCount& c : q.classes()) classes[c.class_()] = c.messages();
   EXPECT_EQ(classes, (std::map<v1::MessageClass, uint64_t>{{v1::RECOVERABLE, 3},
-                                                           {v1::FASTPATH, 1}}));
+                                                           {v1::IRRECOVERABLE, 1}}));
   r = Ctl("display queues MIX");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (const char* column : {"IN-DOUBT", "OLDEST", "ENQ/S", "GET/S", "BY-CLASS"}) {
     EXPECT_CONTAINS(r.out, column);
   }
-  EXPECT_CONTAINS(r.out, "RECOVERABLE:3,FASTPATH:1");
+  EXPECT_CONTAINS(r.out, "RECOVERABLE:3,IRRECOVERABLE:1");
 
   r = Ctl("display uow --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;

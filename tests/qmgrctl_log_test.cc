@@ -248,11 +248,16 @@ TEST_F(QmgrctlLogTest, PrintFollow) {
     execl("/bin/sh", "sh", "-c", absl::StrCat("exec ", args).c_str(), nullptr);
     _exit(127);
   }
-  auto output_has = [&](const std::string& text) {
+  // Waits until `text` is in the output `times` times.
+  auto output_has = [&](const std::string& text, int times = 1) {
     for (int i = 0; i < 200; ++i) {
       std::ifstream in(out);
       const std::string got(std::istreambuf_iterator<char>(in), {});
-      if (got.find(text) != std::string::npos) return true;
+      int found = 0;
+      for (size_t at = got.find(text); at != std::string::npos; at = got.find(text, at + 1)) {
+        ++found;
+      }
+      if (found >= times) return true;
       absl::SleepFor(absl::Milliseconds(50));
     }
     return false;
@@ -261,6 +266,7 @@ TEST_F(QmgrctlLogTest, PrintFollow) {
   for (int i = 1; i <= 6; ++i) append(absl::StrCat("S", i));  // three more segments
   EXPECT_TRUE(output_has("\"S2\""));
   append("S2");
+  EXPECT_TRUE(output_has("\"S2\"", 2));
   kill(child, SIGINT);
   int status = 0;
   ASSERT_EQ(waitpid(child, &status, 0), child);
