@@ -5,6 +5,7 @@
 #include "qmgr/engine.h"
 
 #include <atomic>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -140,6 +141,69 @@ TEST_F(EngineTest, RecoverableLifecycle) {
   EXPECT_EQ(engine_->DisplayQueue("Q")->depth, 0u);
   EXPECT_EQ(engine_->DisplayQueue("Q")->taken, 0u);
   EXPECT_EQ(engine_->SyncPoint(got.uow).status().code(), absl::StatusCode::kNotFound);
+}
+
+// DisplayQueue: rates over the last 10 s (since the queue was defined when
+// that is later), the head's age, counts by class, messages held in doubt;
+// OpenUnits: a unit's first record.
+TEST_F(EngineTest, DisplayRatesAgeClassesAndUnitFirstLsn) {
+  Define("Q");
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(engine_->Enqueue(Spec("Q", "x")).ok());
+    clock_.Advance(absl::Milliseconds(100));
+  }
+  // 1 s since the define: 10 arrivals a second, no Gets.
+  QueueStatus q = *engine_->DisplayQueue("Q");
+  EXPECT_DOUBLE_EQ(q.enqueue_rate, 10.0);
+  EXPECT_DOUBLE_EQ(q.get_rate, 0.0);
+  EXPECT_EQ(q.oldest_message_age, absl::Seconds(1));
+  EXPECT_EQ(q.by_class, (std::map<MessageClass, uint64_t>{{qmgr::v1::RECOVERABLE, 10}}));
+  const GetResult got = MustGet("Q");
+  ASSERT_TRUE(engine_->Enqueue(Spec("Q", "y", qmgr::v1::IRRECOVERABLE)).ok());
+  clock_.Advance(absl::Seconds(1));
+  q = *engine_->DisplayQueue("Q");
+  EXPECT_DOUBLE_EQ(q.enqueue_rate, 11 / 2.0);
+  EXPECT_DOUBLE_EQ(q.get_rate, 1 / 2.0);
+  EXPECT_EQ(q.oldest_message_age, absl::Milliseconds(1900));  // the second message is the head
+  EXPECT_EQ(q.by_class, (std::map<MessageClass, uint64_t>{{qmgr::v1::RECOVERABLE, 9},
+                                                          {qmgr::v1::IRRECOVERABLE, 1}}));
+  EXPECT_EQ(q.taken, 1u);
+  EXPECT_EQ(q.in_doubt, 0u);
+  // The window slides: 10 s later, the burst is out of it.
+  clock_.Advance(absl::Seconds(10));
+  q = *engine_->DisplayQueue("Q");
+  EXPECT_DOUBLE_EQ(q.enqueue_rate, 0.0);
+  EXPECT_DOUBLE_EQ(q.get_rate, 0.0);
+  // Five Gets in the last 10 s (sampled a second apart) and nothing else.
+  UowId uow = got.uow;
+  for (int i = 0; i < 5; ++i) {
+    uow = MustGet("Q", uow).uow;
+    clock_.Advance(absl::Seconds(1));
+  }
+  q = *engine_->DisplayQueue("Q");
+  EXPECT_DOUBLE_EQ(q.get_rate, 0.5);
+  EXPECT_DOUBLE_EQ(q.enqueue_rate, 0.0);
+
+  // The unit's first record is its first GET: the first GET in the log.
+  ASSERT_TRUE(log_->WaitAllDurable().ok());
+  absl::StatusOr<std::unique_ptr<log::LogReader>> reader = log::LogReader::Open(&fs_, kLogDir);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  log::Lsn first_get = log::kNoLsn;
+  log::LogEntry entry;
+  while (first_get == log::kNoLsn && *(*reader)->Next(&entry)) {
+    if (entry.type == LogRecord::kGet) first_get = entry.lsn;
+  }
+  const std::vector<OpenUnit> units = engine_->OpenUnits();
+  ASSERT_EQ(units.size(), 1u);
+  EXPECT_EQ(units[0].first_lsn, first_get);
+  EXPECT_EQ(units[0].log_bytes_since_first, log_->NextLsn() - units[0].first_lsn);
+  ASSERT_TRUE(engine_->SyncPoint(uow).ok());
+  const UowId empty = engine_->BeginUnit();
+  for (const OpenUnit& unit : engine_->OpenUnits()) {
+    if (unit.id == empty) {
+      EXPECT_EQ(unit.first_lsn, log::kNoLsn);
+    }
+  }
 }
 
 // IRRECOVERABLE: no log record at all, at Enqueue, Get or SyncPoint, and no
