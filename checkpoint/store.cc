@@ -278,8 +278,8 @@ absl::StatusOr<std::optional<qmgr::v1::StoredMessage>> StoreReader::ReadMessage(
   rocksdb::ColumnFamilyHandle* messages = Family(kMessagesFamily);
   if (messages == nullptr) return std::nullopt;
   std::string value;
-  const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), messages,
-                                     MessageKey(kImagePrefix, message_id), &value);
+  const rocksdb::Status s =
+      db_->Get(rocksdb::ReadOptions(), messages, MessageKey(kImagePrefix, message_id), &value);
   if (s.IsNotFound()) return std::nullopt;
   if (!s.ok()) {
     return FromRocksDb(s, absl::StrCat("checkpoint store ", path_, ": message ", message_id));

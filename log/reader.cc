@@ -217,15 +217,16 @@ absl::Status LogScanner::Resume(std::vector<SegmentFile> segments) {
     segments_ = std::move(segments);
     files_.resize(segments_.size());
     done_ = segments_.empty();
-    if (!done_) next_lsn_ = tail_.end_lsn = tail_.garbage_end_lsn = segments_.front().header.first_lsn;
+    if (!done_)
+      next_lsn_ = tail_.end_lsn = tail_.garbage_end_lsn = segments_.front().header.first_lsn;
     return absl::OkStatus();
   }
   const Lsn current = segments_[segment_].header.first_lsn;
   auto it = std::find_if(segments.begin(), segments.end(),
                          [&](const SegmentFile& s) { return s.header.first_lsn == current; });
   if (it == segments.end()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "segment ", segments_[segment_].path, " was retired while it was being read"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("segment ", segments_[segment_].path, " was retired while it was being read"));
   }
   std::unique_ptr<File> file = std::move(files_[segment_]);
   segment_ = static_cast<size_t>(it - segments.begin());

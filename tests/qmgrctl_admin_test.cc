@@ -342,8 +342,8 @@ TEST_F(QmgrctlAdminTest, DisplayQueuesRatesAgesClassesInDoubtAndUnitLog) {
   EXPECT_GT(q.enqueue_rate(), q.get_rate());
   std::map<v1::MessageClass, uint64_t> classes;
   for (const v1::ClassCount& c : q.classes()) classes[c.class_()] = c.messages();
-  EXPECT_EQ(classes, (std::map<v1::MessageClass, uint64_t>{{v1::RECOVERABLE, 3},
-                                                           {v1::IRRECOVERABLE, 1}}));
+  EXPECT_EQ(classes,
+            (std::map<v1::MessageClass, uint64_t>{{v1::RECOVERABLE, 3}, {v1::IRRECOVERABLE, 1}}));
   r = Ctl("display queues MIX");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (const char* column : {"IN-DOUBT", "OLDEST", "ENQ/S", "GET/S", "BY-CLASS"}) {

@@ -189,12 +189,12 @@ class QmgrctlExplainLogTest : public ::testing::Test {
 // Tables for a consumed, a poisoned, an acknowledged output and an in-doubt
 // message, pinned by golden files; no store: every fact is the log's.
 TEST_F(QmgrctlExplainLogTest, GoldenTables) {
-  for (const auto& [id, golden] : std::vector<std::pair<int, std::string>>{
-           {1, "explain_consumed.txt"},
-           {2, "explain_poisoned.txt"},
-           {3, "explain_acknowledged.txt"},
-           {4, "explain_in_doubt.txt"},
-           {5, "explain_queued.txt"}}) {
+  for (const auto& [id, golden] :
+       std::vector<std::pair<int, std::string>>{{1, "explain_consumed.txt"},
+                                                {2, "explain_poisoned.txt"},
+                                                {3, "explain_acknowledged.txt"},
+                                                {4, "explain_in_doubt.txt"},
+                                                {5, "explain_queued.txt"}}) {
     const CommandResult r = Explain(absl::StrCat(id));
     EXPECT_EQ(r.exit_code, 0) << r.err;
     ExpectGolden(golden, r.out);
@@ -505,8 +505,7 @@ TEST_F(QmgrctlExplainRetiredTest, RetiredRecordsComeFromTheStore) {
   EXPECT_GT(e.log_first_lsn(), 0u);
   EXPECT_GT(e.checkpoint_number(), 0u);
   EXPECT_CONTAINS(e.why(), "checkpoint");
-  const CommandResult r =
-      Qmgrctl(absl::StrCat("--data-dir ", data_, " explain ", consumed));
+  const CommandResult r = Qmgrctl(absl::StrCat("--data-dir ", data_, " explain ", consumed));
   EXPECT_EQ(r.exit_code, 5) << r.out;
   EXPECT_CONTAINS(r.err, absl::StrCat("mentions message ", consumed));
 }

@@ -242,9 +242,9 @@ TEST_F(QmgrctlLogTest, PrintFollow) {
   const pid_t child = fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
-    const std::string args = absl::StrCat(QMGRCTL_PATH, " --log-dir ", live,
-                                          " log print --follow --session S2 --session FIRST >",
-                                          out, " 2>", out, ".err");
+    const std::string args =
+        absl::StrCat(QMGRCTL_PATH, " --log-dir ", live,
+                     " log print --follow --session S2 --session FIRST >", out, " 2>", out, ".err");
     execl("/bin/sh", "sh", "-c", absl::StrCat("exec ", args).c_str(), nullptr);
     _exit(127);
   }

@@ -179,8 +179,8 @@ int DisplayQueues(client::Client& client, const std::vector<std::string>& names,
   out << absl::StrFormat(
       "%-*s %8s %6s %8s %7s %7s %7s %7s %6s  %-14s %9s %9s  %-7s  %-20s %-*s  %s\n", name_width,
       "QUEUE", "DEPTH", "TAKEN", "IN-DOUBT", "OLDEST", "ENQ/S", "GET/S", "EXPIRED", "BO-IN",
-      "CLASS", "MAX-DEPTH", "MAX-BYTES", "INHIBIT", "BACKOUT/THRESHOLD", output_width,
-      "OUTPUT-OF", "BY-CLASS");
+      "CLASS", "MAX-DEPTH", "MAX-BYTES", "INHIBIT", "BACKOUT/THRESHOLD", output_width, "OUTPUT-OF",
+      "BY-CLASS");
   for (const v1::QueueInfo& q : response.queues()) {
     const v1::QueueAttributes& a = q.attributes();
     out << absl::StrFormat(
@@ -248,9 +248,9 @@ int DisplayUnits(client::Client& client, bool json, std::ostream& out, std::ostr
   }
   const int owner_width =
       Width("OWNER", response.units(), [](const v1::UnitInfo& u) { return OrDash(u.owner()); });
-  out << absl::StrFormat("%10s  %-*s %10s %10s %8s %8s %12s %10s %s\n", "UOW", owner_width,
-                         "OWNER", "AGE-MS", "IDLE-MS", "MESSAGES", "IN-DOUBT", "FIRST-LSN",
-                         "LOG-SINCE", "XID");
+  out << absl::StrFormat("%10s  %-*s %10s %10s %8s %8s %12s %10s %s\n", "UOW", owner_width, "OWNER",
+                         "AGE-MS", "IDLE-MS", "MESSAGES", "IN-DOUBT", "FIRST-LSN", "LOG-SINCE",
+                         "XID");
   for (const v1::UnitInfo& u : response.units()) {
     out << absl::StrFormat("%10d  %-*s %10d %10d %8d %8s %12s %10s %s\n", u.uow(), owner_width,
                            OrDash(u.owner()), u.age_ms(), u.idle_ms(), u.messages(),

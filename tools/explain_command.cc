@@ -157,7 +157,8 @@ class Explainer {
         Backout(lsn, record.backout());
         break;
       case v1::LogRecord::kBackoutMove:
-        if (record.backout_move().message_id() == id_) MovedToBackoutQueue(lsn, record.backout_move());
+        if (record.backout_move().message_id() == id_)
+          MovedToBackoutQueue(lsn, record.backout_move());
         break;
       case v1::LogRecord::kPrepare:
         Prepare(lsn, record.prepare());
@@ -212,8 +213,9 @@ class Explainer {
       report_.set_checkpoint_number(meta_->checkpoint_number());
       report_.set_checkpoint_redo_lsn(meta_->redo_lsn());
     }
-    const bool known = std::any_of(report_.events().begin(), report_.events().end(),
-                                   [](const v1::ExplainEvent& e) { return e.event() != "ID_RESERVED"; });
+    const bool known =
+        std::any_of(report_.events().begin(), report_.events().end(),
+                    [](const v1::ExplainEvent& e) { return e.event() != "ID_RESERVED"; });
     if (!known) return false;
     if (have_message_) {
       v1::Message shown = message_;
@@ -275,10 +277,10 @@ class Explainer {
     state_ = State::kQueued;
     queue_ = m.queue();
     last_lsn_ = lsn;
-    std::string by = m.origin_session().empty()
-                         ? std::string("by a program (not a session's input)")
-                         : absl::StrCat("by session ", m.origin_session(), " (input ", m.input_seq(),
-                                        ")");
+    std::string by =
+        m.origin_session().empty()
+            ? std::string("by a program (not a session's input)")
+            : absl::StrCat("by session ", m.origin_session(), " (input ", m.input_seq(), ")");
     std::string detail = absl::StrCat(OnQueue(m.queue()), ", ", ClassOf(m), ", ", by, ", at ",
                                       Time(m.enqueue_time_us()));
     if (m.expiry_time_us() != 0) absl::StrAppend(&detail, ", expires ", Time(m.expiry_time_us()));
@@ -315,8 +317,9 @@ class Explainer {
       queue_ = m->queue();
       last_lsn_ = lsn;
       Add("log", lsn, "INSERTED",
-          absl::StrCat("by unit ", sync.uow_id(), ", visible at its sync point ", OnQueue(m->queue()),
-                       ", ", ClassOf(*m), ", enqueued ", Time(m->enqueue_time_us())),
+          absl::StrCat("by unit ", sync.uow_id(), ", visible at its sync point ",
+                       OnQueue(m->queue()), ", ", ClassOf(*m), ", enqueued ",
+                       Time(m->enqueue_time_us())),
           sync.uow_id());
     } else if (const v1::Message* m = Find(sync.deferred_inputs(), id_); m != nullptr) {
       Learn(*m);
@@ -340,10 +343,11 @@ class Explainer {
       last_lsn_ = lsn;
       const bool restart = backout.reason() == v1::BACKOUT_RESTART;
       Add("log", lsn, restart ? "RESTART_BACKOUT" : "BACKED_OUT",
-          absl::StrCat(restart ? "a restart backed out unit " : "unit ", backout.uow_id(),
-                       restart ? " (open at the crash)" : " backed out",
-                       restart ? "" : absl::StrCat(" (", v1::BackoutReason_Name(backout.reason()), ")"),
-                       ": back at the head of ", queue_, ", backout count ", backout_count_),
+          absl::StrCat(
+              restart ? "a restart backed out unit " : "unit ", backout.uow_id(),
+              restart ? " (open at the crash)" : " backed out",
+              restart ? "" : absl::StrCat(" (", v1::BackoutReason_Name(backout.reason()), ")"),
+              ": back at the head of ", queue_, ", backout count ", backout_count_),
           backout.uow_id());
     }
   }
@@ -458,8 +462,8 @@ class Explainer {
 
   void Assigned(log::Lsn lsn, const v1::AssignRecord& assign) {
     const bool forced_move = assign.forced() && assign.possible_duplicate_message_id() == id_;
-    const bool queued_move = state_ == State::kQueued && !queue_.empty() &&
-                             OutputOf(queue_) == assign.from_session();
+    const bool queued_move =
+        state_ == State::kQueued && !queue_.empty() && OutputOf(queue_) == assign.from_session();
     if (!forced_move && !queued_move) return;
     const std::string to = OutputQueueOf(assign.to_session());
     state_ = State::kQueued;
@@ -467,10 +471,10 @@ class Explainer {
     last_lsn_ = lsn;
     if (forced_move) message_.set_possible_duplicate(true);
     Add("log", lsn, "ASSIGNED",
-        absl::StrCat("session ", assign.from_session(), "'s output moved to session ",
-                     assign.to_session(), to.empty() ? "" : absl::StrCat(" (", to, ")"),
-                     forced_move ? ", forced: sent but unacknowledged, so possibly a duplicate"
-                                 : ""),
+        absl::StrCat(
+            "session ", assign.from_session(), "'s output moved to session ", assign.to_session(),
+            to.empty() ? "" : absl::StrCat(" (", to, ")"),
+            forced_move ? ", forced: sent but unacknowledged, so possibly a duplicate" : ""),
         0, assign.to_session());
   }
 
@@ -498,8 +502,8 @@ class Explainer {
         state_ = State::kInDoubt;
         uow_ = holder;
         prepared_[holder] = *stored_prepared_;
-        detail = absl::StrCat("held in doubt by unit ", holder, " (XID ", Hex(stored_prepared_->xid),
-                              ")");
+        detail = absl::StrCat("held in doubt by unit ", holder, " (XID ",
+                              Hex(stored_prepared_->xid), ")");
       } else if (holder != 0) {
         state_ = State::kTaken;
         uow_ = holder;
@@ -536,8 +540,9 @@ class Explainer {
     if (Live(state_)) {
       state_ = State::kGone;
       Add("store", redo, "NOT_IN_CHECKPOINT",
-          absl::StrCat(which, " does not hold it: it was gone by then (a cold start discards "
-                              "messages)"));
+          absl::StrCat(which,
+                       " does not hold it: it was gone by then (a cold start discards "
+                       "messages)"));
     }
   }
 
@@ -545,7 +550,8 @@ class Explainer {
     switch (state_) {
       case State::kQueued: {
         std::string where = absl::StrCat("queued ", OnQueue(queue_));
-        if (message_.expiry_time_us() != 0 && message_.expiry_time_us() <= absl::ToUnixMicros(now)) {
+        if (message_.expiry_time_us() != 0 &&
+            message_.expiry_time_us() <= absl::ToUnixMicros(now)) {
           absl::StrAppend(&where, "; expired at ", Time(message_.expiry_time_us()),
                           ": the next Get discards it");
         }
@@ -558,8 +564,8 @@ class Explainer {
         auto it = prepared_.find(uow_);
         if (it == prepared_.end()) return absl::StrCat("in doubt in unit ", uow_);
         return absl::StrCat("in doubt under XID ", Hex(it->second.xid), " (coordinator ",
-                            it->second.coordinator, ", qualifier ", it->second.qualifier,
-                            ", unit ", uow_, ")");
+                            it->second.coordinator, ", qualifier ", it->second.qualifier, ", unit ",
+                            uow_, ")");
       }
       case State::kSent:
         return absl::StrCat("sent to session ", session_, " as output ", out_seq_,
@@ -580,8 +586,8 @@ class Explainer {
     const std::string held_by =
         stored_ && (last_lsn_ == log::kNoLsn || last_lsn_ < meta_->redo_lsn())
             ? absl::StrCat("checkpoint ", meta_->checkpoint_number(), " holds it")
-        : stored_ ? absl::StrCat("checkpoint ", meta_->checkpoint_number(),
-                                 " and the log (LSN ", last_lsn_, ") hold it")
+        : stored_ ? absl::StrCat("checkpoint ", meta_->checkpoint_number(), " and the log (LSN ",
+                                 last_lsn_, ") hold it")
                   : absl::StrCat("the log holds it (LSN ", last_lsn_, ")");
     const std::string cls = have_message_ ? ClassOf(message_) : std::string("logged");
     switch (state_) {
@@ -703,8 +709,8 @@ int Explain(const ExplainOptions& options, std::ostream& out, std::ostream& err)
     if (!more.ok()) return fail(more.status());
     if (!*more) break;
     if (!record.ParseFromString(entry.payload) || record.body_case() != entry.type) {
-      return fail(absl::DataLossError(absl::StrCat("record at LSN ", entry.lsn,
-                                                   " is not a LogRecord of its type")));
+      return fail(absl::DataLossError(
+          absl::StrCat("record at LSN ", entry.lsn, " is not a LogRecord of its type")));
     }
     explainer.Record(entry.lsn, record);
   }

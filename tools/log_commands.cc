@@ -162,9 +162,9 @@ void Collect(const Message& message, Mentions* mentions) {
                                      : reflection->GetUInt64(message, field);
           if (name == "uow_id") mentions->units.push_back(value);
           // A Message's own id.
-          const bool message_id = kMessageFields.contains(name) ||
-                                  (name == "id" && message.GetDescriptor() ==
-                                                       qmgr::v1::Message::descriptor());
+          const bool message_id =
+              kMessageFields.contains(name) ||
+              (name == "id" && message.GetDescriptor() == qmgr::v1::Message::descriptor());
           if (message_id) mentions->messages.push_back(value);
           break;
         }

@@ -16,12 +16,12 @@ namespace qmgr::tools {
 
 // Exit codes of qmgrctl (documented in docs/qmgrctl.md).
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitTornTail = 1;      // verify: unacknowledged bytes at the end
-inline constexpr int kExitCorrupt = 2;       // damage to durable records
-inline constexpr int kExitUnreadable = 3;    // no log there, foreign files, I/O errors
-inline constexpr int kExitRefused = 4;       // online verbs: qmgrd answered with an error
+inline constexpr int kExitTornTail = 1;        // verify: unacknowledged bytes at the end
+inline constexpr int kExitCorrupt = 2;         // damage to durable records
+inline constexpr int kExitUnreadable = 3;      // no log there, foreign files, I/O errors
+inline constexpr int kExitRefused = 4;         // online verbs: qmgrd answered with an error
 inline constexpr int kExitUnknownMessage = 5;  // explain: nothing mentions the message
-inline constexpr int kExitUsage = 64;        // bad arguments (EX_USAGE)
+inline constexpr int kExitUsage = 64;          // bad arguments (EX_USAGE)
 inline constexpr int kExitUnreachable = 69;  // online verbs: no qmgrd at --server (EX_UNAVAILABLE)
 
 struct LogPrintOptions {
