@@ -571,9 +571,9 @@ class Explainer {
         return absl::StrCat("sent to session ", session_, " as output ", out_seq_,
                             ", not acknowledged");
       case State::kConsumed:
-        return "consumed";
+        return absl::StrCat("consumed at LSN ", last_lsn_);
       case State::kExpired:
-        return "expired and discarded";
+        return absl::StrCat("expired and discarded at LSN ", last_lsn_);
       case State::kGone:
         return "gone";
       case State::kUnknown:
@@ -605,9 +605,9 @@ class Explainer {
         return absl::StrCat(cls, " and ", held_by, ": it stays on session ", session_,
                             "'s output queue until acknowledged, and is sent again after resync");
       case State::kConsumed:
-        return absl::StrCat("consumed at LSN ", last_lsn_, ": nothing brings it back");
+        return "consumed: nothing brings it back";
       case State::kExpired:
-        return absl::StrCat("discarded after its expiry time at LSN ", last_lsn_);
+        return "discarded after its expiry time: nothing brings it back";
       case State::kGone:
         return "no record or checkpoint holds it any more";
       case State::kUnknown:
