@@ -583,12 +583,15 @@ class Explainer {
   }
 
   std::string Why() const {
-    const std::string held_by =
-        stored_ && (last_lsn_ == log::kNoLsn || last_lsn_ < meta_->redo_lsn())
-            ? absl::StrCat("checkpoint ", meta_->checkpoint_number(), " holds it")
-        : stored_ ? absl::StrCat("checkpoint ", meta_->checkpoint_number(), " and the log (LSN ",
-                                 last_lsn_, ") hold it")
-                  : absl::StrCat("the log holds it (LSN ", last_lsn_, ")");
+    // The checkpoint alone when no record after its redo LSN changed where
+    // the message is.
+    std::string held_by = absl::StrCat("the log holds it (LSN ", last_lsn_, ")");
+    if (stored_) {
+      const bool log_since = last_lsn_ != log::kNoLsn && last_lsn_ >= meta_->redo_lsn();
+      held_by = log_since ? absl::StrCat("checkpoint ", meta_->checkpoint_number(),
+                                         " and the log (LSN ", last_lsn_, ") hold it")
+                          : absl::StrCat("checkpoint ", meta_->checkpoint_number(), " holds it");
+    }
     const std::string cls = have_message_ ? ClassOf(message_) : std::string("logged");
     switch (state_) {
       case State::kQueued:
