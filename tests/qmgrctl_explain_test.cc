@@ -354,9 +354,10 @@ TEST_F(QmgrctlExplainServerTest, EveryStateWhileRunningAndAfterStop) {
   Backout(Get("WORK").uow());
   Backout(Get("WORK").uow());
   // Expired: discarded by the first Get after its expiry time.
-  const uint64_t expired =
-      Enqueue("EXPIRING", absl::ToUnixMicros(absl::Now() + absl::Milliseconds(300)));
-  absl::SleepFor(absl::Milliseconds(400));
+  // A second ahead: an Enqueue that arrives after its expiry time is refused.
+  const absl::Time expiry = absl::Now() + absl::Seconds(1);
+  const uint64_t expired = Enqueue("EXPIRING", absl::ToUnixMicros(expiry));
+  absl::SleepFor(expiry - absl::Now() + absl::Milliseconds(50));
   EXPECT_FALSE(Get("EXPIRING").has_message());
   // Backed out once, queued again.
   const uint64_t backed_out = Enqueue("OTHER");
