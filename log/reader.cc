@@ -225,7 +225,7 @@ absl::Status LogScanner::Resume(std::vector<SegmentFile> segments) {
   auto it = std::find_if(segments.begin(), segments.end(),
                          [&](const SegmentFile& s) { return s.header.first_lsn == current; });
   if (it == segments.end()) {
-    return absl::FailedPreconditionError(
+    return absl::NotFoundError(
         absl::StrCat("segment ", segments_[segment_].path, " was retired while it was being read"));
   }
   std::unique_ptr<File> file = std::move(files_[segment_]);

@@ -82,8 +82,8 @@ class LogScanner {
   // Tailing a live log: where no valid batch follows, Next returns false
   // without judging the end (the writer may be in the middle of it), and a
   // later Next looks again. Resume gives it the segments listed since, so
-  // that it goes on into a new segment; FailedPrecondition when the segment
-  // it reads was retired meanwhile.
+  // that it goes on into a new segment; NotFound when the segment it reads
+  // was retired meanwhile.
   void Follow() { follow_ = true; }
   absl::Status Resume(std::vector<SegmentFile> segments);
 

@@ -177,6 +177,51 @@ TEST(LogTest, ConcurrentAppendersLoseNothing) {
 
 // Retirement removes whole segments below the LSN (or archives them) and
 // never the segment being written; the reader then starts at the new first.
+// A following reader sees the live end without judging it, goes on when
+// records come (after Refresh, into new segments too), and says NotFound when
+// the segment it reads is retired under it.
+TEST(LogTest, FollowingReaderTailsALiveLog) {
+  qmgr::testing::TempDir tmp;
+  const std::string dir = tmp.path() + "/log";
+  absl::StatusOr<std::unique_ptr<Log>> log = Log::Open(PosixFileSystem(), dir, Small());
+  ASSERT_TRUE(log.ok()) << log.status();
+  ASSERT_TRUE((*log)->AppendDurable(EnqueueOf(1, 100)).ok());
+  absl::StatusOr<std::unique_ptr<LogReader>> reader = LogReader::Open(PosixFileSystem(), dir);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  (*reader)->Follow();
+  auto next_ids = [&] {
+    std::vector<uint64_t> ids;
+    LogEntry entry;
+    while (true) {
+      absl::StatusOr<bool> more = (*reader)->Next(&entry);
+      EXPECT_TRUE(more.ok()) << more.status();
+      if (!more.ok() || !*more) break;
+      ids.push_back(IdOf(entry));
+    }
+    return ids;
+  };
+  EXPECT_EQ(next_ids(), (std::vector<uint64_t>{1}));
+  EXPECT_TRUE(next_ids().empty()) << "nothing new yet";
+  ASSERT_TRUE((*log)->AppendDurable(EnqueueOf(2, 100)).ok());
+  EXPECT_EQ(next_ids(), (std::vector<uint64_t>{2}));
+  // Beyond the segments listed at Open, records appear after Refresh.
+  std::vector<uint64_t> expected;
+  for (uint64_t id = 3; id <= 60; ++id) {
+    ASSERT_TRUE((*log)->AppendDurable(EnqueueOf(id, 2000)).ok());
+    expected.push_back(id);
+  }
+  ASSERT_TRUE((*reader)->Refresh(PosixFileSystem(), dir).ok());
+  EXPECT_EQ(next_ids(), expected);
+  EXPECT_EQ((*reader)->tail().kind, TailKind::kClean);
+  // Retire everything below the end: the segment the reader is in goes.
+  for (uint64_t id = 61; id <= 120; ++id) {
+    ASSERT_TRUE((*log)->AppendDurable(EnqueueOf(id, 2000)).ok());
+  }
+  ASSERT_TRUE((*log)->RetireBefore((*log)->NextLsn()).ok());
+  EXPECT_EQ((*reader)->Refresh(PosixFileSystem(), dir).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE((*log)->Close().ok());
+}
+
 TEST(LogTest, RetireDeletesOrArchivesWholeSegments) {
   for (bool archive : {false, true}) {
     qmgr::testing::TempDir tmp;
