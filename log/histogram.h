@@ -23,8 +23,8 @@ class Histogram {
   }
 
   void Observe(double value) {
-    const auto bucket = std::lower_bound(upper_bounds_.begin(), upper_bounds_.end(), value) -
-                        upper_bounds_.begin();
+    const auto bucket =
+        std::lower_bound(upper_bounds_.begin(), upper_bounds_.end(), value) - upper_bounds_.begin();
     ++counts_[bucket];
     ++count_;
     sum_ += value;

@@ -438,8 +438,7 @@ absl::Status Log::SyncWriteFile(SyncTimes* syncs) {
   if (!write_file_dirty_) return absl::OkStatus();
   const auto start = std::chrono::steady_clock::now();
   absl::Status s = write_file_->Sync();
-  syncs->push_back(
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  syncs->push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   // After a failed fdatasync this descriptor is never synced again: the
   // writer stops, and only a reopen (which rereads the disk) goes on.
   if (s.ok()) {

@@ -48,8 +48,8 @@ constexpr absl::Duration kCallTimeout = absl::Seconds(10);
 // Small segments, no time-triggered checkpoints (the test asks for them),
 // metrics on any free port.
 std::vector<std::string> Flags() {
-  return {"--log-segment-bytes", "4MiB", "--shutdown-grace-ms", "200", "--checkpoint-interval-s",
-          "0",                   "--metrics-listen", "127.0.0.1:0"};
+  return {"--log-segment-bytes",     "4MiB", "--shutdown-grace-ms", "200",
+          "--checkpoint-interval-s", "0",    "--metrics-listen",    "127.0.0.1:0"};
 }
 
 // The body of GET http://127.0.0.1:port/path, or "" (with a test failure).
@@ -235,6 +235,7 @@ TEST_F(ObservabilityTest, RefusalsCountedByReasonAndLoggedWithoutFlooding) {
   Define("FULL", one_deep);
   ASSERT_TRUE(Enqueue("FULL", v1::RECOVERABLE).ok());
   constexpr int kRefusals = 40;
+  const absl::Time burst_start = absl::Now();
   for (int i = 0; i < kRefusals; ++i) {
     EXPECT_EQ(Enqueue("FULL", v1::RECOVERABLE).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   }
@@ -242,19 +243,24 @@ TEST_F(ObservabilityTest, RefusalsCountedByReasonAndLoggedWithoutFlooding) {
 
   const std::map<std::string, double> m = Scrape();
   EXPECT_EQ(
-      m.at(R"(qmgr_requests_refused_total{rpc="QueueManager.Enqueue",code="RESOURCE_EXHAUSTED",reason="QUEUE_FULL"})"),
+      m.at(
+          R"(qmgr_requests_refused_total{rpc="QueueManager.Enqueue",code="RESOURCE_EXHAUSTED",reason="QUEUE_FULL"})"),
       kRefusals);
   EXPECT_EQ(
       m.at(R"(qmgr_requests_refused_total{rpc="QueueManager.Enqueue",code="NOT_FOUND",reason=""})"),
       1);
+  const bool within_interval = absl::Now() - burst_start < absl::Seconds(9);
   const std::string err = process_->Stderr();
-  EXPECT_EQ(CountLines(err, "qmgrd: request.refused rpc=QueueManager.Enqueue "
-                            "code=RESOURCE_EXHAUSTED reason=QUEUE_FULL count=1 message="),
+  EXPECT_EQ(CountLines(err,
+                       "qmgrd: request.refused rpc=QueueManager.Enqueue "
+                       "code=RESOURCE_EXHAUSTED reason=QUEUE_FULL count=1 message="),
             1)
-      << "one line for the burst, within the interval:\n"
       << err;
-  EXPECT_EQ(CountLines(err, "reason=QUEUE_FULL"), 1) << err;
-  EXPECT_CONTAINS(err, "qmgrd: request.refused rpc=QueueManager.Enqueue code=NOT_FOUND reason=\"\"");
+  // Unless the machine crawled, the burst took less than the 10 s interval:
+  // one line for all of it.
+  if (within_interval) EXPECT_EQ(CountLines(err, "reason=QUEUE_FULL"), 1) << err;
+  EXPECT_CONTAINS(err,
+                  "qmgrd: request.refused rpc=QueueManager.Enqueue code=NOT_FOUND reason=\"\"");
 }
 
 // Restart phases and the restart's outcome, checkpoints and session resync
@@ -315,10 +321,9 @@ TEST_F(ObservabilityTest, StatusVerb) {
   const CommandResult table = Ctl("status");
   ASSERT_EQ(table.exit_code, 0) << table.err;
   for (const char* part : {"qmgr        QM1, up ", "restart     new at ", "record(s) redone",
-                           "phases: lock ", "log         ", " segment(s) of 4.0MiB",
-                           "checkpoint  ", "estimate    emergency restart ",
-                           "memory      ", " of 1.0GiB budget", "disk        ", " free of ",
-                           "units       0 open, 0 in doubt"}) {
+                           "phases: lock ", "log         ", " segment(s) of 4.0MiB", "checkpoint  ",
+                           "estimate    emergency restart ", "memory      ", " of 1.0GiB budget",
+                           "disk        ", " free of ", "units       0 open, 0 in doubt"}) {
     EXPECT_CONTAINS(table.out, part);
   }
 
@@ -345,8 +350,7 @@ TEST_F(ObservabilityTest, StatusVerb) {
   EXPECT_GE(status.disk().total_bytes(), status.disk().free_bytes());
   EXPECT_EQ(status.disk().data_dir(), dir_.path() + "/data");
 
-  const CommandResult unreachable =
-      Qmgrctl("status --server 127.0.0.1:1 --connect-timeout-ms 300");
+  const CommandResult unreachable = Qmgrctl("status --server 127.0.0.1:1 --connect-timeout-ms 300");
   EXPECT_EQ(unreachable.exit_code, 69) << unreachable.err;
   EXPECT_CONTAINS(unreachable.err, "cannot reach qmgrd");
 }

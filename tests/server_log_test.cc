@@ -1,12 +1,13 @@
 // qmgrd's event lines and refusal counting, in process: field values are
 // quoted only when a parser would otherwise misread them, and a burst of
 // refusals of one kind is counted whole but logged once per interval.
-#include "gtest/gtest.h"
+#include "tools/qmgrd/server_log.h"
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
 #include "qmgr/status.h"
 #include "tools/qmgrd/refusals.h"
-#include "tools/qmgrd/server_log.h"
 
 namespace qmgr::server {
 namespace {
@@ -57,19 +58,20 @@ TEST(RefusalsTest, CountsEveryRefusalLogsOncePerInterval) {
   EXPECT_EQ(lines[0],
             "qmgrd: request.refused rpc=QueueManager.Enqueue code=RESOURCE_EXHAUSTED "
             "reason=QUEUE_FULL count=1 message=\"queue 'Q' is full\"");
-  EXPECT_TRUE(absl::StartsWith(lines[1], "qmgrd: request.refused rpc=QueueManager.Get "
-                                         "code=NOT_FOUND reason=\"\" count=1"))
+  EXPECT_TRUE(absl::StartsWith(lines[1],
+                               "qmgrd: request.refused rpc=QueueManager.Get "
+                               "code=NOT_FOUND reason=\"\" count=1"))
       << lines[1];
 }
 
 // After the interval, the next line carries the count of the refusals not
 // logged since the previous one.
 TEST(RefusalsTest, NextLineCountsTheSuppressed) {
-  Refusals refusals(absl::Milliseconds(50));
+  Refusals refusals(absl::Milliseconds(300));
   const absl::Status full = WithReason(absl::ResourceExhaustedError("full"), reason::kQueueFull);
   ::testing::internal::CaptureStderr();
   for (int i = 0; i < 5; ++i) refusals.Record("QueueManager.Enqueue", full);
-  absl::SleepFor(absl::Milliseconds(60));
+  absl::SleepFor(absl::Milliseconds(350));
   refusals.Record("QueueManager.Enqueue", full);
   const std::string err = ::testing::internal::GetCapturedStderr();
   const std::vector<std::string> lines = absl::StrSplit(err, '\n', absl::SkipEmpty());

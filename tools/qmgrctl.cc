@@ -259,8 +259,7 @@ int main(int argc, char** argv) {
 
   bool status_json = false;
   CLI::App* status_cmd = app.add_subcommand(
-      "status",
-      "qmgrd's state: last restart, log, checkpoint age, restart estimate, memory, disk");
+      "status", "qmgrd's state: last restart, log, checkpoint age, restart estimate, memory, disk");
   status_cmd->add_flag("--json", status_json, "A qmgr.v1.StatusResponse in JSON");
   server.AddTo(status_cmd);
 

@@ -49,16 +49,16 @@ void PrintTable(const v1::StatusResponse& s, std::ostream& out) {
                    absl::FormatTime("%Y-%m-%d %H:%M:%S UTC",
                                     absl::FromUnixMicros(r.started_time_us()), absl::UTCTimeZone()),
                    ", open after ", Millis(r.elapsed_us())));
-  row("", absl::StrCat(r.records_redone(), " record(s) redone (LSN ", r.redo_from_lsn(), "..",
-                       r.redo_to_lsn(), "), ", r.units_backed_out(), " unit(s) backed out (",
-                       r.messages_backed_out(), " message(s), ",
-                       r.messages_moved_to_backout_queues(), " to backout queues), ",
-                       r.units_in_doubt(), " in doubt"));
-  row("", absl::StrCat("phases: ", absl::StrJoin(r.phases(), ", ",
-                                                 [](std::string* o, const v1::RestartPhase& p) {
-                                                   absl::StrAppend(o, p.name(), " ",
-                                                                   Millis(p.elapsed_us()));
-                                                 })));
+  row("",
+      absl::StrCat(r.records_redone(), " record(s) redone (LSN ", r.redo_from_lsn(), "..",
+                   r.redo_to_lsn(), "), ", r.units_backed_out(), " unit(s) backed out (",
+                   r.messages_backed_out(), " message(s), ", r.messages_moved_to_backout_queues(),
+                   " to backout queues), ", r.units_in_doubt(), " in doubt"));
+  row("",
+      absl::StrCat("phases: ",
+                   absl::StrJoin(r.phases(), ", ", [](std::string* o, const v1::RestartPhase& p) {
+                     absl::StrAppend(o, p.name(), " ", Millis(p.elapsed_us()));
+                   })));
   if (!r.log_tail().empty()) row("", absl::StrCat("log tail: ", r.log_tail()));
 
   const v1::LogStatus& l = s.log();
@@ -81,14 +81,14 @@ void PrintTable(const v1::StatusResponse& s, std::ostream& out) {
                           : ""));
 
   const v1::MemoryInfo& m = s.memory();
-  row("memory", absl::StrCat(Bytes(m.payload_bytes_in_memory()), " of ",
-                             m.budget_bytes() == 0 ? "no" : Bytes(m.budget_bytes()), " budget",
-                             m.budget_bytes() == 0
-                                 ? ""
-                                 : absl::StrFormat(" (%.0f%%)", 100.0 * m.payload_bytes_in_memory() /
-                                                                    m.budget_bytes()),
-                             ", ", m.spilled_messages(), " message(s) spilled (",
-                             Bytes(m.spilled_bytes()), ")"));
+  row("memory",
+      absl::StrCat(
+          Bytes(m.payload_bytes_in_memory()), " of ",
+          m.budget_bytes() == 0 ? "no" : Bytes(m.budget_bytes()), " budget",
+          m.budget_bytes() == 0 ? ""
+                                : absl::StrFormat(" (%.0f%%)", 100.0 * m.payload_bytes_in_memory() /
+                                                                   m.budget_bytes()),
+          ", ", m.spilled_messages(), " message(s) spilled (", Bytes(m.spilled_bytes()), ")"));
   const v1::DiskStatus& d = s.disk();
   row("disk", absl::StrCat(Bytes(d.free_bytes()), " free of ", Bytes(d.total_bytes()), " (",
                            d.data_dir(), ")"));

@@ -54,9 +54,9 @@ MetricFamily HistogramFamily(std::string name, std::string help, const log::Hist
   uint64_t cumulative = 0;
   for (size_t i = 0; i < h.counts().size(); ++i) {
     cumulative += h.counts()[i];
-    metric.histogram.bucket.push_back(
-        {cumulative, i < h.upper_bounds().size() ? h.upper_bounds()[i]
-                                                 : std::numeric_limits<double>::infinity()});
+    metric.histogram.bucket.push_back({cumulative, i < h.upper_bounds().size()
+                                                       ? h.upper_bounds()[i]
+                                                       : std::numeric_limits<double>::infinity()});
   }
   family.metric.push_back(std::move(metric));
   return family;
@@ -106,8 +106,8 @@ void AddTraffic(const EngineTraffic& traffic, std::vector<MetricFamily>& out) {
   }
   out.push_back(std::move(depth));
   out.push_back(std::move(taken));
-  out.push_back(Single("qmgr_units_committed_total", "Units of work committed",
-                       MetricType::Counter, static_cast<double>(traffic.units_committed)));
+  out.push_back(Single("qmgr_units_committed_total", "Units of work committed", MetricType::Counter,
+                       static_cast<double>(traffic.units_committed)));
   out.push_back(Single("qmgr_units_backed_out_total", "Units of work holding messages backed out",
                        MetricType::Counter, static_cast<double>(traffic.units_backed_out)));
 }
@@ -124,8 +124,8 @@ void AddLog(const log::LogStats& s, std::vector<MetricFamily>& out) {
                        MetricType::Counter, static_cast<double>(s.written_bytes)));
   out.push_back(Single("qmgr_log_appended_records_total", "Records appended to the system log",
                        MetricType::Counter, static_cast<double>(s.appends)));
-  out.push_back(Single("qmgr_log_segments", "Segment files of the system log",
-                       MetricType::Gauge, static_cast<double>(s.segments)));
+  out.push_back(Single("qmgr_log_segments", "Segment files of the system log", MetricType::Gauge,
+                       static_cast<double>(s.segments)));
 }
 
 void AddStatus(const qmgr::v1::StatusResponse& s, const checkpoint::CheckpointStats& cp,
@@ -164,12 +164,12 @@ void AddStatus(const qmgr::v1::StatusResponse& s, const checkpoint::CheckpointSt
   const qmgr::v1::MemoryInfo& m = s.memory();
   out.push_back(Single("qmgr_memory_payload_bytes", "Payload bytes held in memory",
                        MetricType::Gauge, static_cast<double>(m.payload_bytes_in_memory())));
-  out.push_back(Single("qmgr_memory_budget_bytes", "The memory budget (0: none)",
-                       MetricType::Gauge, static_cast<double>(m.budget_bytes())));
+  out.push_back(Single("qmgr_memory_budget_bytes", "The memory budget (0: none)", MetricType::Gauge,
+                       static_cast<double>(m.budget_bytes())));
   out.push_back(Single("qmgr_spilled_messages", "Messages whose payload is in the spill store",
                        MetricType::Gauge, static_cast<double>(m.spilled_messages())));
-  out.push_back(Single("qmgr_spilled_bytes", "Payload bytes in the spill store",
-                       MetricType::Gauge, static_cast<double>(m.spilled_bytes())));
+  out.push_back(Single("qmgr_spilled_bytes", "Payload bytes in the spill store", MetricType::Gauge,
+                       static_cast<double>(m.spilled_bytes())));
   out.push_back(Single("qmgr_disk_free_bytes", "Bytes free for qmgrd on the data directory's disk",
                        MetricType::Gauge, static_cast<double>(s.disk().free_bytes())));
 }
@@ -196,8 +196,9 @@ std::vector<MetricFamily> QueueManagerCollector::Collect() const {
   return out;
 }
 
-absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
-    const std::string& address, const QueueManagerInstance* qm, const Refusals* refusals) {
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& address,
+                                                                    const QueueManagerInstance* qm,
+                                                                    const Refusals* refusals) {
   auto server = std::unique_ptr<MetricsServer>(new MetricsServer());
   server->collector_ = std::make_shared<QueueManagerCollector>(qm, refusals);
   // prometheus-cpp (civetweb) reports a failure to listen by throwing.

@@ -324,9 +324,8 @@ int main(int argc, char** argv) {
     }
     metrics = *std::move(started);
     // Tests parse this line for the port.
-    LogLine(absl::StrCat("metrics on http://",
-                         metrics_listen.substr(0, metrics_listen.rfind(':')), ":",
-                         metrics->port(), "/metrics"));
+    LogLine(absl::StrCat("metrics on http://", metrics_listen.substr(0, metrics_listen.rfind(':')),
+                         ":", metrics->port(), "/metrics"));
   }
   // The server as a whole ("") and each service by its full name.
   server->GetHealthCheckService()->SetServingStatus(true);

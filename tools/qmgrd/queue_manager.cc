@@ -118,7 +118,9 @@ absl::StatusOr<std::unique_ptr<QueueManagerInstance>> OpenQueueManager(
   r.checkpoint.max_restart_seconds = options.max_restart_seconds;
   r.progress = [](absl::string_view line) { LogLine(line); };
   r.on_step = [](absl::string_view step, absl::Duration took) {
-    LogEvent("restart.phase").Add("phase", absl::StrReplaceAll(step, {{" ", "_"}})).Add("took", took);
+    LogEvent("restart.phase")
+        .Add("phase", absl::StrReplaceAll(step, {{" ", "_"}}))
+        .Add("took", took);
   };
   r.checkpoint.on_checkpoint = LogCheckpoint;
   LogLine(absl::StrCat("restarting queue manager ", options.queue_manager_name,

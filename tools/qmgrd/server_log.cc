@@ -90,8 +90,8 @@ LogEvent& LogEvent::Add(absl::string_view key, double value) {
 }
 
 LogEvent& LogEvent::Add(absl::string_view key, absl::Duration value) {
-  absl::StrAppend(&line_, " ", key, "_ms=",
-                  absl::StrFormat("%.3f", absl::ToDoubleMilliseconds(value)));
+  absl::StrAppend(&line_, " ", key,
+                  "_ms=", absl::StrFormat("%.3f", absl::ToDoubleMilliseconds(value)));
   return *this;
 }
 

@@ -79,9 +79,9 @@ qmgr::v1::StatusResponse QueueManagerStatus(const QueueManagerInstance& qm) {
   out.set_units_in_doubt(qm.engine()->InDoubtUnits("", "").size());
   absl::StatusOr<std::vector<qmgr::v1::SessionInfo>> sessions = qm.engine()->DisplaySessions({});
   if (sessions.ok()) {
-    out.set_sessions_resync_required(std::count_if(
-        sessions->begin(), sessions->end(),
-        [](const qmgr::v1::SessionInfo& s) { return s.resync_required(); }));
+    out.set_sessions_resync_required(
+        std::count_if(sessions->begin(), sessions->end(),
+                      [](const qmgr::v1::SessionInfo& s) { return s.resync_required(); }));
   }
   return out;
 }
