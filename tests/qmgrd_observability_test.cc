@@ -258,7 +258,9 @@ TEST_F(ObservabilityTest, RefusalsCountedByReasonAndLoggedWithoutFlooding) {
       << err;
   // Unless the machine crawled, the burst took less than the 10 s interval:
   // one line for all of it.
-  if (within_interval) EXPECT_EQ(CountLines(err, "reason=QUEUE_FULL"), 1) << err;
+  if (within_interval) {
+    EXPECT_EQ(CountLines(err, "reason=QUEUE_FULL"), 1) << err;
+  }
   EXPECT_CONTAINS(err,
                   "qmgrd: request.refused rpc=QueueManager.Enqueue code=NOT_FOUND reason=\"\"");
 }
