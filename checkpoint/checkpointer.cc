@@ -92,8 +92,36 @@ log::Lsn Checkpointer::redo_lsn() const {
   return last_.redo_lsn();
 }
 
+CheckpointStats Checkpointer::stats() const {
+  absl::MutexLock lock(&mu_);
+  CheckpointStats stats;
+  stats.taken = taken_;
+  stats.failed = failures_;
+  stats.seconds = seconds_;
+  stats.last = last_;
+  stats.replay_bytes_per_second = last_.replay_bytes_per_second() > 0
+                                      ? last_.replay_bytes_per_second()
+                                      : options_.assumed_replay_bytes_per_second;
+  return stats;
+}
+
 absl::StatusOr<CheckpointReport> Checkpointer::Checkpoint(Trigger trigger) {
   absl::MutexLock one_at_a_time(&checkpoint_mu_);
+  absl::StatusOr<CheckpointReport> report = TakeCheckpoint(trigger);
+  {
+    absl::MutexLock lock(&mu_);
+    if (report.ok()) {
+      ++taken_;
+      seconds_.Observe(absl::ToDoubleSeconds(report->elapsed));
+    } else {
+      ++failures_;
+    }
+  }
+  if (options_.on_checkpoint) options_.on_checkpoint(trigger, report);
+  return report;
+}
+
+absl::StatusOr<CheckpointReport> Checkpointer::TakeCheckpoint(Trigger trigger) {
   qmgr::v1::CheckpointMeta meta;
   {
     absl::MutexLock lock(&mu_);

@@ -30,6 +30,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "checkpoint/store.h"
+#include "log/histogram.h"
 #include "log/log.h"
 #include "qmgr/engine.h"
 
@@ -40,6 +41,8 @@ absl::string_view TriggerName(Trigger trigger);
 
 // Where a checkpoint is, for the test hook.
 enum class Step { kDeltaTaken, kLogDurable, kStoreWritten, kEndAppended };
+
+struct CheckpointReport;
 
 struct CheckpointOptions {
   // Automatic triggers; 0 turns one off.
@@ -54,6 +57,9 @@ struct CheckpointOptions {
   absl::Duration report_units_open_over = absl::Seconds(30);
   // Test seam: called after each step, on the checkpointing thread.
   std::function<void(Step)> step_hook;
+  // Hears the outcome of every checkpoint, whatever triggered it, on the
+  // thread that took it (the server's log lines); may be empty.
+  std::function<void(Trigger, const absl::StatusOr<CheckpointReport>&)> on_checkpoint;
 };
 
 struct CheckpointReport {
@@ -65,6 +71,19 @@ struct CheckpointReport {
   absl::Duration latch_held;  // steps 1-2
   std::vector<OpenUnit> long_open_units;
   std::string ToString() const;
+};
+
+// Buckets of CheckpointStats::seconds.
+inline const std::vector<double> kCheckpointSecondsBuckets = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                              0.5,   1,    2.5,   5,    10,  30};
+
+struct CheckpointStats {
+  uint64_t taken = 0;   // completed since start
+  uint64_t failed = 0;  // attempts that failed (the first failure is final)
+  log::Histogram seconds{kCheckpointSecondsBuckets};  // each completed checkpoint's duration
+  qmgr::v1::CheckpointMeta last;  // the last completed (before any: the one restart read)
+  // The replay rate EstimatedRestartSeconds uses (measured, else assumed).
+  double replay_bytes_per_second = 0;
 };
 
 class Checkpointer {
@@ -87,6 +106,8 @@ class Checkpointer {
 
   // Takes a checkpoint now (one at a time; a concurrent call waits).
   absl::StatusOr<CheckpointReport> Checkpoint(Trigger trigger);
+  CheckpointStats stats() const;
+  const CheckpointOptions& options() const { return options_; }
 
   // Emergency-restart estimate: log bytes since redo_lsn over the replay
   // rate (measured by the last restart, else assumed).
@@ -99,6 +120,8 @@ class Checkpointer {
  private:
   void TriggerLoop(std::function<void(const absl::StatusOr<CheckpointReport>&)> on_report,
                    std::optional<Trigger> first);
+  absl::StatusOr<CheckpointReport> TakeCheckpoint(Trigger trigger)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(checkpoint_mu_);
   void Hook(Step step) const {
     if (options_.step_hook) options_.step_hook(step);
   }
@@ -116,6 +139,9 @@ class Checkpointer {
   // not checkpoint a log that has not moved since.
   log::Lsn quiet_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status failed_ ABSL_GUARDED_BY(mu_);
+  uint64_t taken_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t failures_ ABSL_GUARDED_BY(mu_) = 0;
+  log::Histogram seconds_ ABSL_GUARDED_BY(mu_){kCheckpointSecondsBuckets};
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };

@@ -350,10 +350,13 @@ Lsn Log::FirstLsn() const {
 
 LogStats Log::stats() const {
   absl::MutexLock lock(&mu_);
-  return stats_;
+  LogStats stats = stats_;
+  stats.segments = segment_paths_.size();
+  return stats;
 }
 
 void Log::WriterLoop() {
+  SyncTimes syncs;  // reused: no allocation per commit
   while (true) {
     std::vector<PendingBatch> batches;
     Lsn durable_before = 0;
@@ -373,10 +376,11 @@ void Log::WriterLoop() {
       }
       durable_before = durable_lsn_;
     }
-    uint64_t syncs = 0;
+    syncs.clear();
     const absl::Status status = WriteBatches(batches, durable_before, &syncs);
     absl::MutexLock lock(&mu_);
-    stats_.commit_syncs += syncs;
+    stats_.commit_syncs += syncs.size();
+    for (const double seconds : syncs) stats_.sync_seconds.Observe(seconds);
     if (!status.ok()) {
       // A group that spans segments may have made its first part durable.
       durable_lsn_ = std::max(durable_lsn_, synced_end_);
@@ -388,7 +392,12 @@ void Log::WriterLoop() {
       return;
     }
     ++stats_.commits;
-    for (const PendingBatch& batch : batches) stats_.written_bytes += batch.bytes.size();
+    uint32_t records = 0;
+    for (const PendingBatch& batch : batches) {
+      stats_.written_bytes += batch.bytes.size();
+      records += batch.record_count;
+    }
+    stats_.commit_records.Observe(records);
     durable_lsn_ = batches.back().end_lsn();
     durable_published_.store(durable_lsn_, std::memory_order_release);
     WakeDurableWaiters();
@@ -396,7 +405,7 @@ void Log::WriterLoop() {
 }
 
 absl::Status Log::WriteBatches(std::vector<PendingBatch>& batches, Lsn durable_before,
-                               uint64_t* syncs) {
+                               SyncTimes* syncs) {
   for (PendingBatch& batch : batches) {
     // First the segment (switching syncs the previous one), so that the
     // header can claim what this group already made durable there.
@@ -425,10 +434,11 @@ absl::Status Log::WriteBatches(std::vector<PendingBatch>& batches, Lsn durable_b
   return SyncWriteFile(syncs);
 }
 
-absl::Status Log::SyncWriteFile(uint64_t* syncs) {
+absl::Status Log::SyncWriteFile(SyncTimes* syncs) {
   if (!write_file_dirty_) return absl::OkStatus();
-  ++*syncs;
+  const auto start = std::chrono::steady_clock::now();
   absl::Status s = write_file_->Sync();
+  syncs->push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   // After a failed fdatasync this descriptor is never synced again: the
   // writer stops, and only a reopen (which rereads the disk) goes on.
   if (s.ok()) {
@@ -438,7 +448,7 @@ absl::Status Log::SyncWriteFile(uint64_t* syncs) {
   return s;
 }
 
-absl::StatusOr<File*> Log::SegmentForWrite(Lsn lsn, uint64_t* syncs) {
+absl::StatusOr<File*> Log::SegmentForWrite(Lsn lsn, SyncTimes* syncs) {
   if (write_file_ != nullptr && write_segment_.Contains(lsn)) return write_file_.get();
   if (write_file_ != nullptr) {
     if (absl::Status s = SyncWriteFile(syncs); !s.ok()) return s;

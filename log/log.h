@@ -36,6 +36,7 @@
 #include "absl/synchronization/mutex.h"
 #include "log/file.h"
 #include "log/format.h"
+#include "log/histogram.h"
 #include "log/reader.h"
 #include "log/segment.h"
 #include "qmgr/v1/log.pb.h"
@@ -74,6 +75,12 @@ struct LogOpenReport {
   bool truncated = false;
 };
 
+// Buckets of LogStats' histograms.
+inline const std::vector<double> kSyncSecondsBuckets = {
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1};
+inline const std::vector<double> kCommitRecordsBuckets = {1,  2,   4,   8,   16,  32,
+                                                          64, 128, 256, 512, 1024};
+
 struct LogStats {
   uint64_t appends = 0;
   uint64_t append_bytes = 0;   // record bytes, headers included
@@ -82,6 +89,11 @@ struct LogStats {
   uint64_t written_bytes = 0;  // batch bytes written, headers included
   uint64_t segments_created = 0;
   uint64_t segments_retired = 0;
+  uint64_t segments = 0;  // segment files now (preallocated ones included)
+  // Each commit-path fdatasync's duration, in seconds.
+  Histogram sync_seconds{kSyncSecondsBuckets};
+  // Records made durable by each group commit.
+  Histogram commit_records{kCommitRecordsBuckets};
 };
 
 class Log {
@@ -152,10 +164,12 @@ class Log {
   void WriterLoop();
   void AllocatorLoop();
   // Writer thread: writes the batches, then fdatasyncs each segment touched.
+  // The fdatasyncs of one group commit and how long each took (seconds).
+  using SyncTimes = std::vector<double>;
   absl::Status WriteBatches(std::vector<PendingBatch>& batches, Lsn durable_before,
-                            uint64_t* syncs);
-  absl::StatusOr<File*> SegmentForWrite(Lsn lsn, uint64_t* syncs);
-  absl::Status SyncWriteFile(uint64_t* syncs);
+                            SyncTimes* syncs);
+  absl::StatusOr<File*> SegmentForWrite(Lsn lsn, SyncTimes* syncs);
+  absl::Status SyncWriteFile(SyncTimes* syncs);
   // End of the segment holding `lsn`, whether it exists yet or not.
   Lsn SegmentEnd(Lsn lsn) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t body_bytes() const;

@@ -499,6 +499,18 @@ MemoryStatus Engine::Memory() const {
   return status;
 }
 
+EngineTraffic Engine::Traffic() const {
+  EngineTraffic out;
+  absl::MutexLock lock(&mu_);
+  out.queues.reserve(queues_.size());
+  for (const auto& [name, q] : queues_) {
+    out.queues.push_back({name, q->visible.size(), q->taken, q->traffic});
+  }
+  out.units_committed = units_committed_;
+  out.units_backed_out = units_backed_out_;
+  return out;
+}
+
 void Engine::MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at_head) {
   // Beyond the budget, newly queued payloads go to the spill store: the tail
   // of a queue is read last. Returning (backed-out) ones stay in memory.
@@ -695,6 +707,7 @@ absl::Status Engine::EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us
         results[i].lsn = *wait_lsn;
         results[i].durability = Durability::kDurable;
       }
+      ++queues[i]->traffic_of(*messages[i]).enqueued;
       MakeVisible(queues[i], std::move(messages[i]), /*at_head=*/false);
     }
   }
@@ -966,6 +979,7 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
     *payload = message->payload;
     message->taken_by = uow;
     MarkChanged(message);
+    ++queue->traffic_of(*message).got;
     unit->taken.push_back(std::move(queue->visible.front()));
     queue->visible.pop_front();
     ++queue->taken;
@@ -1118,12 +1132,14 @@ void Engine::ApplyCommit(Unit* unit, log::Lsn lsn,
       replied.emplace_back(queue->attributes.output_of_session(), message->m.id());
     }
     message->logged = message->m.class_() != qmgr::v1::IRRECOVERABLE;
+    ++queue->traffic_of(*message).enqueued;
     MakeVisible(queue, std::move(message), /*at_head=*/false);
   }
   for (auto& message : unit->taken) {
     auto it = queues_.find(message->m.queue());
     assert(it != queues_.end() && "a queue with taken messages is never deleted");
     --it->second->taken;
+    ++it->second->traffic_of(*message).committed;
     Retire(*message);
     // Freed by the caller after the latch is released.
     message->Uncharge();
@@ -1148,6 +1164,7 @@ void Engine::ApplyCommit(Unit* unit, log::Lsn lsn,
   result->lsn = lsn;
   result->consumed = unit->taken.size();
   result->inserted = unit->inserted.size();
+  ++units_committed_;
   EndUnit(unit->id);
 }
 
@@ -1186,12 +1203,16 @@ void Engine::BackoutLocked(Unit* unit, qmgr::v1::BackoutReason reason) {
   }
   // No wait: a lost BACKOUT leaves the unit without outcome, and restart
   // backs it out the same way.
-  if (unit->messages() > 0) log_->Append(record).IgnoreError();
+  if (unit->messages() > 0) {
+    log_->Append(record).IgnoreError();
+    ++units_backed_out_;
+  }
 
   std::vector<std::unique_ptr<Message>> returning;
   for (auto& message : unit->taken) {
     Queue* queue = queues_.at(message->m.queue()).get();
     --queue->taken;
+    ++queue->traffic_of(*message).backed_out;
     const uint32_t threshold = queue->attributes.backout_threshold();
     auto to = queues_.find(queue->attributes.backout_queue());
     if (threshold > 0 && message->m.backout_count() >= threshold && to != queues_.end()) {

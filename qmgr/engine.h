@@ -20,6 +20,7 @@
 #ifndef QMGR_QMGR_ENGINE_H_
 #define QMGR_QMGR_ENGINE_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <deque>
@@ -171,6 +172,31 @@ struct QueueStatus {
   double get_rate = 0;
   // Visible messages by class (classes with none left out).
   std::map<MessageClass, uint64_t> by_class;
+};
+
+// Messages that went through a queue since the engine started, per class
+// (counted under the latch the operation already holds; read by qmgrd's
+// metrics).
+struct ClassTraffic {
+  uint64_t enqueued = 0;    // made visible by Enqueue, or inserted by a unit that committed
+  uint64_t got = 0;         // taken by a unit's Get
+  uint64_t committed = 0;   // consumed by a unit's commit
+  uint64_t backed_out = 0;  // returned (or moved to the backout queue) by a backout
+};
+// Indexed by MessageClass number (0, MESSAGE_CLASS_UNSPECIFIED, stays zero).
+inline constexpr size_t kMessageClassSlots = qmgr::v1::MessageClass_ARRAYSIZE;
+
+struct QueueTraffic {
+  std::string name;
+  uint64_t depth = 0;
+  uint64_t taken = 0;
+  std::array<ClassTraffic, kMessageClassSlots> by_class{};
+};
+
+struct EngineTraffic {
+  std::vector<QueueTraffic> queues;  // by name
+  uint64_t units_committed = 0;      // sync points (and coordinated commits)
+  uint64_t units_backed_out = 0;     // backouts of units that held messages
 };
 
 // What restart (restart/) rebuilt from the store and the log, for the engine
@@ -368,6 +394,8 @@ class Engine {
   std::vector<OpenUnit> OpenUnits() const;
 
   MemoryStatus Memory() const;
+  // Counts of messages through each queue and of units ended, since start.
+  EngineTraffic Traffic() const;
   // CPU spent by calling threads inside durability waits (measure_wait_cpu).
   int64_t wait_cpu_nanos() const { return wait_cpu_nanos_.load(std::memory_order_relaxed); }
 
@@ -620,6 +648,8 @@ class Engine {
   // the checkpoint may still read those payloads.
   bool checkpointing_ ABSL_GUARDED_BY(mu_) = false;
   absl::flat_hash_set<uint64_t> deferred_spill_drops_ ABSL_GUARDED_BY(mu_);
+  uint64_t units_committed_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t units_backed_out_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<int64_t> wait_cpu_nanos_{0};
   std::thread reaper_;
 };

@@ -3,6 +3,8 @@
 #ifndef QMGR_QMGR_ENGINE_INTERNAL_H_
 #define QMGR_QMGR_ENGINE_INTERNAL_H_
 
+#include <array>
+#include <cassert>
 #include <deque>
 #include <memory>
 #include <string>
@@ -117,6 +119,7 @@ struct Engine::Queue {
   uint64_t expired_discarded = 0;
   uint64_t backout_moved_in = 0;
   QueueRates rates;
+  std::array<ClassTraffic, kMessageClassSlots> traffic{};  // by MessageClass number
   bool deleted = false;
   // Positions: the next message made visible at the tail takes next_tail;
   // one returned to the head takes next_head - 1.
@@ -125,6 +128,11 @@ struct Engine::Queue {
   absl::CondVar available;  // a message became visible, or the queue was deleted
 
   uint64_t depth_max() const { return attributes.max_depth(); }
+  ClassTraffic& traffic_of(const Message& message) {
+    const auto slot = static_cast<size_t>(message.m.class_());
+    assert(slot < kMessageClassSlots);
+    return traffic[slot];
+  }
 };
 
 struct Engine::Unit {

@@ -500,7 +500,9 @@ absl::StatusOr<SessionOutput> Engine::ReceiveOutput(const std::string& name, abs
       }
       std::unique_ptr<Message> taken = std::move(output->visible.front());
       output->visible.pop_front();
+      ++output->traffic_of(*taken).got;
       if (taken->m.class_() == qmgr::v1::IRRECOVERABLE) {
+        ++output->traffic_of(*taken).committed;
         // Exception response: done when sent, not numbered, never logged.
         result.exception_response = true;
         result.message = taken->m;
@@ -587,6 +589,7 @@ absl::StatusOr<bool> Engine::AcknowledgeLocked(const std::string& name, Session&
     session.output_acked = true;
     if (auto queue = queues_.find(done->m.queue()); queue != queues_.end()) {
       --queue->second->taken;
+      ++queue->second->traffic_of(*done).committed;
       queue->second->available.SignalAll();  // a receiver waits for this acknowledgement
     }
     if (done->spilled) DropSpilled(*done);
@@ -599,6 +602,7 @@ absl::StatusOr<bool> Engine::AcknowledgeLocked(const std::string& name, Session&
   Queue* queue = from != queues_.end() ? from->second.get() : nullptr;
   const uint32_t threshold = queue != nullptr ? queue->attributes.backout_threshold() : 0;
   auto to = queue != nullptr ? queues_.find(queue->attributes.backout_queue()) : queues_.end();
+  if (queue != nullptr) ++queue->traffic_of(message).backed_out;
   if (threshold > 0 && message.m.backout_count() >= threshold && to != queues_.end()) {
     LogRecord move;
     qmgr::v1::BackoutMoveRecord* m = move.mutable_backout_move();

@@ -898,6 +898,7 @@ absl::StatusOr<std::unique_ptr<QueueManager>> Restart(RestartOptions options) {
   const auto step_done = [&](absl::string_view step) {
     const absl::Time now = absl::Now();
     report.steps.emplace_back(step, now - step_start);
+    if (options.on_step) options.on_step(step, now - step_start);
     step_start = now;
   };
 
@@ -1016,8 +1017,10 @@ absl::StatusOr<std::unique_ptr<QueueManager>> Restart(RestartOptions options) {
     qm->checkpointer_->SetReplayRate(report.replay_bytes_per_second);
   }
   if (options.automatic_checkpoints) {
+    // With an on_checkpoint observer every checkpoint is reported there.
     qm->checkpointer_->Start(
-        [progress = options.progress](const absl::StatusOr<checkpoint::CheckpointReport>& r) {
+        [progress = options.checkpoint.on_checkpoint ? nullptr : options.progress](
+            const absl::StatusOr<checkpoint::CheckpointReport>& r) {
           if (!progress) return;
           progress(r.ok() ? r->ToString()
                           : absl::StrCat("checkpoint failed: ", r.status().message()));

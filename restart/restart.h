@@ -65,6 +65,9 @@ struct RestartOptions {
   bool automatic_checkpoints = true;
   // Progress lines (each second during a long replay) and the summary.
   std::function<void(absl::string_view line)> progress;
+  // Hears each step of the restart as it ends (RestartReport::steps), with
+  // how long it took; may be empty.
+  std::function<void(absl::string_view step, absl::Duration took)> on_step;
 };
 
 struct RestartReport {

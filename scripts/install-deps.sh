@@ -6,7 +6,7 @@ packages=(
   build-essential cmake pkg-config git
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libabsl-dev libxxhash-dev libcli11-dev libgoogle-perftools-dev librocksdb-dev
-  libgtest-dev libgmock-dev
+  libgtest-dev libgmock-dev prometheus-cpp-dev
 )
 missing=()
 for p in "${packages[@]}"; do

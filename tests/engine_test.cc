@@ -386,6 +386,42 @@ TEST_F(EngineTest, BackoutOrderAndCounts) {
   EXPECT_EQ(engine_->DisplayQueue("Q")->depth, 0u);
 }
 
+// The counters qmgrd's metrics export: per queue and class, each message
+// counted where it was enqueued, taken, committed and backed out; inserts
+// count as enqueued on their queue only when their unit commits.
+TEST_F(EngineTest, TrafficCountsEachQueueAndClass) {
+  Define("Q");
+  Define("R");
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(engine_->Enqueue(Spec("Q", "rec")).ok());
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(engine_->Enqueue(Spec("Q", "irr", qmgr::v1::IRRECOVERABLE)).ok());
+  }
+  ASSERT_TRUE(engine_->SyncPoint(MustGet("Q").uow).ok());
+  ASSERT_TRUE(engine_->Backout(MustGet("Q").uow).ok());
+  const UowId uow = MustGet("Q").uow;
+  ASSERT_TRUE(engine_->Insert(uow, Spec("R", "reply", qmgr::v1::IRRECOVERABLE)).ok());
+  EXPECT_EQ(engine_->Traffic().queues[1].by_class[qmgr::v1::IRRECOVERABLE].enqueued, 0u)
+      << "an insert is not enqueued before its unit commits";
+  ASSERT_TRUE(engine_->SyncPoint(uow).ok());
+
+  const EngineTraffic traffic = engine_->Traffic();
+  ASSERT_EQ(traffic.queues.size(), 2u);
+  const QueueTraffic& q = traffic.queues[0];
+  EXPECT_EQ(q.name, "Q");
+  EXPECT_EQ(q.depth, 3u);
+  const ClassTraffic& rec = q.by_class[qmgr::v1::RECOVERABLE];
+  EXPECT_EQ(rec.enqueued, 3u);
+  EXPECT_EQ(rec.got, 3u);
+  EXPECT_EQ(rec.committed, 2u);
+  EXPECT_EQ(rec.backed_out, 1u);
+  const ClassTraffic& irr = q.by_class[qmgr::v1::IRRECOVERABLE];
+  EXPECT_EQ(irr.enqueued, 2u);
+  EXPECT_EQ(irr.got + irr.committed + irr.backed_out, 0u);
+  EXPECT_EQ(traffic.queues[1].by_class[qmgr::v1::IRRECOVERABLE].enqueued, 1u);
+  EXPECT_EQ(traffic.units_committed, 2u);
+  EXPECT_EQ(traffic.units_backed_out, 1u);
+}
+
 // A message backed out as often as its queue's threshold moves to the
 // backout queue (BACKOUT_MOVE), behind what is there.
 TEST_F(EngineTest, PoisonMessageMovesToBackoutQueue) {

@@ -155,6 +155,12 @@ TEST(LogTest, ConcurrentAppendersLoseNothing) {
     const LogStats stats = (*log)->stats();
     EXPECT_EQ(stats.appends, uint64_t{kThreads * kPerThread});
     EXPECT_LT(stats.commit_syncs, stats.appends) << "group commit shares fdatasyncs";
+    // The histograms the metrics export account for every fdatasync and record.
+    EXPECT_EQ(stats.sync_seconds.count(), stats.commit_syncs);
+    EXPECT_GT(stats.sync_seconds.sum(), 0);
+    EXPECT_EQ(stats.commit_records.count(), stats.commits);
+    EXPECT_EQ(stats.commit_records.sum(), static_cast<double>(stats.appends));
+    EXPECT_GE(stats.segments, 1u);
   }
   std::vector<LogEntry> entries = ReadAll(dir);
   ASSERT_EQ(entries.size(), size_t{kThreads * kPerThread});

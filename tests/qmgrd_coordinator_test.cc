@@ -567,6 +567,11 @@ TEST_F(CoordinatorTest, OperatorResolvesThenCoordinatorsOtherDecisionIsHeuristic
                                 "operator 'alice' resolved XID 0102ab of "
                                 "coordinator 'CICSA' (qualifier 'QM1'): commit"))
       << process_->Stderr();
+  EXPECT_TRUE(absl::StrContains(process_->Stderr(),
+                                "qmgrd: indoubt.heuristic_decision decided_by=operator:alice "
+                                "coordinator=CICSA qualifier=QM1 xid=0102ab outcome=commit "
+                                "code=OK reason=\"\""))
+      << process_->Stderr();
   EXPECT_EQ(Browse("OUT"), std::vector<std::string>{"reply to m1"});
   // The coordinator comes back and decides otherwise: heuristic damage, and
   // the message says who decided.
@@ -670,6 +675,10 @@ TEST_F(CoordinatorTest, ResolveCountsAddUpAndAreLogged) {
   EXPECT_TRUE(absl::StrContains(process_->Stderr(),
                                 "coordinator 'CICSA' (qualifier 'QM1') resolve: 6 XID(s), 3 in "
                                 "doubt; 2 committed, 1 backed out, 3 unresolved"))
+      << process_->Stderr();
+  EXPECT_TRUE(absl::StrContains(process_->Stderr(),
+                                "qmgrd: coordinator.resolve coordinator=CICSA qualifier=QM1 xids=6 "
+                                "in_doubt=3 committed=2 backed_out=1 unresolved=3"))
       << process_->Stderr();
   EXPECT_EQ(Browse("OUT"), (std::vector<std::string>{"reply to m1", "reply to m3"}));
   EXPECT_EQ(Queue("IN").depth(), 2u);  // m2 backed out, m4 never taken

@@ -14,6 +14,7 @@
 #include "tools/explain_command.h"
 #include "tools/indoubt_commands.h"
 #include "tools/log_commands.h"
+#include "tools/status_command.h"
 
 namespace {
 
@@ -273,6 +274,12 @@ int main(int argc, char** argv) {
   AdminVerbs admin;
   admin.AddTo(&app, &server);
 
+  bool status_json = false;
+  CLI::App* status_cmd = app.add_subcommand(
+      "status", "qmgrd's state: last restart, log, checkpoint age, restart estimate, memory, disk");
+  status_cmd->add_flag("--json", status_json, "A qmgr.v1.StatusResponse in JSON");
+  server.AddTo(status_cmd);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -312,9 +319,11 @@ int main(int argc, char** argv) {
   if (admin.parsed()) {
     if (const int code = admin.Check(std::cerr); code != kExitOk) return code;
   }
-  if (admin.parsed() || checkpoint_cmd->parsed() || list_cmd->parsed() || resolve_cmd->parsed()) {
+  if (admin.parsed() || checkpoint_cmd->parsed() || list_cmd->parsed() || resolve_cmd->parsed() ||
+      status_cmd->parsed()) {
     std::unique_ptr<qmgr::client::Client> client = server.Connect();
     if (client == nullptr) return kExitUnreachable;
+    if (status_cmd->parsed()) return Status(*client, status_json, std::cout, std::cerr);
     if (admin.parsed()) return admin.Run(*client, std::cout, std::cerr);
     if (list_cmd->parsed()) return InDoubtList(*client, list, std::cout, std::cerr);
     if (resolve_cmd->parsed()) return InDoubtResolve(*client, resolve, std::cout, std::cerr);

@@ -1,5 +1,6 @@
 #include "tools/qmgrd/coordination.h"
 
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <utility>
@@ -9,6 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/rpc_status.h"
+#include "qmgr/status.h"
+#include "tools/qmgrd/server_log.h"
 
 namespace qmgr::server {
 namespace {
@@ -125,6 +128,11 @@ absl::StatusOr<v1::ConnectResponse> Coordination::Connect(const v1::ConnectReque
         }));
   }
   Progress(line);
+  LogEvent("coordinator.connect")
+      .Add("coordinator", request.coordinator())
+      .Add("qualifier", request.qualifier())
+      .Add("in_doubt", static_cast<uint64_t>(mine.size()))
+      .Add("in_doubt_for_others", static_cast<uint64_t>(others.size()));
   return response;
 }
 
@@ -236,6 +244,18 @@ absl::StatusOr<v1::ResolveResponse> Coordination::Resolve(const v1::ResolveReque
     absl::StrAppend(&line, ": ", ListSome(refused, [](const std::string& x) { return x; }));
   }
   Progress(line);
+  const auto mismatches = std::count_if(
+      result.statuses.begin(), result.statuses.end(),
+      [](const absl::Status& s) { return ReasonOf(s) == reason::kHeuristicMismatch; });
+  LogEvent("coordinator.resolve")
+      .Add("coordinator", request.coordinator())
+      .Add("qualifier", request.qualifier())
+      .Add("xids", static_cast<uint64_t>(outcomes.size()))
+      .Add("in_doubt", result.in_doubt)
+      .Add("committed", result.committed)
+      .Add("backed_out", result.backed_out)
+      .Add("unresolved", result.unresolved)
+      .Add("heuristic_mismatches", static_cast<int64_t>(mismatches));
   return response;
 }
 
@@ -332,6 +352,16 @@ absl::StatusOr<v1::ResolveInDoubtResponse> Coordination::ResolveInDoubt(
   ResolveResult result = engine_->Resolve(key.coordinator, key.qualifier,
                                           {{key.xid, request.outcome()}}, "operator:" + op);
   const absl::Status& status = result.statuses.front();
+  // A decision by hand is the heuristic decision: its coordinator may later
+  // decide otherwise (HEURISTIC_MISMATCH).
+  LogEvent("indoubt.heuristic_decision")
+      .Add("decided_by", "operator:" + op)
+      .Add("coordinator", key.coordinator)
+      .Add("qualifier", key.qualifier)
+      .Add("xid", Hex(key.xid))
+      .Add("outcome", request.outcome() == v1::COMMIT ? "commit" : "backout")
+      .Add("code", absl::StatusCodeToString(status.code()))
+      .Add("reason", ReasonOf(status));
   Progress(absl::StrCat("operator '", op, "' resolved XID ", Hex(key.xid), " of ",
                         Who(key.coordinator, key.qualifier), ": ",
                         request.outcome() == v1::COMMIT ? "commit" : "backout",

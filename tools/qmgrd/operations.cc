@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "qmgr/status.h"
+#include "tools/qmgrd/server_log.h"
 
 namespace qmgr::server {
 namespace {
@@ -269,6 +270,10 @@ absl::StatusOr<qmgr::v1::OpenSessionResponse> Operations::OpenSession(
     const qmgr::v1::OpenSessionRequest& request) {
   absl::StatusOr<bool> resync_required = engine_->OpenSession(request.session(), request.cold());
   if (!resync_required.ok()) return resync_required.status();
+  LogEvent("session.bind")
+      .Add("session", request.session())
+      .Add("cold", request.cold())
+      .Add("resync_required", *resync_required);
   qmgr::v1::OpenSessionResponse response;
   response.set_resync_required(*resync_required);
   return response;
@@ -281,6 +286,19 @@ absl::StatusOr<qmgr::v1::SetAndTestSequenceNumbersResponse> Operations::SetAndTe
   stsn.output = request.output();
   absl::StatusOr<StsnAnswer> answer = engine_->SetAndTestSequenceNumbers(request.session(), stsn);
   if (!answer.ok()) return answer.status();
+  LogEvent("session.resync")
+      .Add("session", request.session())
+      .Add("input_action", v1::StsnAction_Name(request.input().action()))
+      .Add("input_result", v1::StsnResult_Name(answer->input.result()))
+      .Add("in_seq", answer->input.in_seq())
+      .Add("resend_from", answer->input.resend_from())
+      .Add("resend_to", answer->input.resend_to())
+      .Add("pending_input", answer->input.pending_input())
+      .Add("output_action", v1::StsnAction_Name(request.output().action()))
+      .Add("output_result", v1::StsnResult_Name(answer->output.result()))
+      .Add("out_seq", answer->output.out_seq())
+      .Add("output_outcome", v1::OutputOutcome_Name(answer->output.outcome()))
+      .Add("possible_duplicate", answer->output.possible_duplicate());
   qmgr::v1::SetAndTestSequenceNumbersResponse response;
   *response.mutable_input() = std::move(answer->input);
   *response.mutable_output() = std::move(answer->output);

@@ -8,9 +8,14 @@
 // normal shutdown takes the shutdown checkpoint and logs SHUTDOWN, an
 // immediate one just closes the log.
 //
+// With --metrics-listen it also serves Prometheus metrics over HTTP
+// (tools/qmgrd/metrics.h). Everything it reports goes to stderr through one
+// path (tools/qmgrd/server_log.h): lines for people, key=value events for
+// programs (docs/observability.md).
+//
 // Exit codes: 0 after a shutdown; 64 bad flags; 3 the data directory cannot
-// be used (another qmgrd holds it, unreadable log, ...); 4 cannot listen;
-// 1 the log failed to close cleanly.
+// be used (another qmgrd holds it, unreadable log, ...); 4 cannot listen
+// (gRPC or metrics); 1 the log failed to close cleanly.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -18,7 +23,6 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
-#include <iostream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -30,13 +34,18 @@
 #include "absl/time/time.h"
 #include "tools/qmgrd/coordination.h"
 #include "tools/qmgrd/coordinator_service.h"
+#include "tools/qmgrd/metrics.h"
 #include "tools/qmgrd/operations.h"
 #include "tools/qmgrd/queue_manager.h"
+#include "tools/qmgrd/refusals.h"
+#include "tools/qmgrd/server_log.h"
 #include "tools/qmgrd/services.h"
+#include "tools/qmgrd/status.h"
 #include "tools/qmgrd/worker_pool.h"
 
 namespace {
 
+using qmgr::server::LogLine;
 using qmgr::server::ServerOptions;
 
 constexpr int kExitOk = 0;
@@ -76,7 +85,7 @@ class ShutdownRequest {
   std::optional<qmgr::v1::ShutdownMode> mode_ ABSL_GUARDED_BY(mu_);
 };
 
-int ParseFlags(int argc, char** argv, ServerOptions* o) {
+int ParseFlags(int argc, char** argv, ServerOptions* o, std::string* metrics_listen) {
   CLI::App app{
       "qmgrd: the queue manager's gRPC server (QueueManager, Coordinator, Admin, health, "
       "reflection)"};
@@ -85,6 +94,9 @@ int ParseFlags(int argc, char** argv, ServerOptions* o) {
                  "Data directory: the log in DIR/log, the store in DIR/store")
       ->capture_default_str();
   app.add_option("--listen", o->listen_address, "Address to serve on (HOST:PORT; port 0: any)")
+      ->capture_default_str();
+  app.add_option("--metrics-listen", *metrics_listen,
+                 "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any; empty: off)")
       ->capture_default_str();
   // Names are resync qualifiers of units in doubt: a restart under others
   // while units are in doubt is refused unless --force.
@@ -209,7 +221,8 @@ const char* ModeName(qmgr::v1::ShutdownMode mode) {
 
 int main(int argc, char** argv) {
   ServerOptions options;
-  if (int code = ParseFlags(argc, argv, &options); code >= 0) return code;
+  std::string metrics_listen;
+  if (int code = ParseFlags(argc, argv, &options, &metrics_listen); code >= 0) return code;
   // Lock-order cycle detection costs every Mutex acquisition a graph lookup
   // (about 3% of qmgrd's CPU under load); the tests keep it on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
@@ -224,7 +237,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<qmgr::server::QueueManagerInstance>> qm =
       qmgr::server::OpenQueueManager(options);
   if (!qm.ok()) {
-    std::cerr << "qmgrd: " << qm.status().message() << "\n";
+    LogLine(qm.status().message());
     return kExitDataDir;
   }
 
@@ -242,9 +255,7 @@ int main(int argc, char** argv) {
   coordination_options.qmgr_name = options.queue_manager_name;
   coordination_options.group_name = options.group_name;
   coordination_options.max_send_bytes = ops_options.max_send_bytes;
-  coordination_options.progress = [](absl::string_view line) {
-    std::cerr << absl::StrCat("qmgrd: ", line, "\n") << std::flush;
-  };
+  coordination_options.progress = [](absl::string_view line) { LogLine(line); };
   qmgr::server::Coordination coordination((*qm)->engine(), &operations,
                                           std::move(coordination_options));
 
@@ -262,6 +273,12 @@ int main(int argc, char** argv) {
   context.group_bytes_max = std::min<uint64_t>(1u << 20, options.unit_bytes_max / 2);
   context.checkpoint = (*qm)->checkpoint;
   context.request_shutdown = [shutdown](qmgr::v1::ShutdownMode mode) { shutdown->Request(mode); };
+  const qmgr::server::QueueManagerInstance* instance = qm->get();
+  context.status = [instance]() -> absl::StatusOr<qmgr::v1::StatusResponse> {
+    return qmgr::server::QueueManagerStatus(*instance);
+  };
+  qmgr::server::Refusals refusals;
+  context.refusals = &refusals;
   qmgr::server::QueueManagerService queue_manager_service(&context);
   qmgr::server::AdminService admin_service(&context);
   qmgr::server::CoordinatorService coordinator_service(&context);
@@ -274,6 +291,9 @@ int main(int argc, char** argv) {
   builder.RegisterService(&queue_manager_service);
   builder.RegisterService(&admin_service);
   builder.RegisterService(&coordinator_service);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(qmgr::server::RefusalInterceptorFactory(&refusals));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   const auto max_bytes =
       static_cast<int>(std::min<uint64_t>(qmgr::server::MaxReceiveBytes(options), INT32_MAX));
   builder.SetMaxReceiveMessageSize(max_bytes);
@@ -291,8 +311,21 @@ int main(int argc, char** argv) {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    std::cerr << "qmgrd: cannot listen on " << options.listen_address << "\n";
+    LogLine(absl::StrCat("cannot listen on ", options.listen_address));
     return kExitListen;
+  }
+  std::unique_ptr<qmgr::server::MetricsServer> metrics;
+  if (!metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<qmgr::server::MetricsServer>> started =
+        qmgr::server::MetricsServer::Start(metrics_listen, instance, &refusals);
+    if (!started.ok()) {
+      LogLine(started.status().message());
+      return kExitListen;
+    }
+    metrics = *std::move(started);
+    // Tests parse this line for the port.
+    LogLine(absl::StrCat("metrics on http://", metrics_listen.substr(0, metrics_listen.rfind(':')),
+                         ":", metrics->port(), "/metrics"));
   }
   // The server as a whole ("") and each service by its full name.
   server->GetHealthCheckService()->SetServingStatus(true);
@@ -302,11 +335,9 @@ int main(int argc, char** argv) {
     server->GetHealthCheckService()->SetServingStatus(service, true);
   }
   const std::string host = options.listen_address.substr(0, options.listen_address.rfind(':'));
-  // One write: the checkpointer's thread writes to stderr too, and tests
-  // parse this line for the port.
-  std::cerr << absl::StrCat("qmgrd: queue manager ", options.queue_manager_name, " listening on ",
-                            host, ":", port, "\n")
-            << std::flush;
+  // Tests parse this line for the port.
+  LogLine(absl::StrCat("queue manager ", options.queue_manager_name, " listening on ", host, ":",
+                       port));
 
   std::thread([stop_signals, shutdown] {
     int signal = 0;
@@ -314,7 +345,7 @@ int main(int argc, char** argv) {
   }).detach();
 
   const qmgr::v1::ShutdownMode mode = shutdown->Wait();
-  std::cerr << "qmgrd: " << ModeName(mode) << " shutdown: intake stopped" << std::endl;
+  LogLine(absl::StrCat(ModeName(mode), " shutdown: intake stopped"));
   operations.StopIntake();
   server->GetHealthCheckService()->SetServingStatus(false);
   if (mode == qmgr::v1::NORMAL) {
@@ -334,11 +365,12 @@ int main(int argc, char** argv) {
   wait_pool.Stop();
   // Units opened by calls that completed during the above.
   backed_out += operations.BackoutAll(qmgr::v1::BACKOUT_SHUTDOWN);
-  std::cerr << "qmgrd: " << backed_out << " open unit(s) of work backed out" << std::endl;
+  LogLine(absl::StrCat(backed_out, " open unit(s) of work backed out"));
+  metrics.reset();  // a scrape reads the engine, which Close ends
   if (absl::Status s = (*qm)->Close(mode); !s.ok()) {
-    std::cerr << "qmgrd: " << ModeName(mode) << " shutdown failed: " << s.message() << "\n";
+    LogLine(absl::StrCat(ModeName(mode), " shutdown failed: ", s.message()));
     return kExitCloseFailed;
   }
-  std::cerr << "qmgrd: stopped" << std::endl;
+  LogLine("stopped");
   return kExitOk;
 }

@@ -1,12 +1,13 @@
 #include "tools/qmgrd/queue_manager.h"
 
 #include <filesystem>
-#include <iostream>
 #include <system_error>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "checkpoint/checkpointer.h"
+#include "tools/qmgrd/server_log.h"
 
 namespace qmgr::server {
 
@@ -17,13 +18,14 @@ uint64_t MaxReceiveBytes(const ServerOptions& options) {
          options.unit_messages_max * kFramingBytesPerMessage;
 }
 
-QueueManagerInstance::QueueManagerInstance(std::unique_ptr<restart::QueueManager> qm)
-    : qm_(std::move(qm)) {
+QueueManagerInstance::QueueManagerInstance(std::unique_ptr<restart::QueueManager> qm,
+                                           const ServerOptions& options, absl::Time restart_began)
+    : qm_(std::move(qm)), options_(options), restart_began_(restart_began) {
   checkpoint = [this]() -> absl::StatusOr<CheckpointInfo> {
+    // Logged by the checkpointer's observer (LogCheckpoint).
     absl::StatusOr<checkpoint::CheckpointReport> report =
         qm_->checkpointer()->Checkpoint(checkpoint::Trigger::kRequested);
     if (!report.ok()) return report.status();
-    std::cerr << absl::StrCat("qmgrd: ", report->ToString(), "\n") << std::flush;
     return CheckpointInfo{report->checkpoint_number, report->redo_lsn};
   };
 }
@@ -41,6 +43,48 @@ absl::Status QueueManagerInstance::Close(qmgr::v1::ShutdownMode mode) {
   qm_.reset();
   return close_status_;
 }
+
+namespace {
+
+void LogCheckpoint(checkpoint::Trigger trigger,
+                   const absl::StatusOr<checkpoint::CheckpointReport>& report) {
+  if (!report.ok()) {
+    LogEvent("checkpoint.failed")
+        .Add("trigger", checkpoint::TriggerName(trigger))
+        .Add("error", report.status().message());
+    return;
+  }
+  const checkpoint::WriteCounts& c = report->counts;
+  LogEvent("checkpoint.done")
+      .Add("number", report->checkpoint_number)
+      .Add("trigger", checkpoint::TriggerName(trigger))
+      .Add("redo_lsn", report->redo_lsn)
+      .Add("messages_written", c.messages_written)
+      .Add("payloads_written", c.payloads_written)
+      .Add("messages_deleted", c.messages_deleted)
+      .Add("queue_changes", c.queues_written + c.queues_deleted)
+      .Add("sessions_written", c.sessions_written)
+      .Add("bytes", c.batch_bytes)
+      .Add("units_open_long", static_cast<uint64_t>(report->long_open_units.size()))
+      .Add("latch_held", report->latch_held)
+      .Add("took", report->elapsed);
+}
+
+void LogRestartDone(const restart::RestartReport& r) {
+  LogEvent("restart.done")
+      .Add("mode", restart::ModeName(r.mode))
+      .Add("redo_from", r.redo_from)
+      .Add("redo_to", r.redo_to)
+      .Add("records_redone", r.records_redone)
+      .Add("units_backed_out", r.units_backed_out)
+      .Add("messages_backed_out", r.messages_backed_out)
+      .Add("units_in_doubt", r.units_in_doubt)
+      .Add("moved_to_backout_queues", r.messages_moved_to_backout_queues)
+      .Add("log_tail", r.log_tail.empty() ? "clean" : r.log_tail)
+      .Add("took", r.elapsed);
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<QueueManagerInstance>> OpenQueueManager(
     const ServerOptions& options) {
@@ -72,20 +116,25 @@ absl::StatusOr<std::unique_ptr<QueueManagerInstance>> OpenQueueManager(
   r.checkpoint.log_bytes = options.checkpoint_log_bytes;
   r.checkpoint.interval = options.checkpoint_interval;
   r.checkpoint.max_restart_seconds = options.max_restart_seconds;
-  // One write per line: progress comes from the checkpointer's thread too.
-  r.progress = [](absl::string_view line) {
-    std::cerr << absl::StrCat("qmgrd: ", line, "\n") << std::flush;
+  r.progress = [](absl::string_view line) { LogLine(line); };
+  r.on_step = [](absl::string_view step, absl::Duration took) {
+    LogEvent("restart.phase")
+        .Add("phase", absl::StrReplaceAll(step, {{" ", "_"}}))
+        .Add("took", took);
   };
-  std::cerr << absl::StrCat("qmgrd: restarting queue manager ", options.queue_manager_name,
-                            options.group_name.empty() ? "" : " of group " + options.group_name,
-                            " in ", options.data_dir, "\n")
-            << std::flush;
+  r.checkpoint.on_checkpoint = LogCheckpoint;
+  LogLine(absl::StrCat("restarting queue manager ", options.queue_manager_name,
+                       options.group_name.empty() ? "" : " of group " + options.group_name, " in ",
+                       options.data_dir));
+  const absl::Time began = absl::Now();
   absl::StatusOr<std::unique_ptr<restart::QueueManager>> qm = restart::Restart(std::move(r));
   if (!qm.ok()) {
+    LogEvent("restart.refused").Add("error", qm.status().message());
     return absl::Status(qm.status().code(), absl::StrCat("restart in ", options.data_dir,
                                                          " refused: ", qm.status().message()));
   }
-  return std::make_unique<QueueManagerInstance>(*std::move(qm));
+  LogRestartDone((*qm)->restart_report());
+  return std::make_unique<QueueManagerInstance>(*std::move(qm), options, began);
 }
 
 }  // namespace qmgr::server

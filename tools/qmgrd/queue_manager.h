@@ -78,7 +78,9 @@ struct CheckpointInfo {
 // thread-safe itself; the engine and the log are.
 class QueueManagerInstance {
  public:
-  explicit QueueManagerInstance(std::unique_ptr<restart::QueueManager> qm);
+  // `restart_began`: when OpenQueueManager called restart.
+  QueueManagerInstance(std::unique_ptr<restart::QueueManager> qm, const ServerOptions& options,
+                       absl::Time restart_began);
   // Close(IMMEDIATE)s.
   ~QueueManagerInstance();
   QueueManagerInstance(const QueueManagerInstance&) = delete;
@@ -86,6 +88,11 @@ class QueueManagerInstance {
 
   Engine* engine() const { return qm_->engine(); }
   log::Log* log() const { return qm_->log(); }
+  checkpoint::Checkpointer* checkpointer() const { return qm_->checkpointer(); }
+  const restart::RestartReport& restart_report() const { return qm_->restart_report(); }
+  absl::Time restart_began() const { return restart_began_; }
+  // The options it was opened with (names, data directory, log segment size).
+  const ServerOptions& options() const { return options_; }
   // The restart's emergency-restart estimate, for the admin tool.
   double EstimatedRestartSeconds() const { return qm_->checkpointer()->EstimatedRestartSeconds(); }
 
@@ -100,13 +107,17 @@ class QueueManagerInstance {
 
  private:
   std::unique_ptr<restart::QueueManager> qm_;
+  const ServerOptions options_;
+  const absl::Time restart_began_;
   bool closed_ = false;
   absl::Status close_status_;
 };
 
 // Restarts the queue manager in options.data_dir (created with its parents
-// if missing): restart::Restart, its progress and summary on stderr. A
-// second qmgrd on the same directory is refused.
+// if missing): restart::Restart, its progress and summary on stderr, with a
+// restart.phase event per step and restart.done at the end; from then on a
+// checkpoint.done (or checkpoint.failed) event per checkpoint. A second
+// qmgrd on the same directory is refused.
 absl::StatusOr<std::unique_ptr<QueueManagerInstance>> OpenQueueManager(
     const ServerOptions& options);
 

@@ -21,6 +21,14 @@ using qmgr::rpc::ToGrpcStatus;
 using qmgr::rpc::ToRpcStatus;
 namespace v1 = qmgr::v1;
 
+// A refusal answered inside a stream (calls' own statuses are recorded by
+// the interceptor: refusals.h).
+void RecordRefusal(const ServiceContext* c, absl::string_view rpc, const absl::Status& status) {
+  if (c->refusals != nullptr) c->refusals->Record(rpc, status);
+}
+
+absl::Status PoolFull() { return qmgr::rpc::FromGrpcStatus(kPoolFull); }
+
 absl::Time CallDeadline(const grpc::CallbackServerContext* ctx) {
   const std::chrono::system_clock::time_point deadline = ctx->deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
@@ -142,6 +150,7 @@ class EnqueueStreamReactor final
           if (results[i].ok()) {
             *response.mutable_enqueued() = *std::move(results[i]);
           } else {
+            RecordRefusal(c_, "QueueManager.EnqueueStream", results[i].status());
             *response.mutable_error() = ToRpcStatus(results[i].status());
           }
           CompleteLocked(seqs[i], std::move(response));
@@ -156,6 +165,7 @@ class EnqueueStreamReactor final
   // No runner could be queued: the waiting requests are refused.
   void RefuseWaitingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     for (auto& [seq, message] : waiting_) {
+      RecordRefusal(c_, "QueueManager.EnqueueStream", PoolFull());
       v1::EnqueueStreamResponse refused;
       refused.mutable_error()->set_code(kPoolFull.error_code());
       refused.mutable_error()->set_message(kPoolFull.error_message());
@@ -247,6 +257,7 @@ class ProgramStreamReactor final
     WorkerPool* pool =
         request_.has_get() && request_.get().wait_ms() > 0 ? c_->wait_pool : c_->io_pool;
     if (!pool->Submit([this] { Run(); })) {
+      RecordRefusal(c_, "QueueManager.ProgramStream", PoolFull());
       response_.Clear();
       response_.mutable_error()->set_code(kPoolFull.error_code());
       response_.mutable_error()->set_message(kPoolFull.error_message());
@@ -290,7 +301,10 @@ class ProgramStreamReactor final
         status = absl::InvalidArgumentError("ProgramRequest names no operation");
         break;
     }
-    if (!status.ok()) *response_.mutable_error() = ToRpcStatus(status);
+    if (!status.ok()) {
+      RecordRefusal(c_, "QueueManager.ProgramStream", status);
+      *response_.mutable_error() = ToRpcStatus(status);
+    }
     StartWrite(&response_);
   }
 
@@ -618,6 +632,16 @@ grpc::ServerUnaryReactor* AdminService::ResolveInDoubt(grpc::CallbackServerConte
   return OnPool(c_->io_pool, ctx, [this, request, response] {
     return Fill(c_->coordination->ResolveInDoubt(*request), response);
   });
+}
+
+grpc::ServerUnaryReactor* AdminService::Status(grpc::CallbackServerContext* ctx,
+                                               const v1::StatusRequest*,
+                                               v1::StatusResponse* response) {
+  if (!c_->status) {
+    return Inline(ctx, [] { return absl::UnimplementedError("this qmgrd cannot report status"); });
+  }
+  // Asks the file system for the disk's free space: off the gRPC thread.
+  return OnPool(c_->io_pool, ctx, [this, response] { return Fill(c_->status(), response); });
 }
 
 }  // namespace qmgr::server

@@ -14,6 +14,7 @@
 #include "tools/qmgrd/coordination.h"
 #include "tools/qmgrd/operations.h"
 #include "tools/qmgrd/queue_manager.h"
+#include "tools/qmgrd/refusals.h"
 #include "tools/qmgrd/worker_pool.h"
 
 namespace qmgr::server {
@@ -42,6 +43,10 @@ struct ServiceContext {
   std::function<absl::StatusOr<CheckpointInfo>()> checkpoint;
   // Admin Shutdown: called after the RPC is answered; must not block.
   std::function<void(qmgr::v1::ShutdownMode)> request_shutdown;
+  // Admin Status; empty: UNIMPLEMENTED.
+  std::function<absl::StatusOr<qmgr::v1::StatusResponse>()> status;
+  // Where refusals answered inside streams are counted (null: nowhere).
+  Refusals* refusals = nullptr;
 };
 
 class QueueManagerService final : public qmgr::v1::QueueManager::CallbackService {
@@ -141,6 +146,9 @@ class AdminService final : public qmgr::v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* ResolveInDoubt(grpc::CallbackServerContext* ctx,
                                            const qmgr::v1::ResolveInDoubtRequest* request,
                                            qmgr::v1::ResolveInDoubtResponse* response) override;
+  grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* ctx,
+                                   const qmgr::v1::StatusRequest* request,
+                                   qmgr::v1::StatusResponse* response) override;
 
  private:
   const ServiceContext* const c_;
