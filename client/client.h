@@ -50,7 +50,7 @@ struct ClientOptions {
   // Largest response accepted (a Get of a big message, a Browse).
   int max_receive_bytes = 64 << 20;
   // TLS, client certificate, token (docs/security.md); empty: plaintext.
-  Credentials credentials;
+  Credentials credentials = {};
 };
 
 // Whether a unary Enqueue that failed in transit (UNAVAILABLE or

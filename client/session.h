@@ -101,7 +101,7 @@ struct SessionOptions {
   // TLS, client certificate, token (docs/security.md); empty: plaintext.
   // The session is bound to the identity they prove: after a crash the same
   // identity binds it again (takes it over); another is refused.
-  Credentials credentials;
+  Credentials credentials = {};
   // Called after every resynchronization (the first one is also
   // open_report()). Runs while the session is busy: it must not call the
   // session.
