@@ -560,8 +560,9 @@ class TokenTest : public ::testing::Test {
     Write(tokens_path(), absl::StrCat(kAliceToken, " alice\n", kOpToken, " op\n"));
     Write(authz_path(), "alice producer ORDERS\nlocal admin\nop admin\n");
   }
-  void Start() {
+  void Start(std::vector<std::string> extra = {}) {
     std::vector<std::string> flags = kFlags;
+    flags.insert(flags.end(), extra.begin(), extra.end());
     for (const std::string& f :
          {std::string("--token-file"), tokens_path(), std::string("--authz-file"), authz_path(),
           std::string("--admin-listen"), absl::StrCat("unix:", socket_path())}) {
@@ -667,6 +668,14 @@ TEST_F(TokenTest, AdminListensOnAUnixSocketAndNotOnTheMainListener) {
             0)
       << output;
   EXPECT_EQ(process_->WaitExit(absl::Seconds(20)), 0);
+}
+
+TEST_F(TokenTest, AdminOnMainServesAdministratorsOnBothListeners) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--admin-on-main"}));
+  EXPECT_OK(WithToken(kOpToken).DisplayQueues());
+  EXPECT_DENIED(WithToken(kAliceToken).DisplayQueues());
+  EXPECT_REFUSED(WithToken("").DisplayQueues(), kUnauthenticated, "");
+  EXPECT_OK(admin_socket_->DisplayQueues());
 }
 
 TEST_F(TokenTest, SighupReloadsTheRulesAndKeepsThemWhenTheFileIsBad) {
