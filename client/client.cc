@@ -43,8 +43,10 @@ absl::Status Broken(absl::string_view what, const absl::Status& cause) {
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_receive_bytes);
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> made =
+      NewChannel(options.target, options.credentials, args);
+  if (!made.ok()) return made.status();
+  std::shared_ptr<grpc::Channel> channel = *std::move(made);
   if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
     return absl::UnavailableError(absl::StrCat("cannot connect to the queue manager at ",
                                                options.target, " within ",
@@ -62,6 +64,13 @@ Client::Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
 std::unique_ptr<grpc::ClientContext> Client::NewContext() const {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
+  AddCallCredentials(options_.credentials, context.get());
+  return context;
+}
+
+std::unique_ptr<grpc::ClientContext> Client::StreamContext() const {
+  auto context = std::make_unique<grpc::ClientContext>();
+  AddCallCredentials(options_.credentials, context.get());
   return context;
 }
 
@@ -186,13 +195,11 @@ absl::Status Client::Shutdown(v1::ShutdownMode mode) {
 absl::StatusOr<std::unique_ptr<Producer>> Client::OpenProducer(int window) {
   if (window < 1) return absl::InvalidArgumentError("a producer's window must be at least 1");
   // Streams live as long as the caller wants: no deadline.
-  return std::unique_ptr<Producer>(
-      new Producer(std::make_unique<grpc::ClientContext>(), queue_manager_.get(), window));
+  return std::unique_ptr<Producer>(new Producer(StreamContext(), queue_manager_.get(), window));
 }
 
 absl::StatusOr<std::unique_ptr<Program>> Client::OpenProgram() {
-  return std::unique_ptr<Program>(
-      new Program(std::make_unique<grpc::ClientContext>(), queue_manager_.get()));
+  return std::unique_ptr<Program>(new Program(StreamContext(), queue_manager_.get()));
 }
 
 // ---- Producer --------------------------------------------------------------

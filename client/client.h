@@ -32,6 +32,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "client/credentials.h"
 #include "qmgr/v1/qmgr.grpc.pb.h"
 
 namespace qmgr::client {
@@ -48,6 +49,8 @@ struct ClientOptions {
   absl::Duration retry_backoff = absl::Milliseconds(50);
   // Largest response accepted (a Get of a big message, a Browse).
   int max_receive_bytes = 64 << 20;
+  // TLS, client certificate, token (docs/security.md); empty: plaintext.
+  Credentials credentials = {};
 };
 
 // Whether a unary Enqueue that failed in transit (UNAVAILABLE or
@@ -107,7 +110,7 @@ class Client {
   qmgr::v1::QueueManager::Stub* queue_manager() { return queue_manager_.get(); }
   qmgr::v1::Admin::Stub* admin() { return admin_.get(); }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
-  // A context with the call deadline set.
+  // A context with the call deadline and the token set.
   std::unique_ptr<grpc::ClientContext> NewContext() const;
 
  private:
@@ -116,6 +119,8 @@ class Client {
   // context) while `retryable` says the failure may be retried.
   template <typename Call>
   absl::Status Attempt(bool retryable, Call call);
+  // A stream's context: the token, no deadline (a stream lasts).
+  std::unique_ptr<grpc::ClientContext> StreamContext() const;
 
   const ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -144,6 +149,7 @@ class Producer {
 
  private:
   friend class Client;
+  // `context`: its token set.
   Producer(std::unique_ptr<grpc::ClientContext> context, qmgr::v1::QueueManager::Stub* stub,
            int window);
   void ReadLoop();

@@ -52,6 +52,7 @@ int Milliseconds(absl::Duration d) {
 
 absl::StatusOr<std::unique_ptr<Session>> Session::Open(SessionOptions options) {
   if (options.fs == nullptr) options.fs = log::PosixFileSystem();
+  if (absl::Status s = ChannelCredentialsFor(options.credentials).status(); !s.ok()) return s;
   absl::StatusOr<SessionFile> file = SessionFile::Open(options.file_path, options.name, options.fs);
   if (!file.ok()) return file.status();
   if (options.file_lost && file->existed()) {
@@ -148,7 +149,11 @@ absl::Status Session::Connect(absl::Time deadline) {
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, Milliseconds(options_.reconnect_backoff));
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, Milliseconds(options_.reconnect_backoff));
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, Milliseconds(options_.reconnect_backoff_max));
-    channel_ = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+    // Checked by Open: the credentials' files were readable then.
+    absl::StatusOr<std::shared_ptr<grpc::Channel>> made =
+        NewChannel(target, options_.credentials, args);
+    if (!made.ok()) return made.status();
+    channel_ = *std::move(made);
     stub_ = v1::QueueManager::NewStub(channel_);
     target_ = target;
   }
@@ -637,6 +642,7 @@ absl::Status Session::AcknowledgeCall(uint64_t out_seq, bool positive, uint32_t 
 
 void Session::StartReceiving() {
   receive_context_ = std::make_unique<grpc::ClientContext>();  // no deadline: as long as it runs
+  AddCallCredentials(options_.credentials, receive_context_.get());
   v1::ReceiveRequest request;
   request.set_session(options_.name);
   receive_reader_ = stub_->Receive(receive_context_.get(), request);
@@ -685,6 +691,7 @@ void Session::ReceiveLoop(uint64_t generation, grpc::ClientReader<v1::ReceiveRes
 std::unique_ptr<grpc::ClientContext> Session::NewContext() const {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
+  AddCallCredentials(options_.credentials, context.get());
   return context;
 }
 

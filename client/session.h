@@ -43,6 +43,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "client/credentials.h"
 #include "client/session_file.h"
 #include "log/file.h"
 #include "qmgr/v1/client_session.pb.h"
@@ -97,6 +98,10 @@ struct SessionOptions {
   absl::Duration reconnect_backoff_max = absl::Seconds(1);
   absl::Duration reconnect_timeout = absl::Seconds(60);
   int max_receive_bytes = 64 << 20;
+  // TLS, client certificate, token (docs/security.md); empty: plaintext.
+  // The session is bound to the identity they prove: after a crash the same
+  // identity binds it again (takes it over); another is refused.
+  Credentials credentials = {};
   // Called after every resynchronization (the first one is also
   // open_report()). Runs while the session is busy: it must not call the
   // session.

@@ -291,6 +291,14 @@ struct ReceiveCursor {
   uint64_t sent = 0;     // the last numbered output answered to it
 };
 
+// OpenSession's answer (BindSession).
+struct SessionBinding {
+  bool resync_required = false;
+  // The session was bound already and this binding took it over: the
+  // client that had bound it.
+  std::optional<std::string> superseded_client;
+};
+
 struct AssignResult {
   uint64_t moved = 0;
   uint64_t possible_duplicate_message_id = 0;
@@ -431,6 +439,15 @@ class Engine {
   // (ABORTED). Returns whether resync is required (the session's last record
   // is not SESSION_CLOSE). Durable on return (SESSION_OPEN).
   absl::StatusOr<bool> OpenSession(const std::string& session, bool cold);
+  // BIND by `client` (the caller's identity): a session bound by another
+  // client is refused (FAILED_PRECONDITION, reason SESSION_BOUND) unless
+  // `may_take_over_others`; the same client takes it over (a client that
+  // crashed binds its session again). OpenSession is a bind that may take
+  // over any binding.
+  absl::StatusOr<SessionBinding> BindSession(const std::string& session, bool cold,
+                                             const std::string& client, bool may_take_over_others);
+  // The client that bound `session`, or nullopt when it is not bound.
+  std::optional<std::string> SessionClient(const std::string& session) const;
   // STSN, one action per flow. The numbers answered are durable.
   absl::StatusOr<StsnAnswer> SetAndTestSequenceNumbers(const std::string& session,
                                                        const StsnRequest& request);

@@ -173,6 +173,7 @@ struct Engine::Session {
   uint64_t outstanding_seq = 0;  // a deferred input waiting for its sync point or reply
   uint64_t awaited_reply = 0;    // the reply (message id) that ends outstanding_seq
   bool bound = false;            // OpenSession since the last start, not closed
+  std::string client;            // who bound it (BindSession): only it may use it
   bool cold = false;             // bound cold: STSN SET allowed
   bool data_traffic = false;     // SDT (or no resync was needed)
   bool input_agreed = false;

@@ -86,17 +86,35 @@ qmgr::v1::StoredSession Engine::ImageOf(const Session& session) const {
 // ---- BIND, SDT, RQR, CLEAR, UNBIND ----------------------------------------------
 
 absl::StatusOr<bool> Engine::OpenSession(const std::string& name, bool cold) {
+  absl::StatusOr<SessionBinding> binding =
+      BindSession(name, cold, /*client=*/"", /*may_take_over_others=*/true);
+  if (!binding.ok()) return binding.status();
+  return binding->resync_required;
+}
+
+absl::StatusOr<SessionBinding> Engine::BindSession(const std::string& name, bool cold,
+                                                   const std::string& client,
+                                                   bool may_take_over_others) {
   if (absl::Status s = CheckSessionName(name); !s.ok()) return s;
   absl::StatusOr<log::Lsn> lsn;
-  bool resync_required = false;
+  SessionBinding binding;
   {
     absl::MutexLock lock(&mu_);
     if (absl::Status s = CheckOpen(); !s.ok()) return s;
     const bool known = FindSession(name) != nullptr;
     Session& session = SessionNamed(name);
+    if (session.bound) {
+      if (session.client != client && !may_take_over_others) {
+        return WithReason(absl::FailedPreconditionError(absl::StrCat(
+                              "session '", name, "' is bound by another client ('", session.client,
+                              "'): only that client, or an administrator, can take it over")),
+                          reason::kSessionBound);
+      }
+      binding.superseded_client = session.client;
+    }
     // A client that lost its numbers must agree on them (SET) whatever the
     // session's last record says.
-    resync_required = cold || (known && !session.closed);
+    binding.resync_required = cold || (known && !session.closed);
     LogRecord record;
     record.mutable_session_open()->set_session(name);
     record.mutable_session_open()->set_cold(cold);
@@ -104,11 +122,12 @@ absl::StatusOr<bool> Engine::OpenSession(const std::string& name, bool cold) {
     if (!lsn.ok()) return lsn.status();
     session.closed = false;
     session.bound = true;
+    session.client = client;
     session.cold = cold;
     ++session.binding;
-    session.data_traffic = !resync_required;
+    session.data_traffic = !binding.resync_required;
     if (session.data_traffic) ++session.traffic_epoch;
-    session.input_agreed = session.output_agreed = !resync_required;
+    session.input_agreed = session.output_agreed = !binding.resync_required;
     if (cold && session.sent != nullptr) {
       session.sent->m.set_possible_duplicate(true);
       MarkChanged(session.sent.get());
@@ -117,7 +136,14 @@ absl::StatusOr<bool> Engine::OpenSession(const std::string& name, bool cold) {
     if (Queue* output = OutputQueueOf(name)) output->available.SignalAll();
   }
   if (absl::Status s = WaitDurable(*lsn); !s.ok()) return s;
-  return resync_required;
+  return binding;
+}
+
+std::optional<std::string> Engine::SessionClient(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  const Session* session = FindSession(name);
+  if (session == nullptr || !session->bound) return std::nullopt;
+  return session->client;
 }
 
 absl::Status Engine::StartDataTraffic(const std::string& name) {

@@ -23,6 +23,8 @@ inline constexpr absl::string_view kGetInhibited = "GET_INHIBITED";
 inline constexpr absl::string_view kHeuristicMismatch = "HEURISTIC_MISMATCH";
 // Input or Receive on a session that no OpenSession bound.
 inline constexpr absl::string_view kSessionNotOpen = "SESSION_NOT_OPEN";
+// OpenSession of a session another client has bound.
+inline constexpr absl::string_view kSessionBound = "SESSION_BOUND";
 // Refused while the session's sent output waits for its acknowledgement.
 inline constexpr absl::string_view kOutputUnacknowledged = "OUTPUT_UNACKNOWLEDGED";
 }  // namespace reason

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages the build and tests need (as root), only
 # when some are missing, so a prepared machine does not touch the network.
+# openssl: the security tests make their certificates with its CLI.
 set -euo pipefail
 packages=(
   build-essential cmake pkg-config git
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libabsl-dev libxxhash-dev libcli11-dev libgoogle-perftools-dev librocksdb-dev
   libgtest-dev libgmock-dev prometheus-cpp-dev
+  openssl
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -246,6 +246,32 @@ TEST_F(SessionTest, RebindEndsTheOldReceive) {
   EXPECT_EQ(receive_ended.code(), absl::StatusCode::kAborted) << receive_ended;
 }
 
+// A session is bound by one client at a time (docs/security.md): another
+// client's bind is refused and changes nothing; the same client, or one
+// allowed to take over, binds it again; a closed session is free.
+TEST_F(SessionTest, ABoundSessionIsTakenOverOnlyByItsClientOrAnAdministrator) {
+  ASSERT_TRUE(engine_->BindSession("T1", false, "carol", false).ok());
+  EXPECT_EQ(engine_->SessionClient("T1"), "carol");
+  absl::StatusOr<SessionBinding> refused = engine_->BindSession("T1", false, "erin", false);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ReasonOf(refused.status()), reason::kSessionBound);
+  EXPECT_EQ(engine_->SessionClient("T1"), "carol");
+
+  absl::StatusOr<SessionBinding> again = engine_->BindSession("T1", false, "carol", false);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->superseded_client, "carol");
+  absl::StatusOr<SessionBinding> admin = engine_->BindSession("T1", false, "op", true);
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  EXPECT_EQ(admin->superseded_client, "carol");
+  EXPECT_EQ(engine_->SessionClient("T1"), "op");
+
+  ASSERT_TRUE(engine_->CloseSession("T1").ok());
+  EXPECT_EQ(engine_->SessionClient("T1"), std::nullopt);
+  absl::StatusOr<SessionBinding> free = engine_->BindSession("T1", false, "erin", false);
+  ASSERT_TRUE(free.ok()) << free.status();
+  EXPECT_EQ(free->superseded_client, std::nullopt);
+}
+
 TEST_F(SessionTest, NormalShutdownClosesSessionsWithNothingOutstanding) {
   qmgr::v1::QueueAttributes out;
   out.set_output_of_session("T2");

@@ -1,6 +1,7 @@
 // qmgrctl: the queue manager's admin tool. Offline verbs read a data
 // directory read-only; online verbs talk to qmgrd's Admin service.
 #include <algorithm>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -8,6 +9,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "client/client.h"
 #include "log/segment.h"
 #include "tools/admin_commands.h"
@@ -20,21 +22,47 @@ namespace {
 
 using namespace qmgr::tools;
 
-// Online verbs: --server and --connect-timeout-ms.
+// Online verbs: --server, --connect-timeout-ms and the credentials
+// (docs/security.md).
 struct ServerFlags {
   std::string address = "127.0.0.1:7430";
   int connect_timeout_ms = 3000;
+  qmgr::client::Credentials credentials;
+  std::string token_file;
   void AddTo(CLI::App* verb) {
-    verb->add_option("--server", address, "qmgrd's address (HOST:PORT)")->capture_default_str();
+    verb->add_option("--server", address,
+                     "qmgrd's address (HOST:PORT, or unix:/path of its --admin-listen)")
+        ->capture_default_str();
     verb->add_option("--connect-timeout-ms", connect_timeout_ms, "How long to try to connect")
         ->check(CLI::PositiveNumber)
         ->capture_default_str();
+    verb->add_option("--tls-ca", credentials.tls_ca_file,
+                     "TLS: the CA certificate (PEM) that signed qmgrd's certificate");
+    verb->add_option("--tls-cert", credentials.tls_cert_file,
+                     "mTLS: this operator's certificate (PEM)");
+    verb->add_option("--tls-key", credentials.tls_key_file, "mTLS: its private key (PEM)");
+    verb->add_option("--tls-server-name", credentials.tls_server_name,
+                     "TLS: the name to expect in qmgrd's certificate (default: --server's host)");
+    verb->add_option("--token-file", token_file,
+                     "A file whose first line is this operator's token (sent as 'authorization: "
+                     "Bearer TOKEN')");
   }
   // Null (the reason on stderr) when no qmgrd answers.
   std::unique_ptr<qmgr::client::Client> Connect() const {
     qmgr::client::ClientOptions options;
     options.target = address;
     options.connect_timeout = absl::Milliseconds(connect_timeout_ms);
+    options.credentials = credentials;
+    if (!token_file.empty()) {
+      std::ifstream in(token_file);
+      if (!in || !std::getline(in, options.credentials.token) ||
+          absl::StripAsciiWhitespace(options.credentials.token).empty()) {
+        std::cerr << "qmgrctl: cannot read a token from " << token_file << "\n";
+        return nullptr;
+      }
+      options.credentials.token =
+          std::string(absl::StripAsciiWhitespace(options.credentials.token));
+    }
     absl::StatusOr<std::unique_ptr<qmgr::client::Client>> client =
         qmgr::client::Client::Connect(options);
     if (!client.ok()) {

@@ -34,7 +34,7 @@ QmgrdProcess::~QmgrdProcess() {
 }
 
 void QmgrdProcess::Spawn() {
-  std::vector<std::string> argv = {binary_, "--data-dir", data_dir_, "--listen", "127.0.0.1:0"};
+  std::vector<std::string> argv = {binary_, "--data-dir", data_dir_, "--listen", listen_};
   argv.insert(argv.end(), args_.begin(), args_.end());
   pid_ = ::fork();
   if (pid_ == 0) {
@@ -73,7 +73,7 @@ absl::Status QmgrdProcess::Start(absl::Duration timeout) {
       absl::SleepFor(absl::Milliseconds(10));
     }
   }
-  auto channel = grpc::CreateChannel(target_, grpc::InsecureChannelCredentials());
+  auto channel = grpc::CreateChannel(target_, health_credentials_);
   auto health = grpc::health::v1::Health::NewStub(channel);
   while (true) {
     grpc::ClientContext context;

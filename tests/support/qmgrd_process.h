@@ -4,8 +4,10 @@
 #ifndef QMGR_TESTS_SUPPORT_QMGRD_PROCESS_H_
 #define QMGR_TESTS_SUPPORT_QMGRD_PROCESS_H_
 
+#include <grpcpp/grpcpp.h>
 #include <sys/types.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,6 +25,13 @@ class QmgrdProcess {
   ~QmgrdProcess();
   QmgrdProcess(const QmgrdProcess&) = delete;
   QmgrdProcess& operator=(const QmgrdProcess&) = delete;
+
+  // Before Start: listen there instead of 127.0.0.1:0.
+  void set_listen(std::string address) { listen_ = std::move(address); }
+  // Before Start: the health check's channel credentials (a TLS qmgrd).
+  void set_health_credentials(std::shared_ptr<grpc::ChannelCredentials> credentials) {
+    health_credentials_ = std::move(credentials);
+  }
 
   // Starts the child and waits until it listens and its health service
   // answers SERVING. An error names what went wrong and includes its stderr.
@@ -45,6 +54,9 @@ class QmgrdProcess {
   const std::string data_dir_;
   const std::vector<std::string> args_;
   const std::string stderr_path_;
+  std::string listen_ = "127.0.0.1:0";
+  std::shared_ptr<grpc::ChannelCredentials> health_credentials_ =
+      grpc::InsecureChannelCredentials();
   pid_t pid_ = -1;
   std::string target_;
 };

@@ -136,7 +136,8 @@ absl::StatusOr<v1::ConnectResponse> Coordination::Connect(const v1::ConnectReque
   return response;
 }
 
-absl::StatusOr<v1::BeginResponse> Coordination::Begin(const v1::BeginRequest& request) {
+absl::StatusOr<v1::BeginResponse> Coordination::Begin(const v1::BeginRequest& request,
+                                                      absl::string_view identity) {
   if (absl::Status s = CheckIdentity(request.coordinator(), request.qualifier()); !s.ok()) {
     return s;
   }
@@ -147,7 +148,7 @@ absl::StatusOr<v1::BeginResponse> Coordination::Begin(const v1::BeginRequest& re
   absl::StatusOr<UowId> uow =
       engine_->BeginCoordinatedUnit({request.coordinator(), request.qualifier(), request.xid()});
   if (!uow.ok()) return uow.status();
-  operations_->AddUnit(*uow, kLeaseOwner);
+  operations_->AddUnit(*uow, kLeaseOwner, identity);
   v1::BeginResponse response;
   response.set_uow(*uow);
   response.set_lease_ms(operations_->lease_ms());

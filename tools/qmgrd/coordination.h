@@ -56,7 +56,10 @@ class Coordination {
   // (FAILED_PRECONDITION). Those that wait for the log: Prepare, Commit,
   // Backout, Resolve, Forget.
   absl::StatusOr<qmgr::v1::ConnectResponse> Connect(const qmgr::v1::ConnectRequest& request);
-  absl::StatusOr<qmgr::v1::BeginResponse> Begin(const qmgr::v1::BeginRequest& request);
+  // The unit belongs to `identity` (Operations): only it can Get and Insert
+  // in it.
+  absl::StatusOr<qmgr::v1::BeginResponse> Begin(const qmgr::v1::BeginRequest& request,
+                                                absl::string_view identity = "");
   absl::Status Prepare(const qmgr::v1::PrepareRequest& request);
   absl::Status Commit(const qmgr::v1::CommitRequest& request);
   absl::Status Backout(const qmgr::v1::CoordinatorBackoutRequest& request);

@@ -61,9 +61,16 @@ uint32_t Operations::lease_ms() const {
       std::min<int64_t>(absl::ToInt64Milliseconds(options_.unit_lease), UINT32_MAX));
 }
 
-absl::Status Operations::CheckOwner(UowId uow, Owner owner) {
+absl::Status Operations::CheckOwner(UowId uow, Owner owner, absl::string_view identity) {
   absl::MutexLock lock(&mu_);
   auto it = units_.find(uow);
+  // A unit the server does not know (ended, or in doubt) is the engine's to
+  // refuse; one it knows answers to its opener only.
+  if (it != units_.end() && it->second.identity != identity) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("unit of work ", uow,
+                     " belongs to another identity: only the one that opened it can use it"));
+  }
   if (owner != kLeaseOwner) {
     if (it == units_.end() || it->second.owner != owner) {
       return absl::NotFoundError(absl::StrCat("unit of work ", uow, " is not open on this stream"));
@@ -76,13 +83,13 @@ absl::Status Operations::CheckOwner(UowId uow, Owner owner) {
   return absl::OkStatus();
 }
 
-void Operations::AddUnit(UowId uow, Owner owner) {
+void Operations::AddUnit(UowId uow, Owner owner, absl::string_view identity) {
   // A stream's unit lives as long as the stream (ReleaseOwner ends it), not
   // a lease. It was opened by the call now running, so it is still open.
   if (owner != kLeaseOwner) engine_->ExemptFromIdleTimeout(uow).IgnoreError();
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
-  units_[uow] = UnitEntry{owner, now};
+  units_[uow] = UnitEntry{owner, std::string(identity), now};
   constexpr int kPruneEvery = 1024;
   if (++adds_since_prune_ < kPruneEvery) return;
   adds_since_prune_ = 0;
@@ -163,9 +170,10 @@ std::vector<absl::StatusOr<qmgr::v1::EnqueueResponse>> Operations::EnqueueGroup(
 
 absl::StatusOr<qmgr::v1::GetResponse> Operations::Get(const qmgr::v1::GetRequest& request,
                                                       Owner owner, absl::Time call_deadline,
-                                                      absl::FunctionRef<bool()> stop_waiting) {
+                                                      absl::FunctionRef<bool()> stop_waiting,
+                                                      absl::string_view identity) {
   if (request.uow() != 0) {
-    if (absl::Status s = CheckOwner(request.uow(), owner); !s.ok()) return s;
+    if (absl::Status s = CheckOwner(request.uow(), owner, identity); !s.ok()) return s;
   }
   if (absl::Status s = CheckIntake(); !s.ok()) {
     // A single-mode program still reaches its sync point while the shutdown
@@ -196,7 +204,7 @@ absl::StatusOr<qmgr::v1::GetResponse> Operations::Get(const qmgr::v1::GetRequest
     absl::StatusOr<GetResult> result = engine_->Get(options);
     if (result.ok()) {
       if (options.commit_previous) RemoveUnit(options.uow);
-      if (result->uow != options.uow) AddUnit(result->uow, owner);  // a new unit
+      if (result->uow != options.uow) AddUnit(result->uow, owner, identity);  // a new unit
       response.set_uow(result->uow);
       *response.mutable_message() = std::move(result->message);
       return response;
@@ -220,13 +228,14 @@ absl::StatusOr<qmgr::v1::GetResponse> Operations::Get(const qmgr::v1::GetRequest
 }
 
 absl::StatusOr<qmgr::v1::InsertResponse> Operations::Insert(const qmgr::v1::InsertRequest& request,
-                                                            Owner owner) {
+                                                            Owner owner,
+                                                            absl::string_view identity) {
   UowId uow = request.uow();
   const bool created = uow == 0;
   if (created) {
     if (absl::Status s = CheckIntake(); !s.ok()) return s;
     uow = engine_->BeginUnit();
-  } else if (absl::Status s = CheckOwner(uow, owner); !s.ok()) {
+  } else if (absl::Status s = CheckOwner(uow, owner, identity); !s.ok()) {
     return s;
   }
   if (absl::Status s = engine_->Insert(uow, ToSpec(request.message())); !s.ok()) {
@@ -235,7 +244,7 @@ absl::StatusOr<qmgr::v1::InsertResponse> Operations::Insert(const qmgr::v1::Inse
     if (created) engine_->Backout(uow).IgnoreError();
     return s;
   }
-  if (created) AddUnit(uow, owner);
+  if (created) AddUnit(uow, owner, identity);
   qmgr::v1::InsertResponse response;
   response.set_uow(uow);
   response.set_lease_ms(lease_ms());
@@ -243,8 +252,8 @@ absl::StatusOr<qmgr::v1::InsertResponse> Operations::Insert(const qmgr::v1::Inse
 }
 
 absl::StatusOr<qmgr::v1::SyncPointResponse> Operations::SyncPoint(
-    const qmgr::v1::SyncPointRequest& request, Owner owner) {
-  if (absl::Status s = CheckOwner(request.uow(), owner); !s.ok()) return s;
+    const qmgr::v1::SyncPointRequest& request, Owner owner, absl::string_view identity) {
+  if (absl::Status s = CheckOwner(request.uow(), owner, identity); !s.ok()) return s;
   absl::StatusOr<SyncPointResult> result = engine_->SyncPoint(request.uow());
   // Only a refusal because a Get of the unit still waits leaves it open;
   // after any other failure (QUEUE_FULL backs it out) it is gone.
@@ -258,8 +267,8 @@ absl::StatusOr<qmgr::v1::SyncPointResponse> Operations::SyncPoint(
 }
 
 absl::StatusOr<qmgr::v1::BackoutResponse> Operations::Backout(
-    const qmgr::v1::BackoutRequest& request, Owner owner) {
-  if (absl::Status s = CheckOwner(request.uow(), owner); !s.ok()) return s;
+    const qmgr::v1::BackoutRequest& request, Owner owner, absl::string_view identity) {
+  if (absl::Status s = CheckOwner(request.uow(), owner, identity); !s.ok()) return s;
   absl::Status s = engine_->Backout(request.uow(), qmgr::v1::BACKOUT_REQUESTED);
   if (s.ok() || absl::IsNotFound(s)) RemoveUnit(request.uow());
   if (!s.ok()) return s;
@@ -267,21 +276,39 @@ absl::StatusOr<qmgr::v1::BackoutResponse> Operations::Backout(
 }
 
 absl::StatusOr<qmgr::v1::OpenSessionResponse> Operations::OpenSession(
-    const qmgr::v1::OpenSessionRequest& request) {
-  absl::StatusOr<bool> resync_required = engine_->OpenSession(request.session(), request.cold());
-  if (!resync_required.ok()) return resync_required.status();
+    const qmgr::v1::OpenSessionRequest& request, absl::string_view identity,
+    bool may_take_over_others) {
+  absl::StatusOr<SessionBinding> binding = engine_->BindSession(
+      request.session(), request.cold(), std::string(identity), may_take_over_others);
+  if (!binding.ok()) return binding.status();
+  if (binding->superseded_client.has_value() && options_.progress) {
+    options_.progress(absl::StrCat("session ", request.session(), " taken over by '", identity,
+                                   "' from '", *binding->superseded_client,
+                                   "': the previous binding's Receive ends"));
+  }
   LogEvent("session.bind")
       .Add("session", request.session())
       .Add("cold", request.cold())
-      .Add("resync_required", *resync_required);
+      .Add("resync_required", binding->resync_required);
   qmgr::v1::OpenSessionResponse response;
-  response.set_resync_required(*resync_required);
+  response.set_resync_required(binding->resync_required);
   return response;
 }
 
+absl::Status Operations::CheckSessionClient(const std::string& session,
+                                            absl::string_view identity) const {
+  std::optional<std::string> client = engine_->SessionClient(session);
+  if (!client.has_value() || *client == identity) return absl::OkStatus();
+  return absl::PermissionDeniedError(
+      absl::StrCat("session '", session,
+                   "' is bound by another client: OpenSession to take it "
+                   "over (your own binding) or ask an administrator"));
+}
+
 absl::StatusOr<qmgr::v1::SetAndTestSequenceNumbersResponse> Operations::SetAndTestSequenceNumbers(
-    const qmgr::v1::SetAndTestSequenceNumbersRequest& request) {
+    const qmgr::v1::SetAndTestSequenceNumbersRequest& request, bool by_admin) {
   StsnRequest stsn;
+  stsn.by_admin = by_admin;
   stsn.input = request.input();
   stsn.output = request.output();
   absl::StatusOr<StsnAnswer> answer = engine_->SetAndTestSequenceNumbers(request.session(), stsn);

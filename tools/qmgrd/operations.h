@@ -10,13 +10,19 @@
 // unit_idle_timeout). A coordinator's unit is leased from its Begin to its
 // Prepare (Coordination adds and removes it): unary Get and Insert use it.
 //
+// A unit also belongs to the identity that opened it (docs/security.md):
+// a call of another identity on it is PERMISSION_DENIED and changes
+// nothing. Without authentication every caller is the same identity.
+//
 // Thread-safe.
 #ifndef QMGR_TOOLS_QMGRD_OPERATIONS_H_
 #define QMGR_TOOLS_QMGRD_OPERATIONS_H_
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -43,6 +49,8 @@ struct OperationsOptions {
   absl::Duration get_wait_slice = absl::Milliseconds(100);
   // The largest response the server sends (Browse stops short of it).
   uint64_t max_send_bytes = 16u << 20;
+  // One line per session takeover; null: none.
+  std::function<void(absl::string_view line)> progress;
 };
 
 class Operations {
@@ -65,21 +73,33 @@ class Operations {
   // Programs. `stop_waiting` is polled while the Get waits (the caller went
   // away); the wait also ends at `call_deadline`, the caller's own deadline.
   // No message within the wait is not an error: the response has none.
+  // `identity`: the caller's; a unit opened here belongs to it.
   absl::StatusOr<qmgr::v1::GetResponse> Get(const qmgr::v1::GetRequest& request, Owner owner,
                                             absl::Time call_deadline,
-                                            absl::FunctionRef<bool()> stop_waiting);
+                                            absl::FunctionRef<bool()> stop_waiting,
+                                            absl::string_view identity = "");
   absl::StatusOr<qmgr::v1::InsertResponse> Insert(const qmgr::v1::InsertRequest& request,
-                                                  Owner owner);
+                                                  Owner owner, absl::string_view identity = "");
   absl::StatusOr<qmgr::v1::SyncPointResponse> SyncPoint(const qmgr::v1::SyncPointRequest& request,
-                                                        Owner owner);
+                                                        Owner owner,
+                                                        absl::string_view identity = "");
   absl::StatusOr<qmgr::v1::BackoutResponse> Backout(const qmgr::v1::BackoutRequest& request,
-                                                    Owner owner);
+                                                    Owner owner, absl::string_view identity = "");
 
   // Sessions (docs/sessions.md): the engine decides; these translate.
+  // OpenSession binds the session to `identity`: a session bound by another
+  // identity is FAILED_PRECONDITION (SESSION_BOUND) unless
+  // `may_take_over_others` (an administrator); a takeover is reported on
+  // `progress`.
   absl::StatusOr<qmgr::v1::OpenSessionResponse> OpenSession(
-      const qmgr::v1::OpenSessionRequest& request);
+      const qmgr::v1::OpenSessionRequest& request, absl::string_view identity = "",
+      bool may_take_over_others = true);
+  // PERMISSION_DENIED when `session` is bound by an identity other than
+  // `identity`: only the client that bound a session may use it.
+  absl::Status CheckSessionClient(const std::string& session, absl::string_view identity) const;
+  // `by_admin`: STSN SET is allowed on a session not opened cold.
   absl::StatusOr<qmgr::v1::SetAndTestSequenceNumbersResponse> SetAndTestSequenceNumbers(
-      const qmgr::v1::SetAndTestSequenceNumbersRequest& request);
+      const qmgr::v1::SetAndTestSequenceNumbersRequest& request, bool by_admin = false);
   absl::Status StartDataTraffic(const qmgr::v1::StartDataTrafficRequest& request);
   absl::Status RequestRecovery(const qmgr::v1::RequestRecoveryRequest& request);
   absl::StatusOr<qmgr::v1::ClearResponse> Clear(const qmgr::v1::ClearRequest& request);
@@ -96,7 +116,7 @@ class Operations {
   // A unit opened elsewhere (Coordinator Begin) is held by `owner` like the
   // units opened here; RemoveUnit drops it from the server's bookkeeping
   // (ended, or in doubt: a unit in doubt has no owner, only its coordinator).
-  void AddUnit(UowId uow, Owner owner);
+  void AddUnit(UowId uow, Owner owner, absl::string_view identity = "");
   void RemoveUnit(UowId uow);
   // Backs out every unit `owner` still holds. REQUIRES: no call of that
   // owner is running (a stream calls it once its last operation answered).
@@ -133,12 +153,13 @@ class Operations {
  private:
   struct UnitEntry {
     Owner owner = kLeaseOwner;
+    std::string identity;  // who opened it
     absl::Time last_used;
   };
 
   absl::Status CheckIntake() const;
-  // OK when `owner` may use `uow` (and marks it used).
-  absl::Status CheckOwner(UowId uow, Owner owner);
+  // OK when `owner` and `identity` may use `uow` (and marks it used).
+  absl::Status CheckOwner(UowId uow, Owner owner, absl::string_view identity);
 
   Engine* const engine_;
   const OperationsOptions options_;

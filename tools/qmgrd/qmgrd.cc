@@ -1,8 +1,10 @@
 // qmgrd: the queue manager's gRPC server (docs/server.md).
 //
 // Restarts the queue manager (OpenQueueManager: restart/), serves
-// QueueManager, Coordinator, Admin, grpc.health.v1 and server reflection, and
-// on SIGTERM, SIGINT or Admin Shutdown stops: intake first, then open units
+// QueueManager, Coordinator, Admin, grpc.health.v1 and server reflection
+// (Admin also, or only, on --admin-listen), with the protection of
+// docs/security.md (TLS, tokens, the authorization file, reloaded on SIGHUP),
+// and on SIGTERM, SIGINT or Admin Shutdown stops: intake first, then open units
 // and sessions' unacknowledged output get the grace period, the rest are
 // backed out (units in doubt stay), calls still running are cancelled; then a
 // normal shutdown takes the shutdown checkpoint and logs SHUTDOWN, an
@@ -13,13 +15,15 @@
 // path (tools/qmgrd/server_log.h): lines for people, key=value events for
 // programs (docs/observability.md).
 //
-// Exit codes: 0 after a shutdown; 64 bad flags; 3 the data directory cannot
+// Exit codes: 0 after a shutdown; 64 bad flags (a listener beyond loopback
+// without protection, an unreadable or malformed security file); 3 the data directory cannot
 // be used (another qmgrd holds it, unreadable log, ...); 4 cannot listen
 // (gRPC or metrics); 1 the log failed to close cleanly.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
@@ -32,8 +36,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "tools/qmgrd/authorization.h"
 #include "tools/qmgrd/coordination.h"
 #include "tools/qmgrd/coordinator_service.h"
+#include "tools/qmgrd/listeners.h"
 #include "tools/qmgrd/metrics.h"
 #include "tools/qmgrd/operations.h"
 #include "tools/qmgrd/queue_manager.h"
@@ -85,7 +91,40 @@ class ShutdownRequest {
   std::optional<qmgr::v1::ShutdownMode> mode_ ABSL_GUARDED_BY(mu_);
 };
 
-int ParseFlags(int argc, char** argv, ServerOptions* o, std::string* metrics_listen) {
+void AddSecurityFlags(CLI::App& app, qmgr::server::ListenerOptions* l) {
+  app.add_option("--tls-cert", l->tls_cert_file, "TLS: this server's certificate chain (PEM)");
+  app.add_option("--tls-key", l->tls_key_file, "TLS: its private key (PEM)");
+  app.add_option("--tls-client-ca", l->tls_client_ca_file,
+                 "mTLS: verify client certificates against this CA (PEM); a certificate's "
+                 "subject CN is the caller's identity");
+  app.add_flag("--tls-require-client-cert", l->tls_require_client_cert,
+               "mTLS: refuse connections without a client certificate");
+  app.add_option("--token-file", l->token_file,
+                 "Tokens: lines 'TOKEN IDENTITY'; callers send 'authorization: Bearer TOKEN' "
+                 "(reloaded on SIGHUP)");
+  app.add_option("--authz-file", l->authz_file,
+                 "Authorization: lines 'IDENTITY ROLE [PATTERN...]'; what it does not grant is "
+                 "denied (reloaded on SIGHUP)");
+  app.add_flag("--insecure", l->insecure,
+               "Listen beyond loopback without TLS or tokens (every caller trusted)");
+  app.add_option("--admin-listen", l->admin_listen,
+                 "Serve Admin on this address too (unix:/path, mode 0600, or HOST:PORT); the "
+                 "main listener then refuses Admin");
+  app.add_flag("--admin-on-main", l->admin_on_main,
+               "With --admin-listen: the main listener serves Admin as well");
+  app.add_option("--connection-streams-max", l->connection_streams_max,
+                 "Calls in progress at once on one connection (more wait in the client)")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--stream-lookahead-bytes", l->stream_lookahead_bytes,
+                 "HTTP/2 bytes one stream may receive ahead of its reader (0: gRPC's default)")
+      ->transform(CLI::AsSizeValue(false))
+      ->check(CLI::Range(0, 1 << 30))
+      ->capture_default_str();
+}
+
+int ParseFlags(int argc, char** argv, ServerOptions* o, qmgr::server::ListenerOptions* l,
+               std::string* metrics_listen) {
   CLI::App app{
       "qmgrd: the queue manager's gRPC server (QueueManager, Coordinator, Admin, health, "
       "reflection)"};
@@ -198,6 +237,7 @@ int ParseFlags(int argc, char** argv, ServerOptions* o, std::string* metrics_lis
                "--qmgr-name/--group-name although units are in doubt under the old ones");
   app.add_flag("--truncate-log-at-corruption", o->truncate_log_at_corruption,
                "Start although the log is corrupt: cut it at the damage and report the loss");
+  AddSecurityFlags(app, l);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -210,7 +250,33 @@ int ParseFlags(int argc, char** argv, ServerOptions* o, std::string* metrics_lis
   o->get_wait_max = absl::Milliseconds(get_wait_max_ms);
   o->shutdown_grace = absl::Milliseconds(grace_ms);
   o->checkpoint_interval = absl::Seconds(checkpoint_interval_s);
+  l->listen_address = o->listen_address;
   return -1;
+}
+
+
+// The listeners' protection, checked before anything starts: the refusal
+// on stderr, or the warnings printed and the Security to use.
+std::unique_ptr<qmgr::server::Security> CheckSecurity(const qmgr::server::ListenerOptions& l) {
+  absl::StatusOr<std::vector<std::string>> warnings = qmgr::server::CheckListeners(l);
+  if (!warnings.ok()) {
+    LogLine(warnings.status().message());
+    return nullptr;
+  }
+  for (const std::string& w : *warnings) LogLine(w);
+  qmgr::server::SecurityOptions security;
+  security.token_file = l.token_file;
+  security.authz_file = l.authz_file;
+  security.client_certificates = !l.tls_client_ca_file.empty();
+  security.admin_unix_socket = qmgr::server::IsUnixSocket(l.admin_listen);
+  security.log = [](absl::string_view line) { LogLine(line); };
+  absl::StatusOr<std::unique_ptr<qmgr::server::Security>> created =
+      qmgr::server::Security::Create(std::move(security));
+  if (!created.ok()) {
+    LogLine(created.status().message());
+    return nullptr;
+  }
+  return *std::move(created);
 }
 
 const char* ModeName(qmgr::v1::ShutdownMode mode) {
@@ -221,18 +287,39 @@ const char* ModeName(qmgr::v1::ShutdownMode mode) {
 
 int main(int argc, char** argv) {
   ServerOptions options;
+  qmgr::server::ListenerOptions listeners;
   std::string metrics_listen;
-  if (int code = ParseFlags(argc, argv, &options, &metrics_listen); code >= 0) return code;
+  if (int code = ParseFlags(argc, argv, &options, &listeners, &metrics_listen); code >= 0) {
+    return code;
+  }
   // Lock-order cycle detection costs every Mutex acquisition a graph lookup
   // (about 3% of qmgrd's CPU under load); the tests keep it on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
-  // Blocked before any thread starts, so only the signal thread sees them.
+  // Blocked before any thread starts (gRPC starts its own when credentials
+  // are made), so only the signal thread sees them.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // Leaked: the signal thread reloads it until the process exits.
+  qmgr::server::Security* security = CheckSecurity(listeners).release();
+  if (security == nullptr) return kExitUsage;
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> main_credentials =
+      qmgr::server::MainCredentials(listeners);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> admin_credentials =
+      qmgr::server::AdminCredentials(listeners);
+  for (const absl::Status& s : {main_credentials.status(), admin_credentials.status()}) {
+    if (!s.ok()) {
+      LogLine(s.message());
+      return kExitUsage;
+    }
+  }
+  // Lock-order cycle detection costs every Mutex acquisition a graph lookup
+  // (about 3% of qmgrd's CPU under load); the tests keep it on.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   absl::StatusOr<std::unique_ptr<qmgr::server::QueueManagerInstance>> qm =
       qmgr::server::OpenQueueManager(options);
@@ -247,6 +334,7 @@ int main(int argc, char** argv) {
   ops_options.unit_lease = options.unit_lease;
   ops_options.get_wait_max = options.get_wait_max;
   ops_options.max_send_bytes = qmgr::server::MaxReceiveBytes(options);
+  ops_options.progress = [](absl::string_view line) { LogLine(line); };
   qmgr::server::Operations operations((*qm)->engine(), ops_options);
   // Leaked: the signal thread may still hold it while the process exits.
   auto* shutdown = new ShutdownRequest;
@@ -279,36 +367,50 @@ int main(int argc, char** argv) {
   };
   qmgr::server::Refusals refusals;
   context.refusals = &refusals;
+  context.security = security;
+  context.admin_only_on_admin_listener =
+      !listeners.admin_listen.empty() && !listeners.admin_on_main;
   qmgr::server::QueueManagerService queue_manager_service(&context);
-  qmgr::server::AdminService admin_service(&context);
+  qmgr::server::AdminService admin_service(&context, qmgr::server::Listener::kMain);
+  qmgr::server::AdminService admin_listener_service(&context, qmgr::server::Listener::kAdmin);
   qmgr::server::CoordinatorService coordinator_service(&context);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ResourceQuota quota("qmgrd");
+  quota.Resize(options.grpc_memory_bytes);
+  const auto max_bytes =
+      static_cast<int>(std::min<uint64_t>(qmgr::server::MaxReceiveBytes(options), INT32_MAX));
+  // Both listeners' transport settings.
+  const auto configure = [&](grpc::ServerBuilder& builder) {
+    // Refusals are counted on every listener (refusals.h).
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors;
+    interceptors.push_back(qmgr::server::RefusalInterceptorFactory(&refusals));
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+    builder.SetMaxReceiveMessageSize(max_bytes);
+    builder.SetMaxSendMessageSize(max_bytes);
+    // gRPC's own buffers (reads in progress on every connection) within a
+    // bound: beyond it gRPC stops reading rather than growing without limit.
+    builder.SetResourceQuota(quota);
+    // A client whose host or network died sends nothing more: without pings
+    // a stream (and the units it holds, which no lease ends) would wait
+    // forever.
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    // One connection cannot hold more calls than this, so one client
+    // cannot starve the others of threads and memory.
+    qmgr::server::ApplyConnectionLimits(listeners, &builder);
+  };
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options.listen_address, *main_credentials, &port);
   builder.RegisterService(&queue_manager_service);
   builder.RegisterService(&admin_service);
   builder.RegisterService(&coordinator_service);
-  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-  interceptors.push_back(qmgr::server::RefusalInterceptorFactory(&refusals));
-  builder.experimental().SetInterceptorCreators(std::move(interceptors));
-  const auto max_bytes =
-      static_cast<int>(std::min<uint64_t>(qmgr::server::MaxReceiveBytes(options), INT32_MAX));
-  builder.SetMaxReceiveMessageSize(max_bytes);
-  builder.SetMaxSendMessageSize(max_bytes);
-  // gRPC's own buffers (reads in progress on every connection) within a
-  // bound: beyond it gRPC stops reading rather than growing without limit.
-  grpc::ResourceQuota quota("qmgrd");
-  quota.Resize(options.grpc_memory_bytes);
-  builder.SetResourceQuota(quota);
-  // A client whose host or network died sends nothing more: without pings a
-  // stream (and the units it holds, which no lease ends) would wait forever.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  configure(builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     LogLine(absl::StrCat("cannot listen on ", options.listen_address));
@@ -327,6 +429,31 @@ int main(int argc, char** argv) {
     LogLine(absl::StrCat("metrics on http://", metrics_listen.substr(0, metrics_listen.rfind(':')),
                          ":", metrics->port(), "/metrics"));
   }
+  std::unique_ptr<grpc::Server> admin_server;
+  std::string admin_address = listeners.admin_listen;
+  if (!listeners.admin_listen.empty()) {
+    grpc::ServerBuilder admin_builder;
+    int admin_port = 0;
+    admin_builder.AddListeningPort(listeners.admin_listen, *admin_credentials, &admin_port);
+    admin_builder.RegisterService(&admin_listener_service);
+    configure(admin_builder);
+    admin_server = admin_builder.BuildAndStart();
+    if (admin_server == nullptr || admin_port == 0) {
+      LogLine(absl::StrCat("cannot listen on ", listeners.admin_listen, " (--admin-listen)"));
+      return kExitListen;
+    }
+    if (qmgr::server::IsUnixSocket(admin_address)) {
+      // The socket's mode is its protection: only this user (and root)
+      // may connect.
+      if (::chmod(qmgr::server::UnixSocketPath(admin_address).c_str(), 0600) != 0) {
+        LogLine(absl::StrCat("cannot restrict ", admin_address, " to mode 0600"));
+        return kExitListen;
+      }
+    } else {
+      admin_address =
+          absl::StrCat(admin_address.substr(0, admin_address.rfind(':')), ":", admin_port);
+    }
+  }
   // The server as a whole ("") and each service by its full name.
   server->GetHealthCheckService()->SetServingStatus(true);
   for (const char* service :
@@ -334,20 +461,32 @@ int main(int argc, char** argv) {
         qmgr::v1::Admin::service_full_name()}) {
     server->GetHealthCheckService()->SetServingStatus(service, true);
   }
+  if (admin_server != nullptr) admin_server->GetHealthCheckService()->SetServingStatus(true);
   const std::string host = options.listen_address.substr(0, options.listen_address.rfind(':'));
   // Tests parse this line for the port.
   LogLine(absl::StrCat("queue manager ", options.queue_manager_name, " listening on ", host, ":",
                        port));
+  if (admin_server != nullptr) LogLine(absl::StrCat("Admin served on ", admin_address));
 
-  std::thread([stop_signals, shutdown] {
-    int signal = 0;
-    if (sigwait(&stop_signals, &signal) == 0) shutdown->Request(qmgr::v1::NORMAL);
+  std::thread([stop_signals, shutdown, security] {
+    while (true) {
+      int signal = 0;
+      if (sigwait(&stop_signals, &signal) != 0) return;
+      if (signal != SIGHUP) {
+        shutdown->Request(qmgr::v1::NORMAL);
+        continue;
+      }
+      if (absl::Status s = security->Reload(); !s.ok()) {
+        LogLine(absl::StrCat("SIGHUP: not reloaded, the previous rules stay: ", s.message()));
+      }
+    }
   }).detach();
 
   const qmgr::v1::ShutdownMode mode = shutdown->Wait();
   LogLine(absl::StrCat(ModeName(mode), " shutdown: intake stopped"));
   operations.StopIntake();
   server->GetHealthCheckService()->SetServingStatus(false);
+  if (admin_server != nullptr) admin_server->GetHealthCheckService()->SetServingStatus(false);
   if (mode == qmgr::v1::NORMAL) {
     const absl::Time grace_end = absl::Now() + options.shutdown_grace;
     while ((operations.LiveUnits() > 0 || operations.OutputsUnacknowledged() > 0) &&
@@ -358,9 +497,11 @@ int main(int argc, char** argv) {
   int backed_out = operations.BackoutAll(qmgr::v1::BACKOUT_SHUTDOWN);
   // Calls still running end here: streams are cancelled (their units backed
   // out as their callers are gone), waiting Gets stop within a slice.
-  server->Shutdown(std::chrono::system_clock::now() + (mode == qmgr::v1::NORMAL
-                                                           ? absl::ToChronoSeconds(kCallDrain)
-                                                           : std::chrono::seconds(0)));
+  const auto drain_end =
+      std::chrono::system_clock::now() +
+      (mode == qmgr::v1::NORMAL ? absl::ToChronoSeconds(kCallDrain) : std::chrono::seconds(0));
+  if (admin_server != nullptr) admin_server->Shutdown(drain_end);
+  server->Shutdown(drain_end);
   io_pool.Stop();
   wait_pool.Stop();
   // Units opened by calls that completed during the above.

@@ -29,6 +29,37 @@ void RecordRefusal(const ServiceContext* c, absl::string_view rpc, const absl::S
 
 absl::Status PoolFull() { return qmgr::rpc::FromGrpcStatus(kPoolFull); }
 
+absl::Status AllowRole(const ServiceContext* c, absl::string_view identity, absl::string_view rpc,
+                       Role role, absl::string_view name) {
+  if (c->security == nullptr) return absl::OkStatus();
+  return c->security->Authorize(identity, rpc, role, name);
+}
+
+absl::Status AllowAnyOf(const ServiceContext* c, absl::string_view identity, absl::string_view rpc,
+                        Role role) {
+  if (c->security == nullptr) return absl::OkStatus();
+  return c->security->AuthorizeAny(identity, rpc, role);
+}
+
+// A message put by a producer or a program: `role` for its queue; session
+// input also needs the session (AllowSession).
+absl::Status AllowMessage(const ServiceContext* c, absl::string_view identity,
+                          absl::string_view rpc, Role role, const v1::NewMessage& message) {
+  if (absl::Status s = AllowRole(c, identity, rpc, role, message.queue()); !s.ok()) return s;
+  if (message.session().empty()) return absl::OkStatus();
+  return AllowSession(c, identity, rpc, message.session());
+}
+
+// Admit for the main listener, then `check` of the identity.
+template <typename Check>
+absl::StatusOr<std::string> AdmitAnd(const ServiceContext* c, const grpc::ServerContextBase& ctx,
+                                     absl::string_view rpc, Check check) {
+  absl::StatusOr<std::string> who = Admit(c, ctx, Listener::kMain, rpc);
+  if (!who.ok()) return who;
+  if (absl::Status s = check(*who); !s.ok()) return s;
+  return who;
+}
+
 absl::Time CallDeadline(const grpc::CallbackServerContext* ctx) {
   const std::chrono::system_clock::time_point deadline = ctx->deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
@@ -52,7 +83,13 @@ absl::Time CallDeadline(const grpc::CallbackServerContext* ctx) {
 class EnqueueStreamReactor final
     : public grpc::ServerBidiReactor<v1::EnqueueRequest, v1::EnqueueStreamResponse> {
  public:
-  explicit EnqueueStreamReactor(const ServiceContext* c) : c_(c) {
+  EnqueueStreamReactor(const ServiceContext* c, grpc::CallbackServerContext* ctx) : c_(c) {
+    absl::StatusOr<std::string> who = Admit(c, *ctx, Listener::kMain, "EnqueueStream");
+    if (!who.ok()) {
+      Finish(ToGrpcStatus(who.status()));
+      return;
+    }
+    identity_ = *std::move(who);
     {
       absl::MutexLock lock(&mu_);
       reading_ = true;
@@ -61,12 +98,22 @@ class EnqueueStreamReactor final
   }
 
   void OnReadDone(bool ok) override {
+    // Each message is checked alone: a refused one is answered with its
+    // error, and the stream goes on.
+    const absl::Status allowed =
+        ok ? AllowMessage(c_, identity_, "EnqueueStream", Role::kProducer, request_.message())
+           : absl::OkStatus();
     Actions actions;
     {
       absl::MutexLock lock(&mu_);
       reading_ = false;
       if (!ok) {
         read_closed_ = true;
+      } else if (!allowed.ok()) {
+        ++in_flight_;
+        v1::EnqueueStreamResponse refused;
+        *refused.mutable_error() = ToRpcStatus(allowed);
+        CompleteLocked(next_seq_++, std::move(refused));
       } else {
         ++in_flight_;
         waiting_bytes_ += request_.message().payload().size();
@@ -216,6 +263,7 @@ class EnqueueStreamReactor final
   }
 
   const ServiceContext* const c_;
+  std::string identity_;      // the caller's, set before the first read
   std::atomic<int> refs_{1};  // gRPC's, released at OnDone
   absl::Mutex mu_;
   v1::EnqueueRequest request_;          // the read in progress
@@ -244,6 +292,12 @@ class ProgramStreamReactor final
  public:
   ProgramStreamReactor(const ServiceContext* c, grpc::CallbackServerContext* ctx)
       : c_(c), ctx_(ctx), owner_(c->operations->NewStreamOwner()) {
+    absl::StatusOr<std::string> who = Admit(c, *ctx, Listener::kMain, "ProgramStream");
+    if (!who.ok()) {
+      Finish(ToGrpcStatus(who.status()));
+      return;
+    }
+    identity_ = *std::move(who);
     StartRead(&request_);
   }
 
@@ -281,21 +335,37 @@ class ProgramStreamReactor final
     Operations* ops = c_->operations;
     absl::Status status;
     response_.Clear();
+    constexpr absl::string_view kRpc = "ProgramStream";
     switch (request_.op_case()) {
       case v1::ProgramRequest::kGet:
-        status = Fill(ops->Get(request_.get(), owner_, CallDeadline(ctx_),
-                               [this] { return ctx_->IsCancelled(); }),
-                      response_.mutable_get());
+        status = AllowRole(c_, identity_, kRpc, Role::kProgram, request_.get().queue());
+        if (status.ok()) {
+          status = Fill(ops->Get(
+                            request_.get(), owner_, CallDeadline(ctx_),
+                            [this] { return ctx_->IsCancelled(); }, identity_),
+                        response_.mutable_get());
+        }
         break;
       case v1::ProgramRequest::kInsert:
-        status = Fill(ops->Insert(request_.insert(), owner_), response_.mutable_insert());
+        status = AllowMessage(c_, identity_, kRpc, Role::kProgram, request_.insert().message());
+        if (status.ok()) {
+          status =
+              Fill(ops->Insert(request_.insert(), owner_, identity_), response_.mutable_insert());
+        }
         break;
       case v1::ProgramRequest::kSyncPoint:
-        status =
-            Fill(ops->SyncPoint(request_.sync_point(), owner_), response_.mutable_sync_point());
+        status = AllowAnyOf(c_, identity_, kRpc, Role::kProgram);
+        if (status.ok()) {
+          status = Fill(ops->SyncPoint(request_.sync_point(), owner_, identity_),
+                        response_.mutable_sync_point());
+        }
         break;
       case v1::ProgramRequest::kBackout:
-        status = Fill(ops->Backout(request_.backout(), owner_), response_.mutable_backout());
+        status = AllowAnyOf(c_, identity_, kRpc, Role::kProgram);
+        if (status.ok()) {
+          status = Fill(ops->Backout(request_.backout(), owner_, identity_),
+                        response_.mutable_backout());
+        }
         break;
       case v1::ProgramRequest::OP_NOT_SET:
         status = absl::InvalidArgumentError("ProgramRequest names no operation");
@@ -317,6 +387,7 @@ class ProgramStreamReactor final
   const ServiceContext* const c_;
   grpc::CallbackServerContext* const ctx_;
   const Owner owner_;
+  std::string identity_;  // the caller's, set before the first read
   v1::ProgramRequest request_;
   v1::ProgramResponse response_;
 };
@@ -335,6 +406,13 @@ class ReceiveReactor final : public grpc::ServerWriteReactor<v1::ReceiveResponse
   ReceiveReactor(const ServiceContext* c, grpc::CallbackServerContext* ctx,
                  const v1::ReceiveRequest* request)
       : c_(c), ctx_(ctx), request_(*request) {
+    absl::StatusOr<std::string> who = Admit(c, *ctx, Listener::kMain, "Receive");
+    absl::Status allowed =
+        who.ok() ? AllowSession(c, *who, "Receive", request_.session()) : who.status();
+    if (!allowed.ok()) {
+      Finish(ToGrpcStatus(allowed));
+      return;
+    }
     NextSlice();
   }
 
@@ -384,11 +462,31 @@ class ReceiveReactor final : public grpc::ServerWriteReactor<v1::ReceiveResponse
 
 }  // namespace
 
+// ---- Admission -----------------------------------------------------------------
+
+absl::StatusOr<std::string> Admit(const ServiceContext* c, const grpc::ServerContextBase& ctx,
+                                  Listener listener, absl::string_view rpc) {
+  if (c->security == nullptr) return std::string();
+  return c->security->Authenticate(ctx, listener, rpc);
+}
+
+absl::Status AllowSession(const ServiceContext* c, absl::string_view identity,
+                          absl::string_view rpc, const std::string& session) {
+  if (absl::Status s = AllowRole(c, identity, rpc, Role::kTerminal, session); !s.ok()) return s;
+  absl::Status bound = c->operations->CheckSessionClient(session, identity);
+  if (!bound.ok() && c->security != nullptr) return c->security->Logged(identity, rpc, bound);
+  return bound;
+}
+
 // ---- QueueManager ----------------------------------------------------------
 
 grpc::ServerUnaryReactor* QueueManagerService::Enqueue(grpc::CallbackServerContext* ctx,
                                                        const v1::EnqueueRequest* request,
                                                        v1::EnqueueResponse* response) {
+  absl::StatusOr<std::string> who = AdmitAnd(c_, *ctx, "Enqueue", [&](const std::string& id) {
+    return AllowMessage(c_, id, "Enqueue", Role::kProducer, request->message());
+  });
+  if (!who.ok()) return Refuse(ctx, who.status());
   return OnPool(c_->io_pool, ctx, [this, request, response] {
     return Fill(c_->operations->Enqueue(request->message()), response);
   });
@@ -397,50 +495,75 @@ grpc::ServerUnaryReactor* QueueManagerService::Enqueue(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* QueueManagerService::EnqueueBatch(grpc::CallbackServerContext* ctx,
                                                             const v1::EnqueueBatchRequest* request,
                                                             v1::EnqueueBatchResponse* response) {
+  absl::StatusOr<std::string> who = AdmitAnd(c_, *ctx, "EnqueueBatch", [&](const std::string& id) {
+    for (const v1::NewMessage& message : request->messages()) {
+      absl::Status s = AllowMessage(c_, id, "EnqueueBatch", Role::kProducer, message);
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  });
+  if (!who.ok()) return Refuse(ctx, who.status());
   return OnPool(c_->io_pool, ctx, [this, request, response] {
     return Fill(c_->operations->EnqueueBatch(*request), response);
   });
 }
 
 grpc::ServerBidiReactor<v1::EnqueueRequest, v1::EnqueueStreamResponse>*
-QueueManagerService::EnqueueStream(grpc::CallbackServerContext*) {
-  return new EnqueueStreamReactor(c_);
+QueueManagerService::EnqueueStream(grpc::CallbackServerContext* ctx) {
+  return new EnqueueStreamReactor(c_, ctx);
 }
 
 grpc::ServerUnaryReactor* QueueManagerService::Get(grpc::CallbackServerContext* ctx,
                                                    const v1::GetRequest* request,
                                                    v1::GetResponse* response) {
+  absl::StatusOr<std::string> who = AdmitAnd(c_, *ctx, "Get", [&](const std::string& id) {
+    return AllowRole(c_, id, "Get", Role::kProgram, request->queue());
+  });
+  if (!who.ok()) return Refuse(ctx, who.status());
   WorkerPool* pool = request->wait_ms() > 0 ? c_->wait_pool : c_->io_pool;
-  return OnPool(pool, ctx, [this, ctx, request, response] {
-    return Fill(c_->operations->Get(*request, kLeaseOwner, CallDeadline(ctx),
-                                    [ctx] { return ctx->IsCancelled(); }),
-                response);
+  return OnPool(pool, ctx, [this, ctx, request, response, id = *std::move(who)] {
+    return Fill(
+        c_->operations->Get(
+            *request, kLeaseOwner, CallDeadline(ctx), [ctx] { return ctx->IsCancelled(); }, id),
+        response);
   });
 }
 
 grpc::ServerUnaryReactor* QueueManagerService::Insert(grpc::CallbackServerContext* ctx,
                                                       const v1::InsertRequest* request,
                                                       v1::InsertResponse* response) {
+  absl::StatusOr<std::string> who = AdmitAnd(c_, *ctx, "Insert", [&](const std::string& id) {
+    return AllowMessage(c_, id, "Insert", Role::kProgram, request->message());
+  });
+  if (!who.ok()) return Refuse(ctx, who.status());
   // On the pool: an Insert may append an ID_RESERVE, which can wait for the
   // log's next segment.
-  return OnPool(c_->io_pool, ctx, [this, request, response] {
-    return Fill(c_->operations->Insert(*request, kLeaseOwner), response);
+  return OnPool(c_->io_pool, ctx, [this, request, response, id = *std::move(who)] {
+    return Fill(c_->operations->Insert(*request, kLeaseOwner, id), response);
   });
 }
 
 grpc::ServerUnaryReactor* QueueManagerService::SyncPoint(grpc::CallbackServerContext* ctx,
                                                          const v1::SyncPointRequest* request,
                                                          v1::SyncPointResponse* response) {
-  return OnPool(c_->io_pool, ctx, [this, request, response] {
-    return Fill(c_->operations->SyncPoint(*request, kLeaseOwner), response);
+  absl::StatusOr<std::string> who = AdmitAnd(c_, *ctx, "SyncPoint", [&](const std::string& id) {
+    return AllowAnyOf(c_, id, "SyncPoint", Role::kProgram);
+  });
+  if (!who.ok()) return Refuse(ctx, who.status());
+  return OnPool(c_->io_pool, ctx, [this, request, response, id = *std::move(who)] {
+    return Fill(c_->operations->SyncPoint(*request, kLeaseOwner, id), response);
   });
 }
 
 grpc::ServerUnaryReactor* QueueManagerService::Backout(grpc::CallbackServerContext* ctx,
                                                        const v1::BackoutRequest* request,
                                                        v1::BackoutResponse* response) {
-  return OnPool(c_->io_pool, ctx, [this, request, response] {
-    return Fill(c_->operations->Backout(*request, kLeaseOwner), response);
+  absl::StatusOr<std::string> who = AdmitAnd(c_, *ctx, "Backout", [&](const std::string& id) {
+    return AllowAnyOf(c_, id, "Backout", Role::kProgram);
+  });
+  if (!who.ok()) return Refuse(ctx, who.status());
+  return OnPool(c_->io_pool, ctx, [this, request, response, id = *std::move(who)] {
+    return Fill(c_->operations->Backout(*request, kLeaseOwner, id), response);
   });
 }
 
@@ -451,45 +574,78 @@ QueueManagerService::ProgramStream(grpc::CallbackServerContext* ctx) {
 
 // ---- Sessions ----------------------------------------------------------------
 // OpenSession, STSN, CloseSession and Acknowledge may wait for durability;
-// the rest change memory only.
+// the rest change memory only. Each needs the terminal role for its session;
+// all but OpenSession also the session bound by the caller.
 
 grpc::ServerUnaryReactor* QueueManagerService::OpenSession(grpc::CallbackServerContext* ctx,
                                                            const v1::OpenSessionRequest* request,
                                                            v1::OpenSessionResponse* response) {
-  return OnPool(c_->io_pool, ctx, [this, request, response] {
-    return Fill(c_->operations->OpenSession(*request), response);
+  absl::StatusOr<std::string> who = AdmitAnd(c_, *ctx, "OpenSession", [&](const std::string& id) {
+    return AllowRole(c_, id, "OpenSession", Role::kTerminal, request->session());
   });
+  if (!who.ok()) return Refuse(ctx, who.status());
+  // Without security every caller is one identity: a rebind takes over.
+  const bool may_take_over_others = c_->security == nullptr || c_->security->IsAdmin(*who);
+  return OnPool(
+      c_->io_pool, ctx, [this, request, response, may_take_over_others, id = *std::move(who)] {
+        return Fill(c_->operations->OpenSession(*request, id, may_take_over_others), response);
+      });
 }
 
 grpc::ServerUnaryReactor* QueueManagerService::SetAndTestSequenceNumbers(
     grpc::CallbackServerContext* ctx, const v1::SetAndTestSequenceNumbersRequest* request,
     v1::SetAndTestSequenceNumbersResponse* response) {
-  return OnPool(c_->io_pool, ctx, [this, request, response] {
-    return Fill(c_->operations->SetAndTestSequenceNumbers(*request), response);
+  absl::StatusOr<std::string> who =
+      AdmitAnd(c_, *ctx, "SetAndTestSequenceNumbers", [&](const std::string& id) {
+        return AllowSession(c_, id, "SetAndTestSequenceNumbers", request->session());
+      });
+  if (!who.ok()) return Refuse(ctx, who.status());
+  // SET on a session not opened cold: an administrator's.
+  const bool by_admin = c_->security != nullptr && c_->security->IsAdmin(*who);
+  return OnPool(c_->io_pool, ctx, [this, request, response, by_admin] {
+    return Fill(c_->operations->SetAndTestSequenceNumbers(*request, by_admin), response);
   });
 }
 
 grpc::ServerUnaryReactor* QueueManagerService::StartDataTraffic(
     grpc::CallbackServerContext* ctx, const v1::StartDataTrafficRequest* request,
     v1::StartDataTrafficResponse*) {
+  absl::StatusOr<std::string> who =
+      AdmitAnd(c_, *ctx, "StartDataTraffic", [&](const std::string& id) {
+        return AllowSession(c_, id, "StartDataTraffic", request->session());
+      });
+  if (!who.ok()) return Refuse(ctx, who.status());
   return Inline(ctx, [&] { return c_->operations->StartDataTraffic(*request); });
 }
 
 grpc::ServerUnaryReactor* QueueManagerService::RequestRecovery(
     grpc::CallbackServerContext* ctx, const v1::RequestRecoveryRequest* request,
     v1::RequestRecoveryResponse*) {
+  absl::StatusOr<std::string> who =
+      AdmitAnd(c_, *ctx, "RequestRecovery", [&](const std::string& id) {
+        return AllowSession(c_, id, "RequestRecovery", request->session());
+      });
+  if (!who.ok()) return Refuse(ctx, who.status());
   return Inline(ctx, [&] { return c_->operations->RequestRecovery(*request); });
 }
 
 grpc::ServerUnaryReactor* QueueManagerService::Clear(grpc::CallbackServerContext* ctx,
                                                      const v1::ClearRequest* request,
                                                      v1::ClearResponse* response) {
+  absl::StatusOr<std::string> who = AdmitAnd(c_, *ctx, "Clear", [&](const std::string& id) {
+    return AllowSession(c_, id, "Clear", request->session());
+  });
+  if (!who.ok()) return Refuse(ctx, who.status());
   return Inline(ctx, [&] { return Fill(c_->operations->Clear(*request), response); });
 }
 
 grpc::ServerUnaryReactor* QueueManagerService::CloseSession(grpc::CallbackServerContext* ctx,
                                                             const v1::CloseSessionRequest* request,
                                                             v1::CloseSessionResponse*) {
+  absl::StatusOr<std::string> who = AdmitAnd(c_, *ctx, "CloseSession", [&](const std::string& id) {
+    return AllowSession(c_, id, "CloseSession", request->session());
+  });
+  if (!who.ok()) return Refuse(ctx, who.status());
   return OnPool(c_->io_pool, ctx,
                 [this, request] { return c_->operations->CloseSession(*request); });
 }
@@ -502,16 +658,37 @@ grpc::ServerWriteReactor<v1::ReceiveResponse>* QueueManagerService::Receive(
 grpc::ServerUnaryReactor* QueueManagerService::Acknowledge(grpc::CallbackServerContext* ctx,
                                                            const v1::AcknowledgeRequest* request,
                                                            v1::AcknowledgeResponse* response) {
+  absl::StatusOr<std::string> who = AdmitAnd(c_, *ctx, "Acknowledge", [&](const std::string& id) {
+    return AllowSession(c_, id, "Acknowledge", request->session());
+  });
+  if (!who.ok()) return Refuse(ctx, who.status());
   return OnPool(c_->io_pool, ctx, [this, request, response] {
     return Fill(c_->operations->Acknowledge(*request), response);
   });
 }
 
 // ---- Admin -------------------------------------------------------------------
+// Every call needs the admin role; a forced Assign is one of them.
+
+absl::StatusOr<std::string> AdminService::AdmitAdmin(const grpc::CallbackServerContext& ctx,
+                                                     absl::string_view rpc) const {
+  absl::StatusOr<std::string> who = Admit(c_, ctx, listener_, rpc);
+  if (!who.ok()) return who;
+  if (listener_ == Listener::kMain && c_->admin_only_on_admin_listener) {
+    absl::Status refused = absl::PermissionDeniedError(
+        "the Admin service is served on the admin listener (--admin-listen) only");
+    return c_->security != nullptr ? c_->security->Logged(*who, rpc, refused) : refused;
+  }
+  if (absl::Status s = AllowRole(c_, *who, rpc, Role::kAdmin, ""); !s.ok()) return s;
+  return who;
+}
 
 grpc::ServerUnaryReactor* AdminService::DefineQueue(grpc::CallbackServerContext* ctx,
                                                     const v1::DefineQueueRequest* request,
                                                     v1::DefineQueueResponse*) {
+  if (absl::StatusOr<std::string> who = AdmitAdmin(*ctx, "DefineQueue"); !who.ok()) {
+    return Refuse(ctx, who.status());
+  }
   return OnPool(c_->io_pool, ctx,
                 [this, request] { return c_->operations->DefineQueue(*request); });
 }
@@ -519,12 +696,18 @@ grpc::ServerUnaryReactor* AdminService::DefineQueue(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* AdminService::AlterQueue(grpc::CallbackServerContext* ctx,
                                                    const v1::AlterQueueRequest* request,
                                                    v1::AlterQueueResponse*) {
+  if (absl::StatusOr<std::string> who = AdmitAdmin(*ctx, "AlterQueue"); !who.ok()) {
+    return Refuse(ctx, who.status());
+  }
   return OnPool(c_->io_pool, ctx, [this, request] { return c_->operations->AlterQueue(*request); });
 }
 
 grpc::ServerUnaryReactor* AdminService::DeleteQueue(grpc::CallbackServerContext* ctx,
                                                     const v1::DeleteQueueRequest* request,
                                                     v1::DeleteQueueResponse*) {
+  if (absl::StatusOr<std::string> who = AdmitAdmin(*ctx, "DeleteQueue"); !who.ok()) {
+    return Refuse(ctx, who.status());
+  }
   return OnPool(c_->io_pool, ctx,
                 [this, request] { return c_->operations->DeleteQueue(*request); });
 }
@@ -532,12 +715,18 @@ grpc::ServerUnaryReactor* AdminService::DeleteQueue(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* AdminService::DisplayQueues(grpc::CallbackServerContext* ctx,
                                                       const v1::DisplayQueuesRequest* request,
                                                       v1::DisplayQueuesResponse* response) {
+  if (absl::StatusOr<std::string> who = AdmitAdmin(*ctx, "DisplayQueues"); !who.ok()) {
+    return Refuse(ctx, who.status());
+  }
   return Inline(ctx, [&] { return Fill(c_->operations->DisplayQueues(*request), response); });
 }
 
 grpc::ServerUnaryReactor* AdminService::Browse(grpc::CallbackServerContext* ctx,
                                                const v1::BrowseRequest* request,
                                                v1::BrowseResponse* response) {
+  if (absl::StatusOr<std::string> who = AdmitAdmin(*ctx, "Browse"); !who.ok()) {
+    return Refuse(ctx, who.status());
+  }
   // A spilled payload is read back from RocksDB: off the gRPC thread.
   return OnPool(c_->io_pool, ctx, [this, request, response] {
     return Fill(c_->operations->Browse(*request), response);
@@ -547,6 +736,9 @@ grpc::ServerUnaryReactor* AdminService::Browse(grpc::CallbackServerContext* ctx,
 grpc::ServerUnaryReactor* AdminService::Checkpoint(grpc::CallbackServerContext* ctx,
                                                    const v1::CheckpointRequest*,
                                                    v1::CheckpointResponse* response) {
+  if (absl::StatusOr<std::string> who = AdmitAdmin(*ctx, "Checkpoint"); !who.ok()) {
+    return Refuse(ctx, who.status());
+  }
   if (!c_->checkpoint) {
     return Inline(ctx, [] {
       return absl::UnimplementedError(
@@ -566,6 +758,9 @@ grpc::ServerUnaryReactor* AdminService::Checkpoint(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* AdminService::Shutdown(grpc::CallbackServerContext* ctx,
                                                  const v1::ShutdownRequest* request,
                                                  v1::ShutdownResponse*) {
+  if (absl::StatusOr<std::string> who = AdmitAdmin(*ctx, "Shutdown"); !who.ok()) {
+    return Refuse(ctx, who.status());
+  }
   if (!v1::ShutdownMode_IsValid(request->mode())) {
     return Inline(ctx, [&] {
       return absl::InvalidArgumentError(
@@ -600,6 +795,9 @@ grpc::ServerUnaryReactor* AdminService::Shutdown(grpc::CallbackServerContext* ct
 grpc::ServerUnaryReactor* AdminService::Assign(grpc::CallbackServerContext* ctx,
                                                const v1::AssignRequest* request,
                                                v1::AssignResponse* response) {
+  if (absl::StatusOr<std::string> who = AdmitAdmin(*ctx, "Assign"); !who.ok()) {
+    return Refuse(ctx, who.status());
+  }
   return OnPool(c_->io_pool, ctx, [this, request, response] {
     return Fill(c_->operations->Assign(*request), response);
   });
@@ -608,6 +806,9 @@ grpc::ServerUnaryReactor* AdminService::Assign(grpc::CallbackServerContext* ctx,
 grpc::ServerUnaryReactor* AdminService::DisplayUnits(grpc::CallbackServerContext* ctx,
                                                      const v1::DisplayUnitsRequest*,
                                                      v1::DisplayUnitsResponse* response) {
+  if (absl::StatusOr<std::string> who = AdmitAdmin(*ctx, "DisplayUnits"); !who.ok()) {
+    return Refuse(ctx, who.status());
+  }
   return Inline(ctx, [&] {
     *response = c_->operations->DisplayUnits();
     return absl::OkStatus();
@@ -617,18 +818,27 @@ grpc::ServerUnaryReactor* AdminService::DisplayUnits(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* AdminService::DisplaySessions(grpc::CallbackServerContext* ctx,
                                                         const v1::DisplaySessionsRequest* request,
                                                         v1::DisplaySessionsResponse* response) {
+  if (absl::StatusOr<std::string> who = AdmitAdmin(*ctx, "DisplaySessions"); !who.ok()) {
+    return Refuse(ctx, who.status());
+  }
   return Inline(ctx, [&] { return Fill(c_->operations->DisplaySessions(*request), response); });
 }
 
 grpc::ServerUnaryReactor* AdminService::ListInDoubt(grpc::CallbackServerContext* ctx,
                                                     const v1::ListInDoubtRequest* request,
                                                     v1::ListInDoubtResponse* response) {
+  if (absl::StatusOr<std::string> who = AdmitAdmin(*ctx, "ListInDoubt"); !who.ok()) {
+    return Refuse(ctx, who.status());
+  }
   return Inline(ctx, [&] { return Fill(c_->coordination->ListInDoubt(*request), response); });
 }
 
 grpc::ServerUnaryReactor* AdminService::ResolveInDoubt(grpc::CallbackServerContext* ctx,
                                                        const v1::ResolveInDoubtRequest* request,
                                                        v1::ResolveInDoubtResponse* response) {
+  if (absl::StatusOr<std::string> who = AdmitAdmin(*ctx, "ResolveInDoubt"); !who.ok()) {
+    return Refuse(ctx, who.status());
+  }
   return OnPool(c_->io_pool, ctx, [this, request, response] {
     return Fill(c_->coordination->ResolveInDoubt(*request), response);
   });
@@ -637,6 +847,9 @@ grpc::ServerUnaryReactor* AdminService::ResolveInDoubt(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* AdminService::Status(grpc::CallbackServerContext* ctx,
                                                const v1::StatusRequest*,
                                                v1::StatusResponse* response) {
+  if (absl::StatusOr<std::string> who = AdmitAdmin(*ctx, "Status"); !who.ok()) {
+    return Refuse(ctx, who.status());
+  }
   if (!c_->status) {
     return Inline(ctx, [] { return absl::UnimplementedError("this qmgrd cannot report status"); });
   }

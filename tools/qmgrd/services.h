@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "qmgr/v1/qmgr.grpc.pb.h"
+#include "tools/qmgrd/authorization.h"
 #include "tools/qmgrd/coordination.h"
 #include "tools/qmgrd/operations.h"
 #include "tools/qmgrd/queue_manager.h"
@@ -47,7 +48,22 @@ struct ServiceContext {
   std::function<absl::StatusOr<qmgr::v1::StatusResponse>()> status;
   // Where refusals answered inside streams are counted (null: nowhere).
   Refusals* refusals = nullptr;
+  // Who may call what (docs/security.md); null: every caller is the
+  // identity "" and may do everything.
+  const Security* security = nullptr;
+  // Admin is served on its own listener (--admin-listen) and the main one
+  // refuses it (PERMISSION_DENIED).
+  bool admin_only_on_admin_listener = false;
 };
+
+// Calls authenticated and checked before they run: the caller's identity,
+// or the refusal (UNAUTHENTICATED, PERMISSION_DENIED), logged.
+absl::StatusOr<std::string> Admit(const ServiceContext* c, const grpc::ServerContextBase& ctx,
+                                  Listener listener, absl::string_view rpc);
+// Session calls: the terminal role for `session` and the session bound by
+// this identity (or by none).
+absl::Status AllowSession(const ServiceContext* c, absl::string_view identity,
+                          absl::string_view rpc, const std::string& session);
 
 class QueueManagerService final : public qmgr::v1::QueueManager::CallbackService {
  public:
@@ -108,7 +124,9 @@ class QueueManagerService final : public qmgr::v1::QueueManager::CallbackService
 
 class AdminService final : public qmgr::v1::Admin::CallbackService {
  public:
-  explicit AdminService(const ServiceContext* context) : c_(context) {}
+  // One per listener that serves Admin.
+  AdminService(const ServiceContext* context, Listener listener)
+      : c_(context), listener_(listener) {}
 
   grpc::ServerUnaryReactor* DefineQueue(grpc::CallbackServerContext* ctx,
                                         const qmgr::v1::DefineQueueRequest* request,
@@ -151,7 +169,12 @@ class AdminService final : public qmgr::v1::Admin::CallbackService {
                                    qmgr::v1::StatusResponse* response) override;
 
  private:
+  // The caller's identity when it may call Admin `rpc` here.
+  absl::StatusOr<std::string> AdmitAdmin(const grpc::CallbackServerContext& ctx,
+                                         absl::string_view rpc) const;
+
   const ServiceContext* const c_;
+  const Listener listener_;
 };
 
 }  // namespace qmgr::server

@@ -38,6 +38,14 @@ grpc::ServerUnaryReactor* Inline(grpc::CallbackServerContext* ctx, Work work) {
   return reactor;
 }
 
+// Finishes a call refused before it ran.
+inline grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* ctx,
+                                        const absl::Status& refusal) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(qmgr::rpc::ToGrpcStatus(refusal));
+  return reactor;
+}
+
 template <typename T>
 absl::Status Fill(absl::StatusOr<T> result, T* response) {
   if (!result.ok()) return result.status();
