@@ -1173,6 +1173,10 @@ int Engine::ReapIdleUnits() {
       idle.push_back(unit.get());
     }
   }
+  // Oldest first, not in the hash map's order (which varies from run to
+  // run): the messages of units reaped together return to the heads of
+  // their queues in an order that one run repeats.
+  std::sort(idle.begin(), idle.end(), [](const Unit* a, const Unit* b) { return a->id < b->id; });
   for (Unit* unit : idle) BackoutLocked(unit, qmgr::v1::BACKOUT_IDLE_TIMEOUT);
   return static_cast<int>(idle.size());
 }

@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   if (trace) {
     options.trace = [](absl::string_view line) {
       std::printf("%.*s\n", static_cast<int>(line.size()), line.data());
+      std::fflush(stdout);
     };
   }
   qmgr::testing::TempDir tmp;

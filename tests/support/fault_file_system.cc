@@ -8,6 +8,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "log/format.h"
 
@@ -286,9 +287,8 @@ absl::Status FaultFileSystem::FileSync(FaultFile& file) {
     absl::MutexLock gate(&gate_mu_);
     if (Gated(file.path_)) {
       ++syncs_at_gate_;
-      const auto open = [this, &file]() ABSL_SHARED_LOCKS_REQUIRED(gate_mu_) {
-        return !Gated(file.path_);
-      };
+      const auto open = [this, &file]()
+                            ABSL_SHARED_LOCKS_REQUIRED(gate_mu_) { return !Gated(file.path_); };
       gate_mu_.Await(absl::Condition(&open));
       --syncs_at_gate_;
     }
@@ -458,7 +458,6 @@ void FaultFileSystem::SimulateCrash(CrashMode mode, uint64_t seed) {
             Overlay(recovered, write.offset, data);
           }
           break;
-      }
         case CrashMode::kRandomBlocksTorn: {
           const std::vector<uint64_t> dirty(node.dirty_blocks.begin(), node.dirty_blocks.end());
           const size_t torn = dirty.empty() ? 0 : rng() % dirty.size();

@@ -43,6 +43,9 @@ struct SimOptions {
   // A directory of the real file system for the store's files (the log
   // lives in memory).
   std::string dir;
+  // From this crash on (-1: never) the log's fdatasync lies: it returns OK
+  // and keeps nothing. For proving that the checks see a loss.
+  int lying_fsync_from_crash = -1;
   // Hears every trace line (may be empty).
   std::function<void(absl::string_view line)> trace;
 };
