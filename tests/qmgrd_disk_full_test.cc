@@ -3,7 +3,8 @@
 // the space taken by a filler file. DESIGN.md: a full disk shows up when a
 // segment is preallocated, and Enqueue answers RESOURCE_EXHAUSTED; intake
 // resumes once the allocator can create the segment. Nothing acknowledged
-// is lost, across a SIGKILL and a restart after space returned.
+// is lost, across a SIGKILL and a restart after space returned. A checkpoint
+// that fails on the full disk stops checkpoints until that restart.
 #include <signal.h>
 #include <sys/mount.h>
 
@@ -128,6 +129,16 @@ TEST(DiskFullTest, EnqueueIsRefusedWhileTheDiskIsFullAndResumesWhenSpaceReturns)
               refused.error_message().c_str());
   // Still full: still refused, and the server answers (it did not stop).
   EXPECT_REFUSED(Enqueue(*qm, Payload(n)), kResourceExhausted, "");
+  const auto checkpoint = [&] {
+    auto admin = v1::Admin::NewStub(
+        grpc::CreateChannel(process->target(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    v1::CheckpointResponse response;
+    return admin->Checkpoint(&context, v1::CheckpointRequest(), &response);
+  };
+  // The store is on the same disk: a checkpoint now fails, and (as
+  // checkpoint/checkpointer.h says) that is final for this process.
+  EXPECT_REFUSED(checkpoint(), kResourceExhausted, "");
 
   // Space returns: intake resumes by itself.
   ASSERT_EQ(::truncate(filler.c_str(), 0), 0);
@@ -143,6 +154,10 @@ TEST(DiskFullTest, EnqueueIsRefusedWhileTheDiskIsFullAndResumesWhenSpaceReturns)
     ASSERT_OK(Enqueue(*qm, Payload(i)));
     acknowledged.insert(Payload(i));
   }
+  const grpc::Status later_checkpoint = checkpoint();
+  EXPECT_FALSE(later_checkpoint.ok()) << "checkpoints resumed without a restart: update the docs";
+  EXPECT_NE(later_checkpoint.error_message().find("until a restart"), std::string::npos)
+      << later_checkpoint.error_message();
 
   // A crash, and a restart: everything acknowledged is there, once.
   process->Signal(SIGKILL);
@@ -156,6 +171,13 @@ TEST(DiskFullTest, EnqueueIsRefusedWhileTheDiskIsFullAndResumesWhenSpaceReturns)
   ASSERT_TRUE(client.ok()) << client.status();
   absl::StatusOr<v1::BrowseResponse> browsed = (*client)->Browse(kQueue, 10000);
   ASSERT_TRUE(browsed.ok()) << browsed.status();
+  {
+    auto admin = v1::Admin::NewStub(
+        grpc::CreateChannel(process->target(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    v1::CheckpointResponse response;
+    EXPECT_OK(admin->Checkpoint(&context, v1::CheckpointRequest(), &response));
+  }
   std::multiset<std::string> present;
   for (const v1::Message& m : browsed->messages()) present.insert(m.payload());
   for (const std::string& payload : acknowledged) {
