@@ -1,5 +1,7 @@
 #include "checkpoint/checkpointer.h"
 
+#include <sys/statvfs.h>
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -105,6 +107,22 @@ CheckpointStats Checkpointer::stats() const {
   return stats;
 }
 
+absl::Status Checkpointer::CheckStoreRoom() const {
+  if (options_.store_free_bytes_min == 0) return absl::OkStatus();
+  struct statvfs fs;
+  if (::statvfs(store_->path().c_str(), &fs) != 0) return absl::OkStatus();  // cannot tell
+  const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+  uint64_t needed = options_.store_free_bytes_min;
+  {
+    absl::MutexLock lock(&mu_);
+    needed = std::max(needed, 2 * last_batch_bytes_);
+  }
+  if (free_bytes >= needed) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrCat("checkpoint refused: the store's file system has ", free_bytes,
+                   " bytes free, and a checkpoint starts only with ", needed));
+}
+
 absl::StatusOr<CheckpointReport> Checkpointer::Checkpoint(Trigger trigger) {
   absl::MutexLock one_at_a_time(&checkpoint_mu_);
   absl::StatusOr<CheckpointReport> report = TakeCheckpoint(trigger);
@@ -128,6 +146,7 @@ absl::StatusOr<CheckpointReport> Checkpointer::TakeCheckpoint(Trigger trigger) {
     if (!failed_.ok()) return failed_;
     meta = last_;
   }
+  if (absl::Status room = CheckStoreRoom(); !room.ok()) return room;
   const absl::Time start = absl::Now();
   CheckpointReport report;
   report.trigger = trigger;
@@ -161,6 +180,7 @@ absl::StatusOr<CheckpointReport> Checkpointer::TakeCheckpoint(Trigger trigger) {
     absl::MutexLock lock(&mu_);
     last_ = meta;
     last_time_ = absl::Now();
+    last_batch_bytes_ = report.counts.batch_bytes;
   }
   Hook(Step::kStoreWritten);
   // In the background: RocksDB's WAL then stays short, and so does the

@@ -55,6 +55,13 @@ struct CheckpointOptions {
   double assumed_replay_bytes_per_second = 100e6;
   // A unit of work open longer than this is named in the checkpoint report.
   absl::Duration report_units_open_over = absl::Seconds(30);
+  // A checkpoint starts only while the store's file system has this much
+  // free, and twice the last checkpoint's batch: RocksDB must never meet a
+  // full disk in the middle of the store write (after a failed write to its
+  // WAL, Debian's build asserts, and the process dies). Below it the
+  // checkpoint is refused (RESOURCE_EXHAUSTED) before step 1, and a later
+  // one may run. 0: no check.
+  uint64_t store_free_bytes_min = 8 << 20;
   // Test seam: called after each step, on the checkpointing thread.
   std::function<void(Step)> step_hook;
   // Hears the outcome of every checkpoint, whatever triggered it, on the
@@ -122,6 +129,8 @@ class Checkpointer {
                    std::optional<Trigger> first);
   absl::StatusOr<CheckpointReport> TakeCheckpoint(Trigger trigger)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(checkpoint_mu_);
+  // RESOURCE_EXHAUSTED while the store's file system is short of room.
+  absl::Status CheckStoreRoom() const;
   void Hook(Step step) const {
     if (options_.step_hook) options_.step_hook(step);
   }
@@ -134,6 +143,7 @@ class Checkpointer {
   absl::Mutex checkpoint_mu_;  // one checkpoint at a time
   mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(checkpoint_mu_);
   qmgr::v1::CheckpointMeta last_ ABSL_GUARDED_BY(mu_);
+  uint64_t last_batch_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time last_time_ ABSL_GUARDED_BY(mu_);
   // The log's next LSN after the last CHECKPOINT_END: the time trigger does
   // not checkpoint a log that has not moved since.

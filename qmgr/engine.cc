@@ -66,7 +66,21 @@ absl::Status ValidateAttributes(const std::string& name, const qmgr::v1::QueueAt
   if (a.backout_queue() == name) {
     return absl::InvalidArgumentError("a queue cannot be its own backout queue");
   }
+  if (!a.output_of_session().empty() && !IsValidQueueName(a.output_of_session())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("session name '", a.output_of_session(),
+                     "' (output_of_session) must be 1..48 characters of [A-Za-z0-9._-]"));
+  }
   return absl::OkStatus();
+}
+
+// A name that cannot be a queue's is malformed input, not an unknown queue.
+absl::Status QueueNotDefined(const std::string& name) {
+  if (!IsValidQueueName(name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("queue name '", name, "' must be 1..48 characters of [A-Za-z0-9._-]"));
+  }
+  return absl::NotFoundError(absl::StrCat("queue '", name, "' is not defined"));
 }
 
 }  // namespace
@@ -106,7 +120,7 @@ absl::Status Engine::AlterQueue(const std::string& name,
     if (absl::Status s = CheckOpen(); !s.ok()) return s;
     auto it = queues_.find(name);
     if (it == queues_.end()) {
-      return absl::NotFoundError(absl::StrCat("queue '", name, "' is not defined"));
+      return QueueNotDefined(name);
     }
     LogRecord record;
     record.mutable_queue_alter()->set_queue(name);
@@ -127,7 +141,7 @@ absl::Status Engine::DeleteQueue(const std::string& name, bool purge) {
     if (absl::Status s = CheckOpen(); !s.ok()) return s;
     auto it = queues_.find(name);
     if (it == queues_.end()) {
-      return absl::NotFoundError(absl::StrCat("queue '", name, "' is not defined"));
+      return QueueNotDefined(name);
     }
     Queue& queue = *it->second;
     if (queue.taken > 0) {
@@ -226,7 +240,7 @@ absl::StatusOr<QueueStatus> Engine::DisplayQueue(const std::string& name) const 
   absl::MutexLock lock(&mu_);
   auto it = queues_.find(name);
   if (it == queues_.end()) {
-    return absl::NotFoundError(absl::StrCat("queue '", name, "' is not defined"));
+    return QueueNotDefined(name);
   }
   return StatusOf(*it->second, now_us, InDoubtByQueue());
 }
@@ -245,7 +259,7 @@ absl::StatusOr<std::vector<qmgr::v1::Message>> Engine::Browse(const std::string&
   absl::MutexLock lock(&mu_);
   auto it = queues_.find(name);
   if (it == queues_.end()) {
-    return absl::NotFoundError(absl::StrCat("queue '", name, "' is not defined"));
+    return QueueNotDefined(name);
   }
   std::vector<qmgr::v1::Message> out;
   for (const auto& message : it->second->visible) {
@@ -267,7 +281,7 @@ absl::Status Engine::ValidateSpec(const MessageSpec& spec, uint64_t payload_byte
                                   Queue** queue, MessageClass* cls) {
   auto it = queues_.find(spec.queue);
   if (it == queues_.end()) {
-    return absl::NotFoundError(absl::StrCat("queue '", spec.queue, "' is not defined"));
+    return QueueNotDefined(spec.queue);
   }
   *queue = it->second.get();
   const qmgr::v1::QueueAttributes& a = (*queue)->attributes;
@@ -863,7 +877,7 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
       // always means the previous unit is still open.
       auto queue = queues_.find(options.queue);
       if (queue == queues_.end()) {
-        return absl::NotFoundError(absl::StrCat("queue '", options.queue, "' is not defined"));
+        return QueueNotDefined(options.queue);
       }
       if (queue->second->attributes.get_inhibited()) {
         return WithReason(absl::FailedPreconditionError(
@@ -897,7 +911,7 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
       auto it = queues_.find(options.queue);
       if (it == queues_.end()) {
         drop_if_empty();
-        return absl::NotFoundError(absl::StrCat("queue '", options.queue, "' is not defined"));
+        return QueueNotDefined(options.queue);
       }
       queue = it->second.get();
       if (queue->attributes.get_inhibited()) {
@@ -1259,6 +1273,10 @@ int Engine::ReapIdleUnits() {
       idle.push_back(unit.get());
     }
   }
+  // Oldest first, not in the hash map's order (which varies from run to
+  // run): the messages of units reaped together return to the heads of
+  // their queues in an order that one run repeats.
+  std::sort(idle.begin(), idle.end(), [](const Unit* a, const Unit* b) { return a->id < b->id; });
   for (Unit* unit : idle) BackoutLocked(unit, qmgr::v1::BACKOUT_IDLE_TIMEOUT);
   return static_cast<int>(idle.size());
 }

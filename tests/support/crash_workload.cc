@@ -239,7 +239,7 @@ std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
   std::vector<std::string> broken;
   std::map<std::string, uint64_t> acked;  // marker -> id
   std::set<uint64_t> consumed, unknown;
-  std::set<std::string> inserted, backed_out, pending_inserts;
+  std::set<std::string> inserted, backed_out, pending_inserts, delivered;
   uint64_t max_id = 0, hardened = 0;
   std::map<std::string, uint64_t> prepared;  // XID -> its message: Prepare acknowledged
   std::set<std::string> prepare_asked, decided;
@@ -274,6 +274,10 @@ std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
         break;
       case 'B':
         backed_out.insert(e.marker);
+        break;
+      case 'K':
+        inserted.erase(e.marker);
+        delivered.insert(e.marker);
         break;
       case 'H':
         hardened = std::max(hardened, e.id);
@@ -311,7 +315,8 @@ std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
     if (backed_out.count(m.marker)) {
       broken.push_back(absl::StrCat("insert ", m.marker, " of a backed-out unit is visible"));
     }
-    if (m.queue == kOut && !inserted.count(m.marker) && !pending_inserts.count(m.marker)) {
+    if ((m.queue == kOut || m.queue == kSessionOutputQueue) && !inserted.count(m.marker) &&
+        !pending_inserts.count(m.marker) && !delivered.count(m.marker)) {
       broken.push_back(
           absl::StrCat("insert ", m.marker, " is visible though its unit never asked to commit"));
     }

@@ -45,7 +45,9 @@ namespace qmgr::testing {
 // still there, so its open outcome was "not committed" (id). Coordinated
 // units: 'P' also before a Prepare (id of the message the unit took, marker
 // its XID), 'Q' the Prepare acknowledged (id, XID), 'R' an outcome asked for
-// (XID).
+// (XID). Session output: 'K' an insert into the session's output queue
+// (kSessionOutputQueue) that the session may have taken since (marker): its
+// delivery is checked by the session's client, not by its presence.
 struct Event {
   char kind = 0;
   uint64_t id = 0;
@@ -54,6 +56,9 @@ struct Event {
   std::string ToLine() const;  // "E 17 p3-1-9"
   static bool FromLine(const std::string& line, Event* event);
 };
+
+// The output queue of CrashWorkload::kSession (the seeded simulation's).
+inline constexpr char kSessionOutputQueue[] = "TOUT";
 
 class CrashWorkload {
  public:

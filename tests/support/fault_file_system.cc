@@ -8,6 +8,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "log/format.h"
 
@@ -284,9 +285,13 @@ absl::StatusOr<size_t> FaultFileSystem::FileRead(FaultFile& file, uint64_t offse
 absl::Status FaultFileSystem::FileSync(FaultFile& file) {
   {
     absl::MutexLock gate(&gate_mu_);
-    ++syncs_at_gate_;
-    gate_mu_.Await(absl::Condition(this, &FaultFileSystem::GateOpen));
-    --syncs_at_gate_;
+    if (Gated(file.path_)) {
+      ++syncs_at_gate_;
+      const auto open = [this, &file]()
+                            ABSL_SHARED_LOCKS_REQUIRED(gate_mu_) { return !Gated(file.path_); };
+      gate_mu_.Await(absl::Condition(&open));
+      --syncs_at_gate_;
+    }
   }
   absl::MutexLock lock(&mu_);
   if (absl::Status s = CheckLive(file); !s.ok()) return s;
@@ -361,11 +366,14 @@ void FaultFileSystem::ClearSpaceLimit() {
   has_space_limit_ = false;
 }
 
-bool FaultFileSystem::GateOpen() const { return !gate_closed_; }
+bool FaultFileSystem::Gated(const std::string& path) const {
+  return gate_closed_ && absl::EndsWith(path, gate_suffix_);
+}
 
-void FaultFileSystem::CloseSyncGate() {
+void FaultFileSystem::CloseSyncGate(std::string path_suffix) {
   absl::MutexLock gate(&gate_mu_);
   gate_closed_ = true;
+  gate_suffix_ = std::move(path_suffix);
 }
 
 void FaultFileSystem::OpenSyncGate() {
@@ -450,6 +458,23 @@ void FaultFileSystem::SimulateCrash(CrashMode mode, uint64_t seed) {
             Overlay(recovered, write.offset, data);
           }
           break;
+        case CrashMode::kRandomBlocksTorn: {
+          const std::vector<uint64_t> dirty(node.dirty_blocks.begin(), node.dirty_blocks.end());
+          const size_t torn = dirty.empty() ? 0 : rng() % dirty.size();
+          for (size_t i = 0; i < dirty.size(); ++i) {
+            const uint64_t begin = dirty[i] * kBlockBytes;
+            const bool keep = (rng() & 1) != 0;
+            if (begin >= node.current.size()) continue;
+            uint64_t len = std::min<uint64_t>(kBlockBytes, node.current.size() - begin);
+            if (i == torn) {
+              len = rng() % len;
+            } else if (!keep) {
+              continue;
+            }
+            Overlay(recovered, begin, absl::string_view(node.current).substr(begin, len));
+          }
+          break;
+        }
       }
       node.current = recovered;
       node.durable = std::move(recovered);

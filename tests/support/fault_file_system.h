@@ -54,6 +54,10 @@ enum class CrashMode {
   // Every unsynced write survives except the file's last one, which survives
   // only up to a random byte count in [0, len) (a write torn mid-way).
   kTearLastWrite,
+  // Each dirty block survives with probability 1/2 (as kKeepRandomBlocks),
+  // and one dirty block, chosen at random, is torn: it survives only up to a
+  // random byte within it. The seeded crash simulation's mode.
+  kRandomBlocksTorn,
 };
 
 class FaultFileSystem final : public log::FileSystem {
@@ -115,7 +119,9 @@ class FaultFileSystem final : public log::FileSystem {
   // --- Sync gate ------------------------------------------------------------
   // While the gate is closed every File::Sync blocks on entry, before doing
   // anything, until OpenSyncGate. Lets a test hold a group commit mid-flight.
-  void CloseSyncGate();
+  // With a suffix, only Syncs of files whose path ends with it are held (the
+  // log's segments, ".qlog", and not the allocator's ".qlog.tmp").
+  void CloseSyncGate(std::string path_suffix = "");
   void OpenSyncGate();
   // How many Syncs are blocked at the gate now.
   int SyncsWaitingAtGate() const;
@@ -191,7 +197,8 @@ class FaultFileSystem final : public log::FileSystem {
   // Sum of current sizes of the files reachable by current entries, except
   // `skip`.
   uint64_t CurrentBytesExcept(const Node* skip) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool GateOpen() const ABSL_SHARED_LOCKS_REQUIRED(gate_mu_);
+  // Whether a Sync of `path` is held at the gate.
+  bool Gated(const std::string& path) const ABSL_SHARED_LOCKS_REQUIRED(gate_mu_);
 
   mutable absl::Mutex mu_;
   std::map<std::string, Dir> dirs_ ABSL_GUARDED_BY(mu_);
@@ -221,6 +228,7 @@ class FaultFileSystem final : public log::FileSystem {
   // Never held together with mu_.
   mutable absl::Mutex gate_mu_;
   bool gate_closed_ ABSL_GUARDED_BY(gate_mu_) = false;
+  std::string gate_suffix_ ABSL_GUARDED_BY(gate_mu_);
   int syncs_at_gate_ ABSL_GUARDED_BY(gate_mu_) = 0;
 };
 

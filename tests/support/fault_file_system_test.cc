@@ -323,6 +323,58 @@ TEST(FaultFileSystemCrash, KeepRandomBlocksDeterministicPerSeed) {
   EXPECT_LT(kept, kBlocks);
 }
 
+TEST(FaultFileSystemCrash, RandomBlocksTornKeepsSomeBlocksAndTearsOne) {
+  // Each block is kept whole, lost, or (one block) kept up to a random byte;
+  // the same seed makes the same choices.
+  constexpr int kBlocks = 48;
+  std::set<size_t> torn_lengths;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    const auto crashed = [&] {
+      FaultFileSystem fs;
+      EXPECT_TRUE(fs.CreateDir("/d").ok());
+      EXPECT_TRUE(fs.WriteWholeFileDurably("/d/f", "").ok());
+      DirtyBlocks(fs, kBlocks);
+      fs.SimulateCrash(CrashMode::kRandomBlocksTorn, seed);
+      return Contents(fs, "/d/f");
+    };
+    const std::string a = crashed();
+    EXPECT_EQ(a, crashed());
+    int kept = 0, partial = 0;
+    for (size_t b = 0; b * kBlockBytes < a.size(); ++b) {
+      const std::string block = a.substr(b * kBlockBytes, kBlockBytes);
+      const char want = static_cast<char>('A' + b);
+      const size_t prefix = block.find_first_not_of(want);
+      if (prefix == std::string::npos && block.size() == kBlockBytes) {
+        ++kept;
+        continue;
+      }
+      const size_t end = prefix == std::string::npos ? block.size() : prefix;
+      EXPECT_EQ(block.find_first_not_of('\0', end), std::string::npos) << "block " << b;
+      if (end > 0) {
+        ++partial;
+        torn_lengths.insert(end);
+      }
+    }
+    EXPECT_GT(kept, 0);
+    EXPECT_LT(kept, kBlocks);
+    EXPECT_LE(partial, 1);
+  }
+  EXPECT_GT(torn_lengths.size(), 5u) << "the tear falls at random bytes";
+}
+
+TEST_F(FaultFileSystemTest, SyncGateWithASuffixHoldsOnlyThoseFiles) {
+  std::unique_ptr<File> tmp = MustOpen(fs_, "/d/f.tmp", OpenMode::kCreateTruncate);
+  QMGR_ASSERT_OK(tmp->Write(0, "t"));
+  QMGR_ASSERT_OK(file_->Write(0, "f"));
+  fs_.CloseSyncGate("/f");
+  QMGR_ASSERT_OK(tmp->Sync());  // not held
+  std::thread syncer([&] { EXPECT_TRUE(file_->Sync().ok()); });
+  ASSERT_TRUE(fs_.AwaitSyncsAtGate(1, absl::Seconds(10)));
+  fs_.OpenSyncGate();
+  syncer.join();
+  EXPECT_EQ(fs_.SyncCount(), 2);
+}
+
 TEST(FaultFileSystemCrash, TearLastWriteKeepsPrefixOfLastWrite) {
   // Earlier unsynced writes survive whole; the last one survives only as a proper prefix.
   std::set<size_t> sizes;

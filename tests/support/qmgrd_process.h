@@ -45,6 +45,7 @@ class QmgrdProcess {
   std::optional<int> WaitExit(absl::Duration timeout);
 
   const std::string& target() const { return target_; }
+  pid_t pid() const { return pid_; }  // -1 before Start
   std::string Stderr() const;
 
  private:
