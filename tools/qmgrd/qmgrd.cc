@@ -254,7 +254,6 @@ int ParseFlags(int argc, char** argv, ServerOptions* o, qmgr::server::ListenerOp
   return -1;
 }
 
-
 // The listeners' protection, checked before anything starts: the refusal
 // on stderr, or the warnings printed and the Security to use.
 std::unique_ptr<qmgr::server::Security> CheckSecurity(const qmgr::server::ListenerOptions& l) {
