@@ -20,6 +20,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "qmgr/v1/qmgr.grpc.pb.h"
+#include "tests/support/command.h"
 #include "tests/support/qmgrd_process.h"
 #include "tests/support/temp_dir.h"
 
@@ -27,7 +28,9 @@ namespace qmgr {
 namespace {
 
 namespace v1 = qmgr::v1;
+using qmgr::testing::CommandResult;
 using qmgr::testing::QmgrdProcess;
+using qmgr::testing::RunCommand;
 using qmgr::testing::TempDir;
 
 // Small segments: a test's qmgrd preallocates two of them at start. A short
@@ -36,30 +39,7 @@ const std::vector<std::string> kFlags = {"--log-segment-bytes", "4MiB", "--shutd
                                          "500"};
 constexpr absl::Duration kCallTimeout = absl::Seconds(10);
 
-#define EXPECT_CONTAINS(text, part)                                                       \
-  do {                                                                                    \
-    const std::string text_ = (text);                                                     \
-    EXPECT_TRUE(absl::StrContains(text_, part)) << "'" << part << "' not in:\n" << text_; \
-  } while (0)
-
-struct CommandResult {
-  int exit_code;
-  std::string out;
-  std::string err;
-};
-
-CommandResult Qmgrctl(const std::string& args) {
-  TempDir tmp;
-  const std::string command =
-      absl::StrCat(QMGRCTL_PATH, " ", args, " >", tmp.path(), "/out 2>", tmp.path(), "/err");
-  const int status = std::system(command.c_str());
-  auto slurp = [](const std::string& path) {
-    std::ifstream in(path);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(tmp.path() + "/out"),
-          slurp(tmp.path() + "/err")};
-}
+CommandResult Qmgrctl(const std::string& args) { return RunCommand(QMGRCTL_PATH, args); }
 
 template <typename Proto>
 Proto ParseJson(const std::string& json) {

@@ -22,6 +22,7 @@
 #include "log/log.h"
 #include "qmgr/v1/log_tool.pb.h"
 #include "qmgr/v1/qmgr.grpc.pb.h"
+#include "tests/support/command.h"
 #include "tests/support/qmgrd_process.h"
 #include "tests/support/temp_dir.h"
 
@@ -29,35 +30,14 @@ namespace qmgr {
 namespace {
 
 namespace v1 = qmgr::v1;
+using qmgr::testing::CommandResult;
 using qmgr::testing::QmgrdProcess;
+using qmgr::testing::RunCommand;
 using qmgr::testing::TempDir;
 
 constexpr absl::Duration kCallTimeout = absl::Seconds(10);
 
-#define EXPECT_CONTAINS(text, part)                                                       \
-  do {                                                                                    \
-    const std::string text_ = (text);                                                     \
-    EXPECT_TRUE(absl::StrContains(text_, part)) << "'" << part << "' not in:\n" << text_; \
-  } while (0)
-
-struct CommandResult {
-  int exit_code;
-  std::string out;
-  std::string err;
-};
-
-CommandResult Qmgrctl(const std::string& args) {
-  TempDir tmp;
-  const std::string command =
-      absl::StrCat(QMGRCTL_PATH, " ", args, " >", tmp.path(), "/out 2>", tmp.path(), "/err");
-  const int status = std::system(command.c_str());
-  auto slurp = [](const std::string& path) {
-    std::ifstream in(path);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(tmp.path() + "/out"),
-          slurp(tmp.path() + "/err")};
-}
+CommandResult Qmgrctl(const std::string& args) { return RunCommand(QMGRCTL_PATH, args); }
 
 void ExpectGolden(const std::string& name, const std::string& actual) {
   const std::string path = absl::StrCat(GOLDEN_DIR, "/", name);

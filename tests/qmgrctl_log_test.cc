@@ -18,28 +18,16 @@
 #include "gtest/gtest.h"
 #include "log/log.h"
 #include "qmgr/v1/log_tool.pb.h"
+#include "tests/support/command.h"
 #include "tests/support/temp_dir.h"
 
 namespace qmgr::tools {
 namespace {
 
-struct CommandResult {
-  int exit_code;
-  std::string out;
-  std::string err;
-};
+using qmgr::testing::CommandResult;
 
 CommandResult Qmgrctl(const std::string& args) {
-  qmgr::testing::TempDir tmp;
-  const std::string command =
-      absl::StrCat(QMGRCTL_PATH, " ", args, " >", tmp.path(), "/out 2>", tmp.path(), "/err");
-  const int status = std::system(command.c_str());
-  auto slurp = [](const std::string& path) {
-    std::ifstream in(path);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(tmp.path() + "/out"),
-          slurp(tmp.path() + "/err")};
+  return qmgr::testing::RunCommand(QMGRCTL_PATH, args);
 }
 
 // Output with what differs between runs (temp paths, the log id) replaced.

@@ -27,6 +27,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "qmgr/v1/qmgr.grpc.pb.h"
+#include "tests/support/command.h"
 #include "tests/support/qmgrd_process.h"
 #include "tests/support/temp_dir.h"
 
@@ -34,16 +35,12 @@ namespace qmgr {
 namespace {
 
 namespace v1 = qmgr::v1;
+using qmgr::testing::CommandResult;
 using qmgr::testing::QmgrdProcess;
+using qmgr::testing::RunCommand;
 using qmgr::testing::TempDir;
 
 constexpr absl::Duration kCallTimeout = absl::Seconds(10);
-
-#define EXPECT_CONTAINS(text, part)                                                       \
-  do {                                                                                    \
-    const std::string text_ = (text);                                                     \
-    EXPECT_TRUE(absl::StrContains(text_, part)) << "'" << part << "' not in:\n" << text_; \
-  } while (0)
 
 // Small segments, no time-triggered checkpoints (the test asks for them),
 // metrics on any free port.
@@ -94,24 +91,7 @@ std::map<std::string, double> ParseSamples(const std::string& text) {
   return samples;
 }
 
-struct CommandResult {
-  int exit_code;
-  std::string out;
-  std::string err;
-};
-
-CommandResult Qmgrctl(const std::string& args) {
-  TempDir tmp;
-  const std::string command =
-      absl::StrCat(QMGRCTL_PATH, " ", args, " >", tmp.path(), "/out 2>", tmp.path(), "/err");
-  const int status = std::system(command.c_str());
-  auto slurp = [](const std::string& path) {
-    std::ifstream in(path);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(tmp.path() + "/out"),
-          slurp(tmp.path() + "/err")};
-}
+CommandResult Qmgrctl(const std::string& args) { return RunCommand(QMGRCTL_PATH, args); }
 
 // Lines of `text` that contain `part`.
 int CountLines(const std::string& text, const std::string& part) {

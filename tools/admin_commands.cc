@@ -33,18 +33,6 @@ std::string YesNo(bool b) { return b ? "yes" : "no"; }
 std::string OrDash(uint64_t n) { return n == 0 ? "-" : absl::StrCat(n); }
 std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
 
-std::string Bytes(uint64_t n) {
-  if (n < 1024) return absl::StrCat(n, "B");
-  constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB"};
-  double v = n / 1024.0;
-  size_t unit = 0;
-  while (v >= 1024 && unit + 1 < std::size(kUnits)) {
-    v /= 1024;
-    ++unit;
-  }
-  return absl::StrFormat("%.1f%s", v, kUnits[unit]);
-}
-
 std::string Describe(const v1::QueueAttributes& a) {
   const std::string text = a.ShortDebugString();
   return text.empty() ? "default attributes" : text;
@@ -126,6 +114,18 @@ int WriteQueue(client::Client& client, const std::string& verb,
 }
 
 }  // namespace
+
+std::string Bytes(uint64_t n) {
+  if (n < 1024) return absl::StrCat(n, "B");
+  constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB"};
+  double v = n / 1024.0;
+  size_t unit = 0;
+  while (v >= 1024 && unit + 1 < std::size(kUnits)) {
+    v /= 1024;
+    ++unit;
+  }
+  return absl::StrFormat("%.1f%s", v, kUnits[unit]);
+}
 
 absl::StatusOr<v1::MessageClass> MessageClassByName(const std::string& name) {
   v1::MessageClass c;

@@ -32,6 +32,9 @@ struct QueueAttributeFlags {
   std::optional<std::string> output_of_session;
 };
 
+// A byte count for people: 512B, 3.5KiB, 64.0MiB.
+std::string Bytes(uint64_t n);
+
 // A message class by name (RECOVERABLE, fastpath, ...); not
 // MESSAGE_CLASS_UNSPECIFIED, which is no class a queue can default to.
 absl::StatusOr<v1::MessageClass> MessageClassByName(const std::string& name);

@@ -8,22 +8,11 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "google/protobuf/util/json_util.h"
+#include "tools/admin_commands.h"
 #include "tools/log_commands.h"
 
 namespace qmgr::tools {
 namespace {
-
-std::string Bytes(uint64_t n) {
-  if (n < 1024) return absl::StrCat(n, "B");
-  constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB"};
-  double v = n / 1024.0;
-  size_t unit = 0;
-  while (v >= 1024 && unit + 1 < std::size(kUnits)) {
-    v /= 1024;
-    ++unit;
-  }
-  return absl::StrFormat("%.1f%s", v, kUnits[unit]);
-}
 
 std::string Millis(uint64_t us) { return absl::StrFormat("%.1f ms", us / 1e3); }
 
