@@ -1450,6 +1450,8 @@ void Engine::Restore(RestoredState restored) {
     session.out_message_id = image.out_message_id();
     session.closed = image.closed();
     session.reassigned = image.reassigned();
+    session.opened_time_us = image.opened_time_us();
+    session.closed_time_us = image.closed_time_us();
     if (image.output_acknowledged()) continue;
     // The output sent before the crash waits for its acknowledgement again.
     Queue* output = OutputQueueOf(name);

@@ -167,8 +167,10 @@ struct Engine::Session {
   uint64_t out_seq = 0;  // last output sent
   uint64_t out_message_id = 0;
   bool output_acked = true;
-  bool closed = false;      // its last record is SESSION_CLOSE
-  bool reassigned = false;  // a forced Assign moved its sent output away
+  bool closed = false;         // its last record is SESSION_CLOSE
+  bool reassigned = false;     // a forced Assign moved its sent output away
+  int64_t opened_time_us = 0;  // last SESSION_OPEN
+  int64_t closed_time_us = 0;  // last SESSION_CLOSE
   // In memory only.
   uint64_t outstanding_seq = 0;  // a deferred input waiting for its sync point or reply
   uint64_t awaited_reply = 0;    // the reply (message id) that ends outstanding_seq

@@ -80,6 +80,8 @@ qmgr::v1::StoredSession Engine::ImageOf(const Session& session) const {
   image.set_output_acknowledged(session.output_acked);
   image.set_closed(session.closed);
   image.set_reassigned(session.reassigned);
+  image.set_opened_time_us(session.opened_time_us);
+  image.set_closed_time_us(session.closed_time_us);
   return image;
 }
 
@@ -118,9 +120,12 @@ absl::StatusOr<SessionBinding> Engine::BindSession(const std::string& name, bool
     LogRecord record;
     record.mutable_session_open()->set_session(name);
     record.mutable_session_open()->set_cold(cold);
+    const int64_t now_us = options_.clock->NowMicros();
+    record.mutable_session_open()->set_time_us(now_us);
     lsn = log_->Append(record);
     if (!lsn.ok()) return lsn.status();
     session.closed = false;
+    session.opened_time_us = now_us;
     session.bound = true;
     session.client = client;
     session.cold = cold;
@@ -230,9 +235,12 @@ absl::Status Engine::CloseSession(const std::string& name) {
     }
     LogRecord record;
     record.mutable_session_close()->set_session(name);
+    const int64_t now_us = options_.clock->NowMicros();
+    record.mutable_session_close()->set_time_us(now_us);
     lsn = log_->Append(record);
     if (!lsn.ok()) return lsn.status();
     s.closed = true;
+    s.closed_time_us = now_us;
     s.bound = s.data_traffic = false;
     ++s.binding;
     MarkSessionChanged(name, s, *lsn);
@@ -246,10 +254,13 @@ void Engine::CloseIdleSessions() {
     if (!session->bound || session->sent != nullptr || session->outstanding_seq != 0) continue;
     LogRecord record;
     record.mutable_session_close()->set_session(name);
+    const int64_t now_us = options_.clock->NowMicros();
+    record.mutable_session_close()->set_time_us(now_us);
     // No wait: the shutdown checkpoint and SHUTDOWN record come after it.
     absl::StatusOr<log::Lsn> lsn = log_->Append(record);
     if (!lsn.ok()) continue;  // it stays open: it resynchronizes after the restart
     session->closed = true;
+    session->closed_time_us = now_us;
     session->bound = session->data_traffic = false;
     ++session->binding;
     MarkSessionChanged(name, *session, *lsn);
@@ -761,6 +772,8 @@ absl::StatusOr<std::vector<qmgr::v1::SessionInfo>> Engine::DisplaySessions(
     info.set_bound(s->bound);
     info.set_data_traffic(s->data_traffic);
     info.set_pending_input(s->outstanding_seq);
+    info.set_opened_time_us(s->opened_time_us);
+    info.set_closed_time_us(s->closed_time_us);
     if (const Queue* output = OutputQueueOf(name)) {
       info.set_output_queue(output->name);
       info.set_output_depth(output->visible.size());

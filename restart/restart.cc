@@ -351,7 +351,9 @@ absl::Status RedoRecord(State& state, log::Lsn lsn, LogRecord& record) {
                                      record.id_reserve().first_id() + record.id_reserve().count());
       return absl::OkStatus();
     case LogRecord::kSessionOpen: {
-      SessionOf(state, record.session_open().session()).set_closed(false);
+      qmgr::v1::StoredSession& s = SessionOf(state, record.session_open().session());
+      s.set_closed(false);
+      s.set_opened_time_us(record.session_open().time_us());
       return absl::OkStatus();
     }
     case LogRecord::kSessionSeq: {
@@ -364,9 +366,12 @@ absl::Status RedoRecord(State& state, log::Lsn lsn, LogRecord& record) {
       s.set_reassigned(false);
       return absl::OkStatus();
     }
-    case LogRecord::kSessionClose:
-      SessionOf(state, record.session_close().session()).set_closed(true);
+    case LogRecord::kSessionClose: {
+      qmgr::v1::StoredSession& s = SessionOf(state, record.session_close().session());
+      s.set_closed(true);
+      s.set_closed_time_us(record.session_close().time_us());
       return absl::OkStatus();
+    }
     case LogRecord::kOutputSent: {
       const qmgr::v1::OutputSentRecord& sent = record.output_sent();
       qmgr::v1::StoredSession& s = SessionOf(state, sent.session());

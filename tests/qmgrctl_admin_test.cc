@@ -361,6 +361,8 @@ TEST_F(QmgrctlAdminTest, DisplaySessionsAndAssignWithAndWithoutForce) {
   EXPECT_CONTAINS(r.out, "SESSION");
   EXPECT_CONTAINS(r.out, "OUT.A");
   EXPECT_CONTAINS(r.out, "2 session(s)");
+  EXPECT_CONTAINS(r.out, "OPENED");
+  EXPECT_CONTAINS(r.out, "CLOSED");
   r = Ctl("display sessions A --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_CONTAINS(r.out, "\"pending_input\"");
@@ -371,6 +373,11 @@ TEST_F(QmgrctlAdminTest, DisplaySessionsAndAssignWithAndWithoutForce) {
   EXPECT_TRUE(sessions.sessions(0).data_traffic());
   EXPECT_EQ(sessions.sessions(0).output_queue(), "OUT.A");
   EXPECT_EQ(sessions.sessions(0).output_depth(), 1u);
+  // Bound by this test a moment ago, never closed.
+  const int64_t now_us = absl::ToUnixMicros(absl::Now());
+  EXPECT_GT(sessions.sessions(0).opened_time_us(), now_us - 60'000'000);
+  EXPECT_LE(sessions.sessions(0).opened_time_us(), now_us);
+  EXPECT_EQ(sessions.sessions(0).closed_time_us(), 0);
 
   r = Ctl("assign A --to B");
   ASSERT_EQ(r.exit_code, 0) << r.err;

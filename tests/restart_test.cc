@@ -338,9 +338,13 @@ TEST_P(RestartSessionTest, NumbersUnacknowledgedOutputAndCloseSurvive) {
   out = engine()->ReceiveOutput("T1", absl::ZeroDuration());
   ASSERT_TRUE(out.ok() && out->out_seq == 2 && out->message.id() == m2);
   Put("IN", "a durable record after OUTPUT_SENT");
+  const int64_t opened_us = Info("T1").opened_time_us();
+  EXPECT_GT(opened_us, 0);
+  EXPECT_EQ(Info("T1").closed_time_us(), 0) << "never closed";
 
   CrashAndOpen();
   qmgr::v1::SessionInfo info = Info("T1");
+  EXPECT_EQ(info.opened_time_us(), opened_us) << "SESSION_OPEN's time survives";
   EXPECT_EQ(info.in_seq(), 2u);
   EXPECT_EQ(info.out_seq(), 2u);
   EXPECT_EQ(info.out_message_id(), m2);
@@ -353,9 +357,12 @@ TEST_P(RestartSessionTest, NumbersUnacknowledgedOutputAndCloseSurvive) {
   ASSERT_TRUE(out.ok() && out->out_seq == 3 && out->message.id() == m3);
   ASSERT_TRUE(engine()->Acknowledge("T1", 3, true, 0).ok());
   ASSERT_TRUE(engine()->CloseSession("T1").ok());
+  const int64_t closed_us = Info("T1").closed_time_us();
+  EXPECT_GE(closed_us, opened_us);
 
   CrashAndOpen();
   info = Info("T1");
+  EXPECT_EQ(info.closed_time_us(), closed_us) << "SESSION_CLOSE's time survives";
   EXPECT_EQ(info.out_seq(), 3u);
   EXPECT_TRUE(info.output_acknowledged());
   EXPECT_FALSE(info.resync_required()) << "closed: SESSION_CLOSE is its last record";

@@ -7,6 +7,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "google/protobuf/util/json_util.h"
 #include "tools/log_commands.h"
 
@@ -219,15 +220,22 @@ int DisplaySessions(client::Client& client, const std::vector<std::string>& name
       Width("SESSION", response.sessions(), [](const v1::SessionInfo& s) { return s.name(); });
   const int queue_width = Width("OUTPUT-QUEUE", response.sessions(),
                                 [](const v1::SessionInfo& s) { return OrDash(s.output_queue()); });
-  out << absl::StrFormat("%-*s %8s %8s %10s %5s %6s %5s %7s %7s  %-*s %s\n", name_width, "SESSION",
-                         "IN-SEQ", "OUT-SEQ", "OUT-MSG", "ACKED", "RESYNC", "BOUND", "TRAFFIC",
-                         "PENDING", queue_width, "OUTPUT-QUEUE", "DEPTH");
+  // How long ago, as the server's clock and ours agree; "-": never.
+  const int64_t now_us = absl::ToUnixMicros(absl::Now());
+  auto ago = [now_us](int64_t time_us) {
+    return time_us == 0 ? std::string("-") : Age(std::max<int64_t>(0, now_us - time_us) / 1000);
+  };
+  out << absl::StrFormat("%-*s %8s %8s %10s %5s %6s %5s %7s %7s %8s %8s  %-*s %s\n", name_width,
+                         "SESSION", "IN-SEQ", "OUT-SEQ", "OUT-MSG", "ACKED", "RESYNC", "BOUND",
+                         "TRAFFIC", "PENDING", "OPENED", "CLOSED", queue_width, "OUTPUT-QUEUE",
+                         "DEPTH");
   for (const v1::SessionInfo& s : response.sessions()) {
-    out << absl::StrFormat("%-*s %8d %8d %10s %5s %6s %5s %7s %7d  %-*s %d\n", name_width, s.name(),
-                           s.in_seq(), s.out_seq(), OrDash(s.out_message_id()),
+    out << absl::StrFormat("%-*s %8d %8d %10s %5s %6s %5s %7s %7d %8s %8s  %-*s %d\n", name_width,
+                           s.name(), s.in_seq(), s.out_seq(), OrDash(s.out_message_id()),
                            YesNo(s.output_acknowledged()), YesNo(s.resync_required()),
                            YesNo(s.bound()), YesNo(s.data_traffic()), s.pending_input(),
-                           queue_width, OrDash(s.output_queue()), s.output_depth());
+                           ago(s.opened_time_us()), ago(s.closed_time_us()), queue_width,
+                           OrDash(s.output_queue()), s.output_depth());
   }
   out << response.sessions_size() << " session(s)\n";
   return kExitOk;
