@@ -45,9 +45,12 @@ namespace qmgr::testing {
 // still there, so its open outcome was "not committed" (id). Coordinated
 // units: 'P' also before a Prepare (id of the message the unit took, marker
 // its XID), 'Q' the Prepare acknowledged (id, XID), 'R' an outcome asked for
-// (XID). Session output: 'K' an insert into the session's output queue
-// (kSessionOutputQueue) that the session may have taken since (marker): its
-// delivery is checked by the session's client, not by its presence.
+// (XID), 'S' before a backout is asked for (id): the message stays locked in
+// doubt until the backout, then is back on its queue, where another unit may
+// take it and report its own 'P' at once. Session output: 'K' an insert into
+// the session's output queue (kSessionOutputQueue) that the session may have
+// taken since (marker): its delivery is checked by the session's client, not
+// by its presence. A message locked by a unit in doubt is present.
 struct Event {
   char kind = 0;
   uint64_t id = 0;
