@@ -40,15 +40,7 @@ constexpr absl::Duration kCallTimeout = absl::Seconds(10);
 CommandResult Qmgrctl(const std::string& args) { return RunCommand(QMGRCTL_PATH, args); }
 
 void ExpectGolden(const std::string& name, const std::string& actual) {
-  const std::string path = absl::StrCat(GOLDEN_DIR, "/", name);
-  if (std::getenv("QMGR_UPDATE_GOLDEN") != nullptr) {
-    std::ofstream(path) << actual;
-    return;
-  }
-  std::ifstream in(path);
-  ASSERT_TRUE(in.good()) << "missing golden file " << path << " (run with QMGR_UPDATE_GOLDEN=1)";
-  const std::string expected(std::istreambuf_iterator<char>(in), {});
-  EXPECT_EQ(actual, expected) << "golden file " << path;
+  qmgr::testing::ExpectGolden(GOLDEN_DIR, name, actual);
 }
 
 v1::MessageExplanation ParseExplanation(const std::string& json) {

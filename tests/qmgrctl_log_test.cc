@@ -38,15 +38,7 @@ std::string Normalize(std::string text, const std::string& dir) {
 }
 
 void ExpectGolden(const std::string& name, const std::string& actual) {
-  const std::string path = absl::StrCat(GOLDEN_DIR, "/", name);
-  if (std::getenv("QMGR_UPDATE_GOLDEN") != nullptr) {
-    std::ofstream(path) << actual;
-    return;
-  }
-  std::ifstream in(path);
-  ASSERT_TRUE(in.good()) << "missing golden file " << path << " (run with QMGR_UPDATE_GOLDEN=1)";
-  const std::string expected(std::istreambuf_iterator<char>(in), {});
-  EXPECT_EQ(actual, expected) << "golden file " << path;
+  qmgr::testing::ExpectGolden(GOLDEN_DIR, name, actual);
 }
 
 // A small log with one record of several types, each its own batch, so its

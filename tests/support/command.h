@@ -1,5 +1,6 @@
 // Running a program the way an operator would (through the shell), with its
-// exit code and what it printed: how the CLI tests drive qmgrctl.
+// exit code and what it printed, and comparing output with golden files: how
+// the CLI tests drive qmgrctl.
 #ifndef QMGR_TESTS_SUPPORT_COMMAND_H_
 #define QMGR_TESTS_SUPPORT_COMMAND_H_
 
@@ -12,6 +13,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
 #include "tests/support/temp_dir.h"
 
 namespace qmgr::testing {
@@ -34,6 +36,21 @@ inline CommandResult RunCommand(const std::string& program, const std::string& a
   };
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(tmp.path() + "/out"),
           slurp(tmp.path() + "/err")};
+}
+
+// `actual` against the golden file `dir`/`name`; with QMGR_UPDATE_GOLDEN set,
+// rewrites the file instead.
+inline void ExpectGolden(const std::string& dir, const std::string& name,
+                         const std::string& actual) {
+  const std::string path = absl::StrCat(dir, "/", name);
+  if (std::getenv("QMGR_UPDATE_GOLDEN") != nullptr) {
+    std::ofstream(path) << actual;
+    return;
+  }
+  std::ifstream in(path);
+  ASSERT_TRUE(in.good()) << "missing golden file " << path << " (run with QMGR_UPDATE_GOLDEN=1)";
+  const std::string expected(std::istreambuf_iterator<char>(in), {});
+  EXPECT_EQ(actual, expected) << "golden file " << path;
 }
 
 }  // namespace qmgr::testing
