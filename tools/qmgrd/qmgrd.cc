@@ -33,6 +33,7 @@
 #include "tools/qmgrd/operations.h"
 #include "tools/qmgrd/queue_manager.h"
 #include "tools/qmgrd/services.h"
+#include "tools/qmgrd/durable_completions.h"
 #include "tools/qmgrd/worker_pool.h"
 
 namespace {
@@ -235,6 +236,7 @@ int main(int argc, char** argv) {
   ops_options.get_wait_max = options.get_wait_max;
   ops_options.max_send_bytes = qmgr::server::MaxReceiveBytes(options);
   qmgr::server::Operations operations((*qm)->engine(), ops_options);
+  qmgr::server::DurableCompletions completions((*qm)->engine());
   // Leaked: the signal thread may still hold it while the process exits.
   auto* shutdown = new ShutdownRequest;
 
@@ -253,6 +255,7 @@ int main(int argc, char** argv) {
   context.coordination = &coordination;
   context.io_pool = &io_pool;
   context.wait_pool = &wait_pool;
+  context.completions = &completions;
   context.stream_window = options.stream_window;
   context.stream_window_bytes = options.stream_window_bytes;
   // Well inside what one record may carry, so that a group is refused for
@@ -332,6 +335,7 @@ int main(int argc, char** argv) {
                                                            : std::chrono::seconds(0)));
   io_pool.Stop();
   wait_pool.Stop();
+  completions.Stop();
   // Units opened by calls that completed during the above.
   backed_out += operations.BackoutAll(qmgr::v1::BACKOUT_SHUTDOWN);
   std::cerr << "qmgrd: " << backed_out << " open unit(s) of work backed out" << std::endl;

@@ -1,0 +1,57 @@
+#include "tools/qmgrd/durable_completions.h"
+
+#include <utility>
+#include <vector>
+
+namespace qmgr::server {
+
+DurableCompletions::DurableCompletions(Engine* engine) : engine_(engine) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+DurableCompletions::~DurableCompletions() { Stop(); }
+
+void DurableCompletions::After(log::Lsn lsn, absl::AnyInvocable<void(absl::Status) &&> done) {
+  if (lsn == log::kNoLsn) {
+    std::move(done)(absl::OkStatus());
+    return;
+  }
+  absl::MutexLock lock(&mu_);
+  pending_.emplace(lsn, std::move(done));
+}
+
+void DurableCompletions::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void DurableCompletions::Loop() {
+  std::vector<absl::AnyInvocable<void(absl::Status) &&>> ready;
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    auto work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stopping_ || !pending_.empty();
+    };
+    mu_.Await(absl::Condition(&work));
+    if (pending_.empty()) return;  // stopping, and nothing left
+    // The oldest first: by the time it is durable, the group commit that
+    // carried it has usually made many others durable too.
+    const log::Lsn first = pending_.begin()->first;
+    mu_.Unlock();
+    const absl::Status status = engine_->WaitDurable(first);
+    const log::Lsn durable = engine_->DurableLsn();
+    mu_.Lock();
+    auto end = status.ok() ? pending_.lower_bound(durable) : pending_.end();
+    for (auto it = pending_.begin(); it != end; ++it) ready.push_back(std::move(it->second));
+    pending_.erase(pending_.begin(), end);
+    mu_.Unlock();
+    for (auto& done : ready) std::move(done)(status);
+    ready.clear();
+    mu_.Lock();
+  }
+}
+
+}  // namespace qmgr::server
