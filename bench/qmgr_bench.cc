@@ -644,10 +644,10 @@ void PrintResult(const Result& r, const Config& c) {
       static_cast<unsigned long long>(r.errors));
   if (r.errors > 0) std::cout << "  first error (" << r.server << "): " << r.first_error << "\n";
   // The line bench/peers/run.sh collects (qmgr-peer-bench prints the same).
-  std::cout << absl::StrFormat(
-      "RESULT,%s,%d,%d,%d,%.0f,%.0f,%.0f,%.0f,%.0f,%.0f,%d,%d\n", r.server, c.producers,
-      c.consumers, c.batch, r.enqueued / r.seconds, r.consumed / r.seconds, r.enq_p50, r.enq_p99,
-      r.get_p50, r.get_p99, r.errors, r.enqueued > r.consumed ? r.enqueued - r.consumed : 0);
+  std::cout << absl::StrFormat("RESULT,%s,%d,%d,%d,%.0f,%.0f,%.0f,%.0f,%.0f,%.0f,%d,%d\n", r.server,
+                               c.producers, c.consumers, c.batch, r.enqueued / r.seconds,
+                               r.consumed / r.seconds, r.enq_p50, r.enq_p99, r.get_p50, r.get_p99,
+                               r.errors, r.enqueued > r.consumed ? r.enqueued - r.consumed : 0);
 }
 
 void PrepareQueue(const std::string& target, const Config& c) {

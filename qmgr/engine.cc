@@ -778,7 +778,8 @@ absl::StatusOr<GetResult> Engine::GetNoWait(const GetOptions& options, log::Lsn*
   if (result.ok()) result->message.set_payload(*payload);  // the copy, outside the latch
   // The log is written in LSN order: the later record durable, both are.
   for (const log::Lsn lsn : {commit_lsn, get_lsn}) {
-    if (lsn != log::kNoLsn) *durable_lsn = *durable_lsn == log::kNoLsn ? lsn : std::max(*durable_lsn, lsn);
+    if (lsn != log::kNoLsn)
+      *durable_lsn = *durable_lsn == log::kNoLsn ? lsn : std::max(*durable_lsn, lsn);
   }
   return result;
 }

@@ -302,10 +302,9 @@ void Consume(Run* run, Stats* st) {
   if (c.system == "redis-list") {
     Redis r(c);
     Loop(run, st, &run->consumed, [&] {
-      redisReply* reply =
-          c.batch == 1
-              ? r.Command({"BRPOP", c.queue, "0.1"})
-              : r.Command({"BLMPOP", "0.1", "1", c.queue, "RIGHT", "COUNT", std::to_string(c.batch)});
+      redisReply* reply = c.batch == 1 ? r.Command({"BRPOP", c.queue, "0.1"})
+                                       : r.Command({"BLMPOP", "0.1", "1", c.queue, "RIGHT", "COUNT",
+                                                    std::to_string(c.batch)});
       int got = 0;
       if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
         got = c.batch == 1 ? 1 : static_cast<int>(reply->element[1]->elements);

@@ -32,9 +32,8 @@ void DurableCompletions::Loop() {
   std::vector<absl::AnyInvocable<void(absl::Status) &&>> ready;
   absl::MutexLock lock(&mu_);
   while (true) {
-    auto work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return stopping_ || !pending_.empty();
-    };
+    auto work = [this]()
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !pending_.empty(); };
     mu_.Await(absl::Condition(&work));
     if (pending_.empty()) return;  // stopping, and nothing left
     // The oldest first: by the time it is durable, the group commit that

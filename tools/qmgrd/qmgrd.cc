@@ -30,10 +30,10 @@
 #include "absl/time/time.h"
 #include "tools/qmgrd/coordination.h"
 #include "tools/qmgrd/coordinator_service.h"
+#include "tools/qmgrd/durable_completions.h"
 #include "tools/qmgrd/operations.h"
 #include "tools/qmgrd/queue_manager.h"
 #include "tools/qmgrd/services.h"
-#include "tools/qmgrd/durable_completions.h"
 #include "tools/qmgrd/worker_pool.h"
 
 namespace {

@@ -39,7 +39,8 @@ bool GetWithoutWaiting(Operations* ops, const v1::GetRequest& request, Owner own
                        log::Lsn* durable_lsn, v1::GetRequest* rest) {
   v1::GetRequest now = request;
   now.set_wait_ms(0);
-  *answer = ops->Get(now, owner, call_deadline, [] { return false; }, durable_lsn);
+  *answer = ops->Get(
+      now, owner, call_deadline, [] { return false; }, durable_lsn);
   if (!answer->ok() || (*answer)->has_message() || request.wait_ms() == 0) return true;
   *rest = request;
   rest->set_uow((*answer)->uow());
@@ -322,8 +323,9 @@ class ProgramStreamReactor final
     response_.Clear();
     switch (request_.op_case()) {
       case v1::ProgramRequest::kGet:
-        status = Fill(ops->Get(request_.get(), owner_, CallDeadline(ctx_),
-                               [this] { return ctx_->IsCancelled(); }, &durable_lsn),
+        status = Fill(ops->Get(
+                          request_.get(), owner_, CallDeadline(ctx_),
+                          [this] { return ctx_->IsCancelled(); }, &durable_lsn),
                       response_.mutable_get());
         break;
       case v1::ProgramRequest::kInsert:
@@ -443,11 +445,10 @@ grpc::ServerUnaryReactor* QueueManagerService::Enqueue(grpc::CallbackServerConte
   if (!request->message().session().empty()) {
     // A session's input may be refused after waiting for the durability of
     // its earlier copy: on the pool.
-    return OnPoolThenDurable(c_->io_pool, c_->completions, ctx,
-                             [this, request, response](log::Lsn* durable_lsn) {
-                               return Fill(c_->operations->Enqueue(request->message(), durable_lsn),
-                                           response);
-                             });
+    return OnPoolThenDurable(
+        c_->io_pool, c_->completions, ctx, [this, request, response](log::Lsn* durable_lsn) {
+          return Fill(c_->operations->Enqueue(request->message(), durable_lsn), response);
+        });
   }
   // Queuing waits for nothing but the latch (docs/server.md, "Threads"):
   // here, on gRPC's thread; the answer once durable.
@@ -485,9 +486,10 @@ grpc::ServerUnaryReactor* QueueManagerService::Get(grpc::CallbackServerContext* 
   }
   if (!c_->wait_pool->Submit([this, ctx, reactor, response, rest = std::move(rest), first_lsn] {
         log::Lsn lsn = log::kNoLsn;
-        absl::Status status = Fill(c_->operations->Get(rest, kLeaseOwner, CallDeadline(ctx),
-                                                       [ctx] { return ctx->IsCancelled(); }, &lsn),
-                                   response);
+        absl::Status status = Fill(
+            c_->operations->Get(
+                rest, kLeaseOwner, CallDeadline(ctx), [ctx] { return ctx->IsCancelled(); }, &lsn),
+            response);
         FinishWhenDurable(c_->completions, reactor, LaterLsn(first_lsn, lsn), std::move(status));
       })) {
     FinishWhenDurable(c_->completions, reactor, first_lsn, WaitPoolFull(*request));
