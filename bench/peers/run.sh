@@ -169,7 +169,7 @@ memory() {
   after=$(pss_kib "$SERVER_PID")
   queued=$(grep '^RESULT,' "$WORK/out" | head -1 | cut -d, -f13)
   awk -v s="$system" -v b="$before" -v a="$after" -v q="$queued" \
-    'BEGIN {printf "| %s | %d | %.1f | %.0f |\n", s, q, (a - b) / 1024, q > 0 ? (a - b) * 1024 / q : 0}' >>"$MEMROWS"
+    'BEGIN {printf "| %s | %d | %.1f | %.0f |\n", s, q, (a - b) / 1024, (q > 0 ? (a - b) * 1024 / q : 0)}' >>"$MEMROWS"
 }
 
 S=$SECONDS_PER_RUN
@@ -179,7 +179,7 @@ MEM_S=5
 
 echo "== raw disk (log_bench)" >&2
 "$BUILD/bench/log_bench" --dir "$WORK/raw" --seconds 1 --appenders 1 >"$WORK/raw.txt" 2>&1 || true
-RAW=$(grep -E '^\| (512 B|4 KiB|64 KiB) ' "$WORK/raw.txt" || true)
+RAW=$(grep -E '^(write  |512 B |4 KiB |64 KiB |1 MiB )' "$WORK/raw.txt" | head -5 || true)
 
 # ---- qmgrd ---------------------------------------------------------------------------------
 
@@ -192,73 +192,95 @@ start_qmgrd() {
   wait_port "$port"
   QTARGET="127.0.0.1:$port"
 }
+start_redis() {
+  PORT=$(free_port)
+  rm -rf "$WORK/redis"
+  mkdir -p "$WORK/redis"
+  redis-server --port "$PORT" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes \
+    --appendfsync always --save "" --protected-mode no --daemonize no \
+    >"$WORK/redis.log" 2>&1 &
+  SERVER_PID=$!
+  wait_port "$PORT"
+}
+start_postgres() {
+  PORT=$(free_port)
+  local pgdata="$WORK/pg" runas=()
+  if [ "$(id -u)" -eq 0 ]; then runas=(runuser -u nobody --); fi
+  if [ ! -d "$pgdata" ]; then
+    mkdir -p "$pgdata"
+    [ "$(id -u)" -eq 0 ] && chown nobody "$pgdata"
+    "${runas[@]}" "$PGBIN/initdb" -D "$pgdata" -U bench --auth=trust >"$WORK/initdb.log" 2>&1
+  fi
+  # runuser execs postgres: the pid is the postmaster's.
+  "${runas[@]}" "$PGBIN/postgres" -D "$pgdata" -c listen_addresses=127.0.0.1 -c port="$PORT" \
+    -c unix_socket_directories="$pgdata" -c synchronous_commit=on -c fsync=on \
+    >>"$WORK/postgres.log" 2>&1 &
+  SERVER_PID=$!
+  wait_port "$PORT"
+}
+start_beanstalkd() {
+  PORT=$(free_port)
+  rm -rf "$WORK/beanstalkd"
+  mkdir -p "$WORK/beanstalkd"
+  beanstalkd -l 127.0.0.1 -p "$PORT" -b "$WORK/beanstalkd" -f0 >"$WORK/beanstalkd.log" 2>&1 &
+  SERVER_PID=$!
+  wait_port "$PORT"
+}
+qb() { "$QBENCH" --target "$QTARGET" --seconds "$RUN_S" "$@"; }
+rb() { "$PBENCH" --port "$PORT" --seconds "$RUN_S" "$@"; }
+pb() {
+  "$PBENCH" --system postgres --conninfo "host=127.0.0.1 port=$PORT user=bench dbname=postgres" \
+    --seconds "$RUN_S" "$@"
+}
+bb() { "$PBENCH" --system beanstalkd --port "$PORT" --seconds "$RUN_S" "$@"; }
 
+# Memory is measured on a freshly started server (an allocator reuses what
+# earlier rows freed), with producers alone, batched where the system can.
 for system in $SYSTEMS; do
+  echo "== $system" >&2
   case "$system" in
     qmgrd)
-      echo "== qmgrd" >&2
+      durable="RECOVERABLE: answers after fdatasync"
       start_qmgrd
-      qb() { "$QBENCH" --target "$QTARGET" --seconds "$RUN_S" "$@"; }
-      measure qmgrd "RECOVERABLE, fdatasync before each answer" -- qb --mode unary --producers 8 --consumers 8
-      measure qmgrd "RECOVERABLE, fdatasync before each answer" -- qb --mode unary --producers 1 --consumers 1
-      measure qmgrd "RECOVERABLE, fdatasync before each answer" -- qb --mode unary --producers 8 --consumers 8 --batch 100 --no-noop
-      measure "qmgrd, streams" "RECOVERABLE, fdatasync before each answer" -- qb --mode stream --producers 8 --consumers 8 --batch 100 --no-noop
-      measure qmgrd "IRRECOVERABLE (memory only)" -- qb --mode unary --producers 8 --consumers 8 --class IRRECOVERABLE --no-noop
-      memory qmgrd -- qb --mode unary --producers 8 --consumers 0 --no-noop
+      measure qmgrd "$durable" -- qb --mode unary --producers 8 --consumers 8
+      measure "qmgrd, streams" "$durable" -- qb --mode stream --window 1 --producers 8 --consumers 8
+      measure qmgrd "$durable" -- qb --mode unary --producers 1 --consumers 1
+      measure qmgrd "$durable" -- qb --mode unary --producers 8 --consumers 8 --batch 100 --no-noop
+      measure "qmgrd, streams" "$durable" -- qb --mode stream --producers 8 --consumers 8 --batch 100 --no-noop
+      measure qmgrd "IRRECOVERABLE: memory only" -- qb --mode unary --producers 8 --consumers 8 --class IRRECOVERABLE
+      stop_server
+      start_qmgrd
+      memory qmgrd -- qb --mode unary --producers 8 --consumers 0 --batch 100 --no-noop
       stop_server
       ;;
     redis)
-      echo "== redis" >&2
-      port=$(free_port)
-      mkdir -p "$WORK/redis"
-      redis-server --port "$port" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes \
-        --appendfsync always --save "" --protected-mode no --daemonize no \
-        >"$WORK/redis.log" 2>&1 &
-      SERVER_PID=$!
-      wait_port "$port"
-      rb() { "$PBENCH" --port "$port" --seconds "$RUN_S" "$@"; }
-      measure "Redis list (LPUSH/BRPOP)" "AOF appendfsync always; no ack" -- rb --system redis-list --producers 8 --consumers 8
-      measure "Redis list (LPUSH/BRPOP)" "AOF appendfsync always; no ack" -- rb --system redis-list --producers 1 --consumers 1
-      measure "Redis list (LPUSH/BLMPOP)" "AOF appendfsync always; no ack" -- rb --system redis-list --producers 8 --consumers 8 --batch 100
-      measure "Redis reliable (BLMOVE+LREM)" "AOF appendfsync always" -- rb --system redis-reliable --producers 8 --consumers 8
-      measure "Redis reliable (BLMOVE+LREM)" "AOF appendfsync always" -- rb --system redis-reliable --producers 1 --consumers 1
-      memory Redis -- rb --system redis-list --producers 8 --consumers 0
+      start_redis
+      measure "Redis list (LPUSH/BRPOP)" "AOF always; no ack" -- rb --system redis-list --producers 8 --consumers 8
+      measure "Redis list (LPUSH/BRPOP)" "AOF always; no ack" -- rb --system redis-list --producers 1 --consumers 1
+      measure "Redis list (LPUSH/BLMPOP)" "AOF always; no ack" -- rb --system redis-list --producers 8 --consumers 8 --batch 100
+      measure "Redis reliable (BLMOVE+LREM)" "AOF always" -- rb --system redis-reliable --producers 8 --consumers 8
+      measure "Redis reliable (BLMOVE+LREM)" "AOF always" -- rb --system redis-reliable --producers 1 --consumers 1
+      stop_server
+      start_redis
+      memory Redis -- rb --system redis-list --producers 8 --consumers 0 --batch 100
       stop_server
       ;;
     postgres)
-      echo "== postgres" >&2
-      port=$(free_port)
-      PGDATA="$WORK/pg"
-      mkdir -p "$PGDATA"
-      RUNAS=()
-      if [ "$(id -u)" -eq 0 ]; then
-        chown nobody "$PGDATA"
-        RUNAS=(runuser -u nobody --)
-      fi
-      "${RUNAS[@]}" "$PGBIN/initdb" -D "$PGDATA" -U bench --auth=trust >"$WORK/initdb.log" 2>&1
-      "${RUNAS[@]}" "$PGBIN/postgres" -D "$PGDATA" -c listen_addresses=127.0.0.1 -c port="$port" \
-        -c unix_socket_directories="$PGDATA" -c synchronous_commit=on -c fsync=on \
-        >"$WORK/postgres.log" 2>&1 &
-      SERVER_PID=$!
-      wait_port "$port"
-      # runuser execs postgres: the pid is the postmaster's.
-      pb() { "$PBENCH" --system postgres --conninfo "host=127.0.0.1 port=$port user=bench dbname=postgres" --seconds "$RUN_S" "$@"; }
+      start_postgres
       measure "PostgreSQL 15 (SKIP LOCKED)" "synchronous_commit on" -- pb --producers 8 --consumers 8
       measure "PostgreSQL 15 (SKIP LOCKED)" "synchronous_commit on" -- pb --producers 1 --consumers 1
       measure "PostgreSQL 15 (SKIP LOCKED)" "synchronous_commit on" -- pb --producers 8 --consumers 8 --batch 100
-      memory PostgreSQL -- pb --producers 8 --consumers 0
+      stop_server
+      start_postgres
+      memory PostgreSQL -- pb --producers 8 --consumers 0 --batch 100
       stop_server
       ;;
     beanstalkd)
-      echo "== beanstalkd" >&2
-      port=$(free_port)
-      mkdir -p "$WORK/beanstalkd"
-      beanstalkd -l 127.0.0.1 -p "$port" -b "$WORK/beanstalkd" -f0 >"$WORK/beanstalkd.log" 2>&1 &
-      SERVER_PID=$!
-      wait_port "$port"
-      bb() { "$PBENCH" --system beanstalkd --port "$port" --seconds "$RUN_S" "$@"; }
+      start_beanstalkd
       measure beanstalkd "binlog, fsync every write (-f0)" -- bb --producers 8 --consumers 8
       measure beanstalkd "binlog, fsync every write (-f0)" -- bb --producers 1 --consumers 1
+      stop_server
+      start_beanstalkd
       memory beanstalkd -- bb --producers 8 --consumers 0
       stop_server
       ;;
@@ -273,7 +295,9 @@ echo "load: 1 KiB messages, one call in flight per connection, ${S} s per row; f
 echo
 echo "Raw disk (log_bench: preallocated file, 4 KiB-aligned pwrite + fdatasync):"
 echo
+echo '```'
 echo "$RAW"
+echo '```'
 echo
 echo "| system | P | C | batch | enq msgs/s | consumed msgs/s | enqueue p50 / p99 µs | consume p50 / p99 µs | server CPU µs/msg | fsyncs/msg | durability |"
 echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"

@@ -12,7 +12,9 @@ DurableCompletions::DurableCompletions(Engine* engine) : engine_(engine) {
 DurableCompletions::~DurableCompletions() { Stop(); }
 
 void DurableCompletions::After(log::Lsn lsn, absl::AnyInvocable<void(absl::Status) &&> done) {
-  if (lsn == log::kNoLsn) {
+  // Nothing to wait for, or already durable (an unlogged message's id
+  // reservation, long on disk): no hand-off to the thread.
+  if (lsn == log::kNoLsn || engine_->DurableLsn() > lsn) {
     std::move(done)(absl::OkStatus());
     return;
   }

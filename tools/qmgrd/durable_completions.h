@@ -27,8 +27,9 @@ class DurableCompletions {
   DurableCompletions& operator=(const DurableCompletions&) = delete;
 
   // Runs `done(OkStatus())` once the record at `lsn` is durable, or
-  // `done(failure)` when the log failed first; kNoLsn: at once, on this
-  // thread. `done` runs on the completions thread and must not block.
+  // `done(failure)` when the log failed first; kNoLsn or an LSN already
+  // durable: at once, on this thread. Else `done` runs on the completions
+  // thread and must not block.
   void After(log::Lsn lsn, absl::AnyInvocable<void(absl::Status) &&> done);
   // Completes what is pending (the log still open), then joins the thread.
   void Stop();
