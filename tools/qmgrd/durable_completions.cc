@@ -1,12 +1,14 @@
 #include "tools/qmgrd/durable_completions.h"
 
+#include <iterator>
 #include <utility>
 #include <vector>
 
 namespace qmgr::server {
 
-DurableCompletions::DurableCompletions(Engine* engine) : engine_(engine) {
-  thread_ = std::thread([this] { Loop(); });
+DurableCompletions::DurableCompletions(Engine* engine, int threads)
+    : engine_(engine), thread_count_(threads) {
+  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
 }
 
 DurableCompletions::~DurableCompletions() { Stop(); }
@@ -27,7 +29,9 @@ void DurableCompletions::Stop() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
-  if (thread_.joinable()) thread_.join();
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.join();
+  }
 }
 
 void DurableCompletions::Loop() {
@@ -45,8 +49,12 @@ void DurableCompletions::Loop() {
     const absl::Status status = engine_->WaitDurable(first);
     const log::Lsn durable = engine_->DurableLsn();
     mu_.Lock();
+    // This thread's share of what is ready; the other threads, woken by the
+    // same commit, take the rest.
     auto end = status.ok() ? pending_.lower_bound(durable) : pending_.end();
-    for (auto it = pending_.begin(); it != end; ++it) ready.push_back(std::move(it->second));
+    const size_t share = (std::distance(pending_.begin(), end) + thread_count_ - 1) / thread_count_;
+    end = pending_.begin();
+    for (size_t i = 0; i < share; ++i, ++end) ready.push_back(std::move(end->second));
     pending_.erase(pending_.begin(), end);
     mu_.Unlock();
     for (auto& done : ready) std::move(done)(status);

@@ -1,13 +1,16 @@
-// Completes calls once the log record they answer for is durable. One
-// thread waits for the log on behalf of every pending call and runs their
+// Completes calls once the log record they answer for is durable. A few
+// threads wait for the log on behalf of every pending call and run their
 // completions, in LSN order, as group commits make them durable: a call that
-// has done its engine work holds no thread while its fsync is pending, and
-// one wake-up completes a whole group (docs/server.md, "Threads").
+// has done its engine work holds no thread while its fsync is pending, and a
+// few wake-ups complete a whole group (docs/server.md, "Threads"). More than
+// one thread, so that answering a large group (each answer is a socket
+// write) is shared, and one thread waiting for a core does not hold up all.
 #ifndef QMGR_TOOLS_QMGRD_DURABLE_COMPLETIONS_H_
 #define QMGR_TOOLS_QMGRD_DURABLE_COMPLETIONS_H_
 
 #include <map>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
@@ -19,8 +22,8 @@ namespace qmgr::server {
 
 class DurableCompletions {
  public:
-  // `engine` must outlive this object. Starts the thread.
-  explicit DurableCompletions(Engine* engine);
+  // `engine` must outlive this object. Starts `threads` (> 0) threads.
+  explicit DurableCompletions(Engine* engine, int threads = 4);
   // Stop()s.
   ~DurableCompletions();
   DurableCompletions(const DurableCompletions&) = delete;
@@ -29,19 +32,20 @@ class DurableCompletions {
   // Runs `done(OkStatus())` once the record at `lsn` is durable, or
   // `done(failure)` when the log failed first; kNoLsn or an LSN already
   // durable: at once, on this thread. Else `done` runs on the completions
-  // thread and must not block.
+  // threads and must not block.
   void After(log::Lsn lsn, absl::AnyInvocable<void(absl::Status) &&> done);
-  // Completes what is pending (the log still open), then joins the thread.
+  // Completes what is pending (the log still open), then joins the threads.
   void Stop();
 
  private:
   void Loop();
 
   Engine* const engine_;
+  const size_t thread_count_;
   absl::Mutex mu_;
   std::multimap<log::Lsn, absl::AnyInvocable<void(absl::Status) &&>> pending_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
+  std::vector<std::thread> threads_;
 };
 
 }  // namespace qmgr::server
