@@ -1,5 +1,6 @@
 #include "tools/qmgrd/durable_completions.h"
 
+#include <algorithm>
 #include <iterator>
 #include <utility>
 #include <vector>
@@ -38,24 +39,36 @@ void DurableCompletions::Loop() {
   std::vector<absl::AnyInvocable<void(absl::Status) &&>> ready;
   absl::MutexLock lock(&mu_);
   while (true) {
-    auto work = [this]()
-                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !pending_.empty(); };
+    // Work: answers known durable (or a failed log), or, when no thread is
+    // waiting for the log, pending answers to wait for.
+    auto work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stopping_ || (!pending_.empty() &&
+                           (!failure_.ok() || !waiting_ || pending_.begin()->first < durable_));
+    };
     mu_.Await(absl::Condition(&work));
     if (pending_.empty()) return;  // stopping, and nothing left
-    // The oldest first: by the time it is durable, the group commit that
-    // carried it has usually made many others durable too.
-    const log::Lsn first = pending_.begin()->first;
-    mu_.Unlock();
-    const absl::Status status = engine_->WaitDurable(first);
-    const log::Lsn durable = engine_->DurableLsn();
-    mu_.Lock();
-    // This thread's share of what is ready; the other threads, woken by the
-    // same commit, take the rest.
-    auto end = status.ok() ? pending_.lower_bound(durable) : pending_.end();
+    if (failure_.ok() && pending_.begin()->first >= durable_) {
+      // This thread waits for the log, for the oldest: by the time it is
+      // durable, the group commit that carried it has usually made many
+      // others durable too. One waiter: one wake-up per commit.
+      waiting_ = true;
+      const log::Lsn first = pending_.begin()->first;
+      mu_.Unlock();
+      const absl::Status status = engine_->WaitDurable(first);
+      const log::Lsn durable = engine_->DurableLsn();
+      mu_.Lock();
+      waiting_ = false;
+      if (!status.ok()) failure_ = status;
+      durable_ = std::max(durable_, durable);
+    }
+    // This thread's share of what is ready; other threads, woken as the
+    // mutex is released, take the rest.
+    auto end = failure_.ok() ? pending_.lower_bound(durable_) : pending_.end();
     const size_t share = (std::distance(pending_.begin(), end) + thread_count_ - 1) / thread_count_;
     end = pending_.begin();
     for (size_t i = 0; i < share; ++i, ++end) ready.push_back(std::move(end->second));
     pending_.erase(pending_.begin(), end);
+    const absl::Status status = failure_;
     mu_.Unlock();
     for (auto& done : ready) std::move(done)(status);
     ready.clear();

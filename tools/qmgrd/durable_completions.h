@@ -2,9 +2,10 @@
 // threads wait for the log on behalf of every pending call and run their
 // completions, in LSN order, as group commits make them durable: a call that
 // has done its engine work holds no thread while its fsync is pending, and a
-// few wake-ups complete a whole group (docs/server.md, "Threads"). More than
-// one thread, so that answering a large group (each answer is a socket
-// write) is shared, and one thread waiting for a core does not hold up all.
+// few wake-ups complete a whole group (docs/server.md, "Threads"). One of
+// the threads waits for the log at a time; more than one thread, so that
+// answering a large group (each answer is a socket write) is shared, and one
+// thread waiting for a core does not hold up every answer.
 #ifndef QMGR_TOOLS_QMGRD_DURABLE_COMPLETIONS_H_
 #define QMGR_TOOLS_QMGRD_DURABLE_COMPLETIONS_H_
 
@@ -45,6 +46,9 @@ class DurableCompletions {
   absl::Mutex mu_;
   std::multimap<log::Lsn, absl::AnyInvocable<void(absl::Status) &&>> pending_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool waiting_ ABSL_GUARDED_BY(mu_) = false;  // a thread waits for the log
+  log::Lsn durable_ ABSL_GUARDED_BY(mu_) = 0;  // below it, all is durable
+  absl::Status failure_ ABSL_GUARDED_BY(mu_);  // the log's, once it failed
   std::vector<std::thread> threads_;
 };
 
