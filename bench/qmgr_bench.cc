@@ -636,13 +636,18 @@ std::pair<pid_t, std::string> SpawnNoOp(const char* self, size_t size) {
   return {pid, address};
 }
 
-void PrintResult(const Result& r) {
+void PrintResult(const Result& r, const Config& c) {
   std::cout << absl::StrFormat(
       "| %-6s | %9.0f | %9.0f | %9.0f | %7.0f / %7.0f / %7.0f | %7.0f / %7.0f / %7.0f | %llu |\n",
       r.server, r.enqueued / r.seconds, r.consumed / r.seconds, r.calls / r.seconds, r.enq_p50,
       r.enq_p99, r.enq_p999, r.get_p50, r.get_p99, r.get_p999,
       static_cast<unsigned long long>(r.errors));
   if (r.errors > 0) std::cout << "  first error (" << r.server << "): " << r.first_error << "\n";
+  // The line bench/peers/run.sh collects (qmgr-peer-bench prints the same).
+  std::cout << absl::StrFormat("RESULT,%s,%d,%d,%d,%.0f,%.0f,%.0f,%.0f,%.0f,%.0f,%d,%d\n", r.server,
+                               c.producers, c.consumers, c.batch, r.enqueued / r.seconds,
+                               r.consumed / r.seconds, r.enq_p50, r.enq_p99, r.get_p50, r.get_p99,
+                               r.errors, r.enqueued > r.consumed ? r.enqueued - r.consumed : 0);
 }
 
 void PrepareQueue(const std::string& target, const Config& c) {
@@ -715,9 +720,9 @@ int main(int argc, char** argv) {
   }
   std::cout << "| server | enq msg/s | get msg/s |   calls/s | enqueue call p50 / p99 / p999 µs | "
                "consumer call p50 / p99 / p999 µs | errors |\n";
-  PrintResult(q);
+  PrintResult(q, c);
   if (n) {
-    PrintResult(*n);
+    PrintResult(*n, c);
     std::cout << absl::StrFormat("qmgrd calls/s / no-op calls/s = %.2f\n",
                                  n->calls > 0 ? static_cast<double>(q.calls) / n->calls : 0.0);
   }

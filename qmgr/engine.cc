@@ -566,7 +566,15 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueBatch(std::vector<Mess
   return EnqueueMany(absl::MakeSpan(specs));
 }
 
-absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<MessageSpec> specs) {
+absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueBatchNoWait(
+    std::vector<MessageSpec> specs, log::Lsn* durable_lsn) {
+  *durable_lsn = log::kNoLsn;
+  if (specs.empty()) return absl::InvalidArgumentError("an empty batch");
+  return EnqueueMany(absl::MakeSpan(specs), durable_lsn);
+}
+
+absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<MessageSpec> specs,
+                                                               log::Lsn* durable_lsn) {
   std::vector<EnqueueResult> results(specs.size());
   log::Lsn wait_lsn = log::kNoLsn;
   log::Lsn hardened_lsn = log::kNoLsn;  // ALREADY_HARDENED: answered once it is durable
@@ -588,7 +596,9 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<Messag
     }
     return refusal;
   }
-  if (wait_lsn != log::kNoLsn) {
+  if (durable_lsn != nullptr) {
+    *durable_lsn = wait_lsn;
+  } else if (wait_lsn != log::kNoLsn) {
     if (absl::Status s = WaitDurable(wait_lsn); !s.ok()) return s;
   }
   return results;
@@ -826,6 +836,18 @@ Engine::Message* Engine::TakeNext(Queue* queue, int64_t now_us) {
 }
 
 absl::StatusOr<GetResult> Engine::Get(const GetOptions& options) {
+  log::Lsn durable_lsn = log::kNoLsn;
+  absl::StatusOr<GetResult> result = GetNoWait(options, &durable_lsn);
+  // The previous unit's sync point is durable before the caller hears of it,
+  // whether a message came or not.
+  if (durable_lsn != log::kNoLsn) {
+    if (absl::Status s = WaitDurable(durable_lsn); !s.ok()) return s;
+  }
+  return result;
+}
+
+absl::StatusOr<GetResult> Engine::GetNoWait(const GetOptions& options, log::Lsn* durable_lsn) {
+  *durable_lsn = log::kNoLsn;
   log::Lsn commit_lsn = log::kNoLsn;
   log::Lsn get_lsn = log::kNoLsn;
   std::shared_ptr<const std::string> payload;
@@ -840,15 +862,14 @@ absl::StatusOr<GetResult> Engine::Get(const GetOptions& options) {
   if (!result.ok() && commit_lsn != log::kNoLsn) {
     // The previous unit is committed even though this Get failed: the caller
     // hears so, once the commit is durable.
-    if (absl::Status s = WaitDurable(commit_lsn); !s.ok()) return s;
+    *durable_lsn = commit_lsn;
     return WithPreviousUnitCommitted(result.status(), options.uow);
   }
   if (result.ok()) result->message.set_payload(*payload);  // the copy, outside the latch
-  // The previous unit's sync point is durable before the caller hears of it,
-  // whether a message came or not.
+  // The log is written in LSN order: the later record durable, both are.
   for (const log::Lsn lsn : {commit_lsn, get_lsn}) {
-    if (lsn == log::kNoLsn) continue;
-    if (absl::Status s = WaitDurable(lsn); !s.ok()) return s;
+    if (lsn != log::kNoLsn)
+      *durable_lsn = *durable_lsn == log::kNoLsn ? lsn : std::max(*durable_lsn, lsn);
   }
   return result;
 }
@@ -1340,6 +1361,8 @@ int64_t ThreadCpuNanos() {
   return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
 }  // namespace
+
+log::Lsn Engine::DurableLsn() const { return log_->DurableLsn(); }
 
 absl::Status Engine::WaitDurable(log::Lsn lsn) {
   // Most waits of unlogged messages are for an id reservation made long ago;

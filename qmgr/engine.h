@@ -361,6 +361,13 @@ class Engine {
   absl::StatusOr<EnqueueResult> Enqueue(MessageSpec spec);
   // Many messages in one ENQUEUE record: all or nothing.
   absl::StatusOr<std::vector<EnqueueResult>> EnqueueBatch(std::vector<MessageSpec> specs);
+  // EnqueueBatch without the durability wait of a success: returns once the
+  // messages are queued and sets *durable_lsn to the LSN that must be durable
+  // (WaitDurable) before the caller reports them enqueued (kNoLsn: none). A
+  // server completes many calls per fsync this way, with no thread blocked
+  // per call. Refusals are returned as EnqueueBatch returns them.
+  absl::StatusOr<std::vector<EnqueueResult>> EnqueueBatchNoWait(std::vector<MessageSpec> specs,
+                                                                log::Lsn* durable_lsn);
 
   // Starts an empty unit of work.
   UowId BeginUnit();
@@ -368,6 +375,16 @@ class Engine {
   // options.wait. NotFound for an unknown queue or unit; DeadlineExceeded
   // when no message came.
   absl::StatusOr<GetResult> Get(const GetOptions& options);
+  // Get without the durability wait: the result (message, or error) must not
+  // be reported before *durable_lsn is durable (kNoLsn: nothing to wait for):
+  // the previous unit's commit with commit_previous, the GET record of a
+  // redelivered message. It may still wait for a message (options.wait).
+  absl::StatusOr<GetResult> GetNoWait(const GetOptions& options, log::Lsn* durable_lsn);
+  // Returns once the record at `lsn` is durable (the NoWait calls' waits), or
+  // with the log's failure.
+  absl::Status WaitDurable(log::Lsn lsn);
+  // Every record below this LSN is durable.
+  log::Lsn DurableLsn() const;
   // Buffers a message in the unit; it becomes visible at the sync point.
   absl::Status Insert(UowId uow, MessageSpec spec);
   // Commits the unit: one SYNCPOINT record, one wait. QUEUE_FULL for an
@@ -570,7 +587,9 @@ class Engine {
   void Admit(Message* message, MessageClass cls, uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Abandon(absl::Span<const std::unique_ptr<Message>> messages, absl::Status status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<std::vector<EnqueueResult>> EnqueueMany(absl::Span<MessageSpec> specs);
+  // durable_lsn null: waits for durability; else sets it (EnqueueBatchNoWait).
+  absl::StatusOr<std::vector<EnqueueResult>> EnqueueMany(absl::Span<MessageSpec> specs,
+                                                         log::Lsn* durable_lsn = nullptr);
   // EnqueueMany under the latch: validates all, appends, queues. Sets the LSN
   // to wait for, or on ALREADY_HARDENED the one that refusal waits for.
   absl::Status EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us,
@@ -615,7 +634,6 @@ class Engine {
   // The message leaves the engine for good (consumed, expired, purged).
   void Retire(const Message& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Restore(RestoredState restored) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status WaitDurable(log::Lsn lsn);
   void ReaperLoop();
   // UNAVAILABLE once Quiesce began.
   absl::Status CheckOpen() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -1,17 +1,21 @@
 // qmgrd's RPC semantics without gRPC (tools/qmgrd/operations.h) over a real
 // engine and log on the fault-injecting file system: how an EnqueueStream's
 // group of messages is answered when all are accepted, when one is refused,
-// and when the log fails; and who may use a unit.
+// and when the log fails; who may use a unit; and that DurableCompletions
+// answers only once the record an answer depends on is durable.
+#include <atomic>
 #include <cerrno>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 #include "qmgr/engine.h"
 #include "qmgr/status.h"
 #include "tests/support/engine_on_log.h"
 #include "tests/support/fault_file_system.h"
+#include "tools/qmgrd/durable_completions.h"
 #include "tools/qmgrd/operations.h"
 
 namespace qmgr::server {
@@ -136,6 +140,67 @@ TEST_F(OperationsTest, LeasedUnitsEndedByTheReaperAreForgotten) {
   EXPECT_LT(display->open_units(), 1024u);
   absl::SleepFor(absl::Milliseconds(5));  // past the last one's lease
   EXPECT_EQ(ops_->LiveUnits(), 0u);
+}
+
+// DurableCompletions (tools/qmgrd/durable_completions.h): an answer waits
+// for its record's fdatasync, which the sync gate holds back.
+TEST_F(OperationsTest, CompletionsAnswerAnEnqueueOnlyOnceItsRecordIsDurable) {
+  DurableCompletions completions(engine_.get());
+  fs_.CloseSyncGate();
+  log::Lsn lsn = log::kNoLsn;
+  ASSERT_TRUE(ops_->Enqueue(To("Q"), &lsn).ok());
+  ASSERT_NE(lsn, log::kNoLsn);
+  absl::Notification answered;
+  absl::Status seen = absl::UnknownError("not answered");
+  log::Lsn durable_then = 0;
+  completions.After(lsn, [&](absl::Status s) {
+    seen = s;
+    durable_then = engine_->DurableLsn();
+    answered.Notify();
+  });
+  ASSERT_TRUE(fs_.AwaitSyncsAtGate(1, absl::Seconds(10)));
+  EXPECT_FALSE(answered.WaitForNotificationWithTimeout(absl::Milliseconds(200)));
+  fs_.OpenSyncGate();
+  ASSERT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(seen.ok()) << seen;
+  EXPECT_GT(durable_then, lsn);
+}
+
+TEST_F(OperationsTest, CompletionsAnswerAGetOnlyOnceThePreviousUnitsCommitIsDurable) {
+  DurableCompletions completions(engine_.get());
+  ASSERT_TRUE(ops_->Enqueue(To("Q")).ok());
+  ASSERT_TRUE(ops_->Enqueue(To("Q")).ok());
+  v1::GetRequest get;
+  get.set_queue("Q");
+  auto first = ops_->Get(get, kLeaseOwner, absl::InfiniteFuture(), [] { return false; });
+  ASSERT_TRUE(first.ok() && first->has_message());
+  fs_.CloseSyncGate();
+  get.set_uow(first->uow());
+  get.set_commit_previous(true);
+  log::Lsn lsn = log::kNoLsn;
+  auto second = ops_->Get(
+      get, kLeaseOwner, absl::InfiniteFuture(), [] { return false; }, "", &lsn);
+  ASSERT_TRUE(second.ok() && second->has_message());
+  ASSERT_NE(lsn, log::kNoLsn);  // the previous unit's SYNCPOINT
+  absl::Notification answered;
+  completions.After(lsn, [&](absl::Status) { answered.Notify(); });
+  ASSERT_TRUE(fs_.AwaitSyncsAtGate(1, absl::Seconds(10)));
+  EXPECT_FALSE(answered.WaitForNotificationWithTimeout(absl::Milliseconds(200)));
+  fs_.OpenSyncGate();
+  EXPECT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(10)));
+}
+
+TEST_F(OperationsTest, CompletionsAnswerAtOnceWhatNeedsNoWaitAndDrainOnStop) {
+  DurableCompletions completions(engine_.get());
+  bool inline_answer = false;
+  completions.After(log::kNoLsn, [&](absl::Status s) { inline_answer = s.ok(); });
+  EXPECT_TRUE(inline_answer);  // on this thread, before After returns
+  log::Lsn lsn = log::kNoLsn;
+  ASSERT_TRUE(ops_->Enqueue(To("Q"), &lsn).ok());
+  std::atomic<bool> answered{false};
+  completions.After(lsn, [&](absl::Status s) { answered = s.ok(); });
+  completions.Stop();  // answers what is pending first
+  EXPECT_TRUE(answered);
 }
 
 }  // namespace

@@ -106,11 +106,21 @@ void Operations::RemoveUnit(UowId uow) {
   units_.erase(uow);
 }
 
-absl::StatusOr<qmgr::v1::EnqueueResponse> Operations::Enqueue(NewMessage message) {
+absl::StatusOr<qmgr::v1::EnqueueResponse> Operations::Enqueue(NewMessage message,
+                                                              log::Lsn* durable_lsn) {
+  if (durable_lsn != nullptr) *durable_lsn = log::kNoLsn;
   if (absl::Status s = CheckIntake(); !s.ok()) return s;
-  absl::StatusOr<EnqueueResult> result = engine_->Enqueue(ToSpec(std::move(message)));
-  if (!result.ok()) return result.status();
-  return ToResponse(*result);
+  if (durable_lsn == nullptr) {
+    absl::StatusOr<EnqueueResult> result = engine_->Enqueue(ToSpec(std::move(message)));
+    if (!result.ok()) return result.status();
+    return ToResponse(*result);
+  }
+  std::vector<MessageSpec> specs;
+  specs.push_back(ToSpec(std::move(message)));
+  absl::StatusOr<std::vector<EnqueueResult>> results =
+      engine_->EnqueueBatchNoWait(std::move(specs), durable_lsn);
+  if (!results.ok()) return results.status();
+  return ToResponse(results->front());
 }
 
 absl::StatusOr<qmgr::v1::EnqueueBatchResponse> Operations::EnqueueBatch(
@@ -171,7 +181,19 @@ std::vector<absl::StatusOr<qmgr::v1::EnqueueResponse>> Operations::EnqueueGroup(
 absl::StatusOr<qmgr::v1::GetResponse> Operations::Get(const qmgr::v1::GetRequest& request,
                                                       Owner owner, absl::Time call_deadline,
                                                       absl::FunctionRef<bool()> stop_waiting,
-                                                      absl::string_view identity) {
+                                                      absl::string_view identity,
+                                                      log::Lsn* durable_lsn) {
+  // The latest LSN the answer depends on (the log is durable in LSN order).
+  log::Lsn wait = log::kNoLsn;
+  auto answer = [&](absl::StatusOr<qmgr::v1::GetResponse> a) -> decltype(a) {
+    if (durable_lsn != nullptr) {
+      *durable_lsn = wait;
+    } else if (wait != log::kNoLsn) {
+      if (absl::Status s = engine_->WaitDurable(wait); !s.ok()) return s;
+    }
+    return a;
+  };
+  if (durable_lsn != nullptr) *durable_lsn = log::kNoLsn;
   if (request.uow() != 0) {
     if (absl::Status s = CheckOwner(request.uow(), owner, identity); !s.ok()) return s;
   }
@@ -201,19 +223,21 @@ absl::StatusOr<qmgr::v1::GetResponse> Operations::Get(const qmgr::v1::GetRequest
   while (true) {
     options.wait =
         std::clamp(deadline - absl::Now(), absl::ZeroDuration(), options_.get_wait_slice);
-    absl::StatusOr<GetResult> result = engine_->Get(options);
+    log::Lsn get_wait = log::kNoLsn;
+    absl::StatusOr<GetResult> result = engine_->GetNoWait(options, &get_wait);
+    if (get_wait != log::kNoLsn) wait = wait == log::kNoLsn ? get_wait : std::max(wait, get_wait);
     if (result.ok()) {
       if (options.commit_previous) RemoveUnit(options.uow);
       if (result->uow != options.uow) AddUnit(result->uow, owner, identity);  // a new unit
       response.set_uow(result->uow);
       *response.mutable_message() = std::move(result->message);
-      return response;
+      return answer(std::move(response));
     }
     if (!absl::IsDeadlineExceeded(result.status())) {
       if (options.commit_previous && PreviousUnitCommitted(result.status()) != 0) {
         RemoveUnit(options.uow);
       }
-      return result.status();
+      return answer(result.status());
     }
     if (options.commit_previous) {
       RemoveUnit(options.uow);
@@ -222,7 +246,7 @@ absl::StatusOr<qmgr::v1::GetResponse> Operations::Get(const qmgr::v1::GetRequest
     }
     if (absl::Now() >= deadline || stop_waiting() || intake_stopped()) {
       response.set_uow(options.uow);
-      return response;
+      return answer(std::move(response));
     }
   }
 }

@@ -59,7 +59,12 @@ class Operations {
   Operations(Engine* engine, OperationsOptions options);
 
   // Producers. Intake: Unavailable once StopIntake was called.
-  absl::StatusOr<qmgr::v1::EnqueueResponse> Enqueue(qmgr::v1::NewMessage message);
+  // `durable_lsn` (Enqueue and Get): null, the call returns once its answer
+  // is durable; else it returns without that wait and sets *durable_lsn to
+  // the LSN that must be durable before the answer is given (kNoLsn: none;
+  // DurableCompletions waits for it).
+  absl::StatusOr<qmgr::v1::EnqueueResponse> Enqueue(qmgr::v1::NewMessage message,
+                                                    log::Lsn* durable_lsn = nullptr);
   absl::StatusOr<qmgr::v1::EnqueueBatchResponse> EnqueueBatch(
       const qmgr::v1::EnqueueBatchRequest& request);
   // Independent messages (an EnqueueStream's pending requests), each
@@ -77,7 +82,8 @@ class Operations {
   absl::StatusOr<qmgr::v1::GetResponse> Get(const qmgr::v1::GetRequest& request, Owner owner,
                                             absl::Time call_deadline,
                                             absl::FunctionRef<bool()> stop_waiting,
-                                            absl::string_view identity = "");
+                                            absl::string_view identity = "",
+                                            log::Lsn* durable_lsn = nullptr);
   absl::StatusOr<qmgr::v1::InsertResponse> Insert(const qmgr::v1::InsertRequest& request,
                                                   Owner owner, absl::string_view identity = "");
   absl::StatusOr<qmgr::v1::SyncPointResponse> SyncPoint(const qmgr::v1::SyncPointRequest& request,

@@ -39,6 +39,7 @@
 #include "tools/qmgrd/authorization.h"
 #include "tools/qmgrd/coordination.h"
 #include "tools/qmgrd/coordinator_service.h"
+#include "tools/qmgrd/durable_completions.h"
 #include "tools/qmgrd/listeners.h"
 #include "tools/qmgrd/metrics.h"
 #include "tools/qmgrd/operations.h"
@@ -335,6 +336,7 @@ int main(int argc, char** argv) {
   ops_options.max_send_bytes = qmgr::server::MaxReceiveBytes(options);
   ops_options.progress = [](absl::string_view line) { LogLine(line); };
   qmgr::server::Operations operations((*qm)->engine(), ops_options);
+  qmgr::server::DurableCompletions completions((*qm)->engine());
   // Leaked: the signal thread may still hold it while the process exits.
   auto* shutdown = new ShutdownRequest;
 
@@ -351,6 +353,7 @@ int main(int argc, char** argv) {
   context.coordination = &coordination;
   context.io_pool = &io_pool;
   context.wait_pool = &wait_pool;
+  context.completions = &completions;
   context.stream_window = options.stream_window;
   context.stream_window_bytes = options.stream_window_bytes;
   // Well inside what one record may carry, so that a group is refused for
@@ -503,6 +506,7 @@ int main(int argc, char** argv) {
   server->Shutdown(drain_end);
   io_pool.Stop();
   wait_pool.Stop();
+  completions.Stop();
   // Units opened by calls that completed during the above.
   backed_out += operations.BackoutAll(qmgr::v1::BACKOUT_SHUTDOWN);
   LogLine(absl::StrCat(backed_out, " open unit(s) of work backed out"));

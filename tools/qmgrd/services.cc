@@ -12,6 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "client/rpc_status.h"
+#include "qmgr/status.h"
 #include "tools/qmgrd/unary_call.h"
 
 namespace qmgr::server {
@@ -64,6 +65,38 @@ absl::Time CallDeadline(const grpc::CallbackServerContext* ctx) {
   const std::chrono::system_clock::time_point deadline = ctx->deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
   return absl::FromChrono(deadline);
+}
+
+// The first step of a Get, on the calling (gRPC) thread: the same Get
+// without waiting for a message, so that a Get that finds one costs no
+// hand-off to a pool. True when that answers the call (a message, an error,
+// or a caller that would not wait); else *rest is the Get still to run on the
+// wait pool: in the unit the first step left, the previous unit (if asked)
+// already committed. Either way *durable_lsn is what the answer waits for.
+bool GetWithoutWaiting(Operations* ops, const v1::GetRequest& request, Owner owner,
+                       absl::string_view identity, absl::Time call_deadline,
+                       absl::StatusOr<v1::GetResponse>* answer, log::Lsn* durable_lsn,
+                       v1::GetRequest* rest) {
+  v1::GetRequest now = request;
+  now.set_wait_ms(0);
+  *answer = ops->Get(
+      now, owner, call_deadline, [] { return false; }, identity, durable_lsn);
+  if (!answer->ok() || (*answer)->has_message() || request.wait_ms() == 0) return true;
+  *rest = request;
+  rest->set_uow((*answer)->uow());
+  rest->set_commit_previous(false);
+  return false;
+}
+
+// A Get whose first step found no message, refused because the wait pool is
+// full; a previous unit that first step committed is reported committed, as
+// after any Get error that follows its commit.
+absl::Status WaitPoolFull(const v1::GetRequest& request) {
+  absl::Status full = absl::ResourceExhaustedError(kPoolFull.error_message());
+  if (request.commit_previous() && request.uow() != 0) {
+    return WithPreviousUnitCommitted(full, request.uow());
+  }
+  return full;
 }
 
 // EnqueueStream: reads ahead up to stream_window requests and answers them
@@ -306,11 +339,35 @@ class ProgramStreamReactor final
       End();  // the client closed its side, or is gone
       return;
     }
-    // Every operation appends to the log, and an append can wait for the log
-    // to preallocate its next segment: none runs on a gRPC thread.
-    WorkerPool* pool =
-        request_.has_get() && request_.get().wait_ms() > 0 ? c_->wait_pool : c_->io_pool;
-    if (!pool->Submit([this] { Run(); })) {
+    first_lsn_ = log::kNoLsn;
+    if (request_.has_get()) {
+      // A Get first without waiting for a message, here (GetWithoutWaiting).
+      absl::Status allowed =
+          AllowRole(c_, identity_, "ProgramStream", Role::kProgram, request_.get().queue());
+      if (!allowed.ok()) {
+        response_.Clear();
+        WriteWhenDurable(log::kNoLsn, std::move(allowed));
+        return;
+      }
+      absl::StatusOr<v1::GetResponse> first;
+      v1::GetRequest rest;
+      if (GetWithoutWaiting(c_->operations, request_.get(), owner_, identity_, CallDeadline(ctx_),
+                            &first, &first_lsn_, &rest)) {
+        response_.Clear();
+        WriteWhenDurable(first_lsn_, Fill(std::move(first), response_.mutable_get()));
+        return;
+      }
+      const absl::Status full = WaitPoolFull(request_.get());
+      *request_.mutable_get() = std::move(rest);
+      if (!c_->wait_pool->Submit([this] { Run(); })) {
+        response_.Clear();
+        WriteWhenDurable(first_lsn_, full);
+      }
+      return;
+    }
+    // Insert, SyncPoint and Backout append to the log, and an append can wait
+    // for the log to preallocate its next segment: on the pool.
+    if (!c_->io_pool->Submit([this] { Run(); })) {
       RecordRefusal(c_, "QueueManager.ProgramStream", PoolFull());
       response_.Clear();
       response_.mutable_error()->set_code(kPoolFull.error_code());
@@ -330,21 +387,20 @@ class ProgramStreamReactor final
   void OnDone() override { delete this; }
 
  private:
-  // Runs request_ into response_ and writes it; touches nothing after.
+  // Runs request_ into response_ and writes it once durable; touches
+  // nothing after.
   void Run() {
     Operations* ops = c_->operations;
     absl::Status status;
+    log::Lsn durable_lsn = log::kNoLsn;
     response_.Clear();
     constexpr absl::string_view kRpc = "ProgramStream";
     switch (request_.op_case()) {
       case v1::ProgramRequest::kGet:
-        status = AllowRole(c_, identity_, kRpc, Role::kProgram, request_.get().queue());
-        if (status.ok()) {
-          status = Fill(ops->Get(
-                            request_.get(), owner_, CallDeadline(ctx_),
-                            [this] { return ctx_->IsCancelled(); }, identity_),
-                        response_.mutable_get());
-        }
+        status = Fill(ops->Get(
+                          request_.get(), owner_, CallDeadline(ctx_),
+                          [this] { return ctx_->IsCancelled(); }, identity_, &durable_lsn),
+                      response_.mutable_get());
         break;
       case v1::ProgramRequest::kInsert:
         status = AllowMessage(c_, identity_, kRpc, Role::kProgram, request_.insert().message());
@@ -371,11 +427,22 @@ class ProgramStreamReactor final
         status = absl::InvalidArgumentError("ProgramRequest names no operation");
         break;
     }
-    if (!status.ok()) {
-      RecordRefusal(c_, "QueueManager.ProgramStream", status);
-      *response_.mutable_error() = ToRpcStatus(status);
-    }
-    StartWrite(&response_);
+    WriteWhenDurable(LaterLsn(first_lsn_, durable_lsn), std::move(status));
+  }
+
+  // Writes response_ (or `status` when not OK) once `lsn` is durable.
+  void WriteWhenDurable(log::Lsn lsn, absl::Status status) {
+    if (!status.ok()) RecordRefusal(c_, "QueueManager.ProgramStream", status);
+    c_->completions->After(lsn, [this, status = std::move(status)](absl::Status durable) {
+      if (!durable.ok()) {
+        response_.Clear();
+        *response_.mutable_error() = ToRpcStatus(durable);
+      } else if (!status.ok()) {
+        response_.Clear();
+        *response_.mutable_error() = ToRpcStatus(status);
+      }
+      StartWrite(&response_);
+    });
   }
 
   void End() {
@@ -390,6 +457,8 @@ class ProgramStreamReactor final
   std::string identity_;  // the caller's, set before the first read
   v1::ProgramRequest request_;
   v1::ProgramResponse response_;
+  // What the current Get's first step (GetWithoutWaiting) waits for.
+  log::Lsn first_lsn_ = log::kNoLsn;
 };
 
 // Receive: the session's outputs, written one at a time. Each wait for
@@ -487,9 +556,21 @@ grpc::ServerUnaryReactor* QueueManagerService::Enqueue(grpc::CallbackServerConte
     return AllowMessage(c_, id, "Enqueue", Role::kProducer, request->message());
   });
   if (!who.ok()) return Refuse(ctx, who.status());
-  return OnPool(c_->io_pool, ctx, [this, request, response] {
-    return Fill(c_->operations->Enqueue(request->message()), response);
-  });
+  if (!request->message().session().empty()) {
+    // A session's input may be refused after waiting for the durability of
+    // its earlier copy: on the pool.
+    return OnPoolThenDurable(
+        c_->io_pool, c_->completions, ctx, [this, request, response](log::Lsn* durable_lsn) {
+          return Fill(c_->operations->Enqueue(request->message(), durable_lsn), response);
+        });
+  }
+  // Queuing waits for nothing but the latch (docs/server.md, "Threads"):
+  // here, on gRPC's thread; the answer once durable.
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  log::Lsn durable_lsn = log::kNoLsn;
+  absl::Status status = Fill(c_->operations->Enqueue(request->message(), &durable_lsn), response);
+  FinishWhenDurable(c_->completions, reactor, durable_lsn, std::move(status));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* QueueManagerService::EnqueueBatch(grpc::CallbackServerContext* ctx,
@@ -520,13 +601,27 @@ grpc::ServerUnaryReactor* QueueManagerService::Get(grpc::CallbackServerContext* 
     return AllowRole(c_, id, "Get", Role::kProgram, request->queue());
   });
   if (!who.ok()) return Refuse(ctx, who.status());
-  WorkerPool* pool = request->wait_ms() > 0 ? c_->wait_pool : c_->io_pool;
-  return OnPool(pool, ctx, [this, ctx, request, response, id = *std::move(who)] {
-    return Fill(
-        c_->operations->Get(
-            *request, kLeaseOwner, CallDeadline(ctx), [ctx] { return ctx->IsCancelled(); }, id),
-        response);
-  });
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  absl::StatusOr<v1::GetResponse> first;
+  log::Lsn first_lsn = log::kNoLsn;
+  v1::GetRequest rest;
+  if (GetWithoutWaiting(c_->operations, *request, kLeaseOwner, *who, CallDeadline(ctx), &first,
+                        &first_lsn, &rest)) {
+    FinishWhenDurable(c_->completions, reactor, first_lsn, Fill(std::move(first), response));
+    return reactor;
+  }
+  if (!c_->wait_pool->Submit([this, ctx, reactor, response, rest = std::move(rest), first_lsn,
+                              id = *std::move(who)] {
+        log::Lsn lsn = log::kNoLsn;
+        absl::Status status = Fill(c_->operations->Get(
+                                       rest, kLeaseOwner, CallDeadline(ctx),
+                                       [ctx] { return ctx->IsCancelled(); }, id, &lsn),
+                                   response);
+        FinishWhenDurable(c_->completions, reactor, LaterLsn(first_lsn, lsn), std::move(status));
+      })) {
+    FinishWhenDurable(c_->completions, reactor, first_lsn, WaitPoolFull(*request));
+  }
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* QueueManagerService::Insert(grpc::CallbackServerContext* ctx,

@@ -13,6 +13,7 @@
 #include "qmgr/v1/qmgr.grpc.pb.h"
 #include "tools/qmgrd/authorization.h"
 #include "tools/qmgrd/coordination.h"
+#include "tools/qmgrd/durable_completions.h"
 #include "tools/qmgrd/operations.h"
 #include "tools/qmgrd/queue_manager.h"
 #include "tools/qmgrd/refusals.h"
@@ -28,6 +29,8 @@ struct ServiceContext {
   WorkerPool* io_pool = nullptr;
   // Gets that may wait for a message (wait_ms > 0), and Receive streams.
   WorkerPool* wait_pool = nullptr;
+  // Enqueue and Get calls are answered from here once durable.
+  DurableCompletions* completions = nullptr;
   // A Receive stream waits for output in slices this long, one wait-pool
   // task each, so that a cancelled stream or a shutdown ends it within a
   // slice; below qmgrd's call drain, so that a shutdown answers UNAVAILABLE.

@@ -6,10 +6,12 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/status/statusor.h"
 #include "client/rpc_status.h"
+#include "tools/qmgrd/durable_completions.h"
 #include "tools/qmgrd/worker_pool.h"
 
 namespace qmgr::server {
@@ -24,6 +26,39 @@ grpc::ServerUnaryReactor* OnPool(WorkerPool* pool, grpc::CallbackServerContext* 
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   if (!pool->Submit([reactor, work = std::move(work)]() mutable {
         reactor->Finish(qmgr::rpc::ToGrpcStatus(work()));
+      })) {
+    reactor->Finish(kPoolFull);
+  }
+  return reactor;
+}
+
+// The later of two LSNs to wait for (kNoLsn: none).
+inline log::Lsn LaterLsn(log::Lsn a, log::Lsn b) {
+  if (a == log::kNoLsn) return b;
+  if (b == log::kNoLsn) return a;
+  return std::max(a, b);
+}
+
+// Finishes the call with `status` once `lsn` is durable (with the log's
+// failure if it failed first).
+inline void FinishWhenDurable(DurableCompletions* completions, grpc::ServerUnaryReactor* reactor,
+                              log::Lsn lsn, absl::Status status) {
+  completions->After(lsn, [reactor, status = std::move(status)](absl::Status durable) {
+    reactor->Finish(qmgr::rpc::ToGrpcStatus(durable.ok() ? status : durable));
+  });
+}
+
+// Runs `work` (returning absl::Status, filling the response, and setting the
+// LSN its answer depends on) on `pool`, and finishes the call once that LSN
+// is durable (DurableCompletions): the worker does not wait for the fsync.
+template <typename Work>
+grpc::ServerUnaryReactor* OnPoolThenDurable(WorkerPool* pool, DurableCompletions* completions,
+                                            grpc::CallbackServerContext* ctx, Work work) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (!pool->Submit([reactor, completions, work = std::move(work)]() mutable {
+        log::Lsn lsn = log::kNoLsn;
+        absl::Status status = work(&lsn);
+        FinishWhenDurable(completions, reactor, lsn, std::move(status));
       })) {
     reactor->Finish(kPoolFull);
   }
