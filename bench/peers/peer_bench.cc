@@ -11,12 +11,23 @@
 //                   (SELECT id ... FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING
 //                   (batched: LIMIT --batch).
 //   beanstalkd      its text protocol: put / reserve-with-timeout / delete.
+//   rabbitmq        AMQP 0-9-1 (librabbitmq): a durable quorum queue
+//                   (--rabbitmq-queue-type classic: a classic durable one);
+//                   producers publish persistent messages (delivery_mode 2)
+//                   with publisher confirms and wait for the broker's
+//                   basic.ack (batched: publish --batch, then wait for all
+//                   of them); consumers basic.consume with prefetch --batch
+//                   and manual acks (batched: one ack with multiple set per
+//                   --batch messages).
 //
 // One call (or transaction) in flight per producer and consumer, each on its
 // own connection. Each payload starts with its producer and sequence number,
 // so messages differ (LREM removes the one it names). Only operations that
 // complete within --seconds count. Prints the same RESULT line as
 // qmgr-bench --result-line, which bench/peers/run.sh collects into its table.
+#include <amqp.h>
+#include <amqp_framing.h>
+#include <amqp_tcp_socket.h>
 #include <arpa/inet.h>
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
@@ -32,6 +43,7 @@
 #include <cstring>
 #include <iostream>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -59,6 +71,7 @@ struct Config {
   int batch = 1;
   double seconds = 10;
   std::string queue = "bench";
+  std::string rabbitmq_queue_type = "quorum";
 };
 
 // What one producer or consumer measured: messages done and the latency of
@@ -242,6 +255,148 @@ class Beanstalk {
   std::string buf_;
 };
 
+// ---- RabbitMQ (librabbitmq, AMQP 0-9-1) -----------------------------------------
+
+class Rabbit {
+ public:
+  static constexpr amqp_channel_t kChannel = 1;
+
+  explicit Rabbit(const Config& c) : c_(c) {
+    conn_ = amqp_new_connection();
+    amqp_socket_t* socket = amqp_tcp_socket_new(conn_);
+    if (socket == nullptr) Die("rabbitmq: cannot create a socket");
+    if (amqp_socket_open(socket, c.host.c_str(), c.port) != AMQP_STATUS_OK) {
+      Die(absl::StrCat("rabbitmq: cannot connect to ", c.host, ":", c.port));
+    }
+    Check(amqp_login(conn_, "/", 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, "guest", "guest"), "login");
+    amqp_channel_open(conn_, kChannel);
+    Check(amqp_get_rpc_reply(conn_), "channel.open");
+  }
+  ~Rabbit() {
+    amqp_channel_close(conn_, kChannel, AMQP_REPLY_SUCCESS);
+    amqp_connection_close(conn_, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(conn_);
+  }
+  Rabbit(const Rabbit&) = delete;
+  Rabbit& operator=(const Rabbit&) = delete;
+
+  // Deletes the queue (and what an earlier run left in it) and declares it
+  // again: durable, of --rabbitmq-queue-type.
+  void Redeclare() {
+    amqp_queue_delete(conn_, kChannel, amqp_cstring_bytes(c_.queue.c_str()), 0, 0);
+    Check(amqp_get_rpc_reply(conn_), "queue.delete");
+    amqp_table_entry_t type;
+    type.key = amqp_cstring_bytes("x-queue-type");
+    type.value.kind = AMQP_FIELD_KIND_UTF8;
+    type.value.value.bytes = amqp_cstring_bytes(c_.rabbitmq_queue_type.c_str());
+    const amqp_table_t arguments = {1, &type};
+    amqp_queue_declare(conn_, kChannel, amqp_cstring_bytes(c_.queue.c_str()), /*passive=*/0,
+                       /*durable=*/1, /*exclusive=*/0, /*auto_delete=*/0, arguments);
+    Check(amqp_get_rpc_reply(conn_), "queue.declare");
+  }
+
+  void ConfirmSelect() {
+    amqp_confirm_select(conn_, kChannel);
+    Check(amqp_get_rpc_reply(conn_), "confirm.select");
+  }
+
+  // Publishes persistent messages to the queue through the default exchange
+  // and waits until the broker has confirmed every one of them.
+  void PublishConfirmed(const std::vector<std::string>& payloads) {
+    amqp_basic_properties_t props;
+    props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
+    props.delivery_mode = 2;  // persistent
+    for (const std::string& p : payloads) {
+      const amqp_bytes_t body = {p.size(), const_cast<char*>(p.data())};
+      if (amqp_basic_publish(conn_, kChannel, amqp_empty_bytes,
+                             amqp_cstring_bytes(c_.queue.c_str()), /*mandatory=*/0,
+                             /*immediate=*/0, &props, body) != AMQP_STATUS_OK) {
+        Die("rabbitmq: basic.publish failed");
+      }
+      unconfirmed_.insert(++published_);
+    }
+    while (!unconfirmed_.empty()) {
+      amqp_frame_t frame;
+      if (amqp_simple_wait_frame(conn_, &frame) != AMQP_STATUS_OK) {
+        Die("rabbitmq: connection lost waiting for a confirm");
+      }
+      if (frame.frame_type != AMQP_FRAME_METHOD) continue;
+      const amqp_method_number_t id = frame.payload.method.id;
+      if (id == AMQP_BASIC_NACK_METHOD) Die("rabbitmq: the broker nacked a message");
+      if (id == AMQP_CHANNEL_CLOSE_METHOD || id == AMQP_CONNECTION_CLOSE_METHOD) {
+        Die("rabbitmq: the broker closed the channel while publishing");
+      }
+      if (id != AMQP_BASIC_ACK_METHOD) continue;
+      const auto* ack = static_cast<const amqp_basic_ack_t*>(frame.payload.method.decoded);
+      // A single ack confirms its own tag; "multiple", every tag up to it.
+      if (ack->multiple) {
+        unconfirmed_.erase(unconfirmed_.begin(), unconfirmed_.upper_bound(ack->delivery_tag));
+      } else {
+        unconfirmed_.erase(ack->delivery_tag);
+      }
+    }
+    amqp_maybe_release_buffers(conn_);
+  }
+
+  void Consume(uint16_t prefetch) {
+    amqp_basic_qos(conn_, kChannel, 0, prefetch, 0);
+    Check(amqp_get_rpc_reply(conn_), "basic.qos");
+    amqp_basic_consume(conn_, kChannel, amqp_cstring_bytes(c_.queue.c_str()), amqp_empty_bytes,
+                       /*no_local=*/0, /*no_ack=*/0, /*exclusive=*/0, amqp_empty_table);
+    Check(amqp_get_rpc_reply(conn_), "basic.consume");
+  }
+
+  // The next delivery's tag, or 0 when none came within `timeout`.
+  uint64_t Receive(timeval timeout) {
+    amqp_envelope_t envelope;
+    amqp_maybe_release_buffers(conn_);
+    const amqp_rpc_reply_t r = amqp_consume_message(conn_, &envelope, &timeout, 0);
+    if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_TIMEOUT) {
+      return 0;
+    }
+    Check(r, "basic.deliver");
+    const uint64_t tag = envelope.delivery_tag;
+    amqp_destroy_envelope(&envelope);
+    return tag;
+  }
+
+  void Ack(uint64_t tag, bool multiple) {
+    if (amqp_basic_ack(conn_, kChannel, tag, multiple ? 1 : 0) != AMQP_STATUS_OK) {
+      Die("rabbitmq: basic.ack failed");
+    }
+  }
+
+ private:
+  static std::string Text(amqp_bytes_t b) {
+    return std::string(static_cast<const char*>(b.bytes), b.len);
+  }
+  void Check(const amqp_rpc_reply_t& r, const std::string& what) {
+    switch (r.reply_type) {
+      case AMQP_RESPONSE_NORMAL:
+        return;
+      case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+        Die(absl::StrCat("rabbitmq: ", what, ": ", amqp_error_string2(r.library_error)));
+      case AMQP_RESPONSE_SERVER_EXCEPTION:
+        if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+          const auto* m = static_cast<const amqp_channel_close_t*>(r.reply.decoded);
+          Die(absl::StrCat("rabbitmq: ", what, ": ", m->reply_code, " ", Text(m->reply_text)));
+        }
+        if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+          const auto* m = static_cast<const amqp_connection_close_t*>(r.reply.decoded);
+          Die(absl::StrCat("rabbitmq: ", what, ": ", m->reply_code, " ", Text(m->reply_text)));
+        }
+        Die(absl::StrCat("rabbitmq: ", what, ": server exception"));
+      default:
+        Die(absl::StrCat("rabbitmq: ", what, ": no reply"));
+    }
+  }
+
+  const Config& c_;
+  amqp_connection_state_t conn_;
+  uint64_t published_ = 0;          // delivery tags of this channel: 1, 2, ...
+  std::set<uint64_t> unconfirmed_;  // published, not yet acked by the broker
+};
+
 // ---- Producers and consumers --------------------------------------------------------
 
 // Times `op` (returning the messages it did) until the deadline.
@@ -293,6 +448,13 @@ void Produce(Run* run, int id, Stats* st) {
       const std::string p = Payload(c, id, seq++);
       b.Expect(absl::StrCat("put 1024 0 60 ", p.size(), "\r\n", p, "\r\n"), "INSERTED");
       return 1;
+    });
+  } else if (c.system == "rabbitmq") {
+    Rabbit r(c);
+    r.ConfirmSelect();
+    Loop(run, st, &run->enqueued, [&] {
+      r.PublishConfirmed(next_payloads());
+      return c.batch;
     });
   }
 }
@@ -356,6 +518,23 @@ void Consume(Run* run, Stats* st) {
       b.Expect(absl::StrCat("delete ", f[1], "\r\n"), "DELETED");
       return 1;
     });
+  } else if (c.system == "rabbitmq") {
+    Rabbit r(c);
+    r.Consume(static_cast<uint16_t>(c.batch));
+    Loop(run, st, &run->consumed, [&] {
+      // Up to --batch deliveries (the broker sends no more than that
+      // unacknowledged), then one ack for all of them.
+      int got = 0;
+      uint64_t last = 0;
+      while (got < c.batch) {
+        const uint64_t tag = r.Receive(timeval{0, got == 0 ? 100000 : 10000});
+        if (tag == 0) break;
+        last = tag;
+        ++got;
+      }
+      if (got > 0) r.Ack(last, /*multiple=*/c.batch > 1);
+      return got;
+    });
   }
 }
 
@@ -381,6 +560,9 @@ void Prepare(const Config& c) {
       b.Body(bytes);
       b.Expect(absl::StrCat("delete ", f[1], "\r\n"), "DELETED");
     }
+  } else if (c.system == "rabbitmq") {
+    Rabbit r(c);
+    r.Redeclare();
   }
 }
 
@@ -388,12 +570,15 @@ void Prepare(const Config& c) {
 
 int main(int argc, char** argv) {
   Config c;
-  CLI::App app{"qmgr-peer-bench: producers and consumers against Redis, PostgreSQL, beanstalkd"};
+  CLI::App app{
+      "qmgr-peer-bench: producers and consumers against Redis, PostgreSQL, beanstalkd, RabbitMQ"};
   app.add_option("--system", c.system, "Queue server and pattern")
       ->required()
-      ->check(CLI::IsMember({"redis-list", "redis-reliable", "postgres", "beanstalkd"}));
-  app.add_option("--host", c.host, "Server address (redis, beanstalkd)")->capture_default_str();
-  app.add_option("--port", c.port, "Server port (redis, beanstalkd)");
+      ->check(
+          CLI::IsMember({"redis-list", "redis-reliable", "postgres", "beanstalkd", "rabbitmq"}));
+  app.add_option("--host", c.host, "Server address (redis, beanstalkd, rabbitmq)")
+      ->capture_default_str();
+  app.add_option("--port", c.port, "Server port (redis, beanstalkd, rabbitmq)");
   app.add_option("--conninfo", c.conninfo, "libpq connection string (postgres)");
   app.add_option("--producers", c.producers, "Producer connections")->capture_default_str();
   app.add_option("--consumers", c.consumers, "Consumer connections")->capture_default_str();
@@ -402,7 +587,11 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 10000))
       ->capture_default_str();
   app.add_option("--seconds", c.seconds, "Duration")->capture_default_str();
-  app.add_option("--queue", c.queue, "Queue (list, table's rows, tube)")->capture_default_str();
+  app.add_option("--queue", c.queue, "Queue (list, table's rows, tube, AMQP queue)")
+      ->capture_default_str();
+  app.add_option("--rabbitmq-queue-type", c.rabbitmq_queue_type, "x-queue-type of the AMQP queue")
+      ->check(CLI::IsMember({"quorum", "classic"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (c.system == "beanstalkd" && c.batch != 1) Die("beanstalkd: --batch 1 only");
   if (c.system == "redis-reliable" && c.batch != 1) Die("redis-reliable: --batch 1 only");
@@ -427,8 +616,10 @@ int main(int argc, char** argv) {
     for (int second = 1; start + std::chrono::seconds(second) <= run.deadline; ++second) {
       std::this_thread::sleep_until(start + std::chrono::seconds(second));
       const uint64_t e = run.enqueued, g = run.consumed;
+      // Signed: a consumer may see a message before its producer's confirm.
       std::cerr << absl::StrFormat("[%s] %2ds  enqueued %8d/s  consumed %8d/s  backlog %d\n",
-                                   c.system, second, e - enq, g - got, e - g);
+                                   c.system, second, e - enq, g - got,
+                                   static_cast<int64_t>(e) - static_cast<int64_t>(g));
       enq = e;
       got = g;
     }

@@ -6,13 +6,16 @@
 # $PEERS_DIR (default /var/tmp, the disk qmgrd's data would use): qmgrd,
 # Redis 7 (appendonly yes, appendfsync always), PostgreSQL 15 (a private
 # cluster, synchronous_commit on), beanstalkd (binlog, fsync on every write:
-# -f0). Runs qmgr-bench (qmgrd) and qmgr-peer-bench (the others): 1 KiB
+# -f0), RabbitMQ (a private node with its own epmd: a durable quorum queue,
+# publisher confirms, manual acks). Runs qmgr-bench (qmgrd) and
+# qmgr-peer-bench (the others): 1 KiB
 # messages, one call in flight per connection, P=C=8 and P=C=1, batches of
 # 100 where the system has them; then producers alone, for memory per queued
 # message. Measures the raw disk (log_bench) and the no-op gRPC server in the
 # same run. Stops everything it started and prints one table.
 #
-# Usage: bench/peers/run.sh [--seconds N] [--build-dir DIR] [--systems "qmgrd redis postgres beanstalkd"]
+# Usage: bench/peers/run.sh [--seconds N] [--build-dir DIR]
+#                           [--systems "qmgrd redis postgres beanstalkd rabbitmq"]
 #
 # Server CPU is user+sys from /proc/PID/stat of the server's process tree
 # (children that exited are in their parent's cutime/cstime), over the whole
@@ -25,7 +28,7 @@ set -euo pipefail
 SECONDS_PER_RUN=10
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD="$ROOT/build-peers"
-SYSTEMS="qmgrd redis postgres beanstalkd"
+SYSTEMS="qmgrd redis postgres beanstalkd rabbitmq"
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) SECONDS_PER_RUN=$2; shift 2 ;;
@@ -37,7 +40,7 @@ done
 
 # ---- Packages (Debian) and build -------------------------------------------------
 
-PACKAGES="redis-server postgresql-15 beanstalkd libhiredis-dev libpq-dev linux-perf"
+PACKAGES="redis-server postgresql-15 beanstalkd rabbitmq-server libhiredis-dev libpq-dev librabbitmq-dev linux-perf"
 missing=""
 for p in $PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -60,6 +63,7 @@ PBENCH="$BUILD/bench/qmgr-peer-bench"
 WORK=$(mktemp -d "${PEERS_DIR:-/var/tmp}/qmgr-peers.XXXXXX")
 chmod 755 "$WORK"
 SERVER_PID=""
+EPMD_PID=""
 cleanup() {
   stop_server
   rm -rf "$WORK"
@@ -67,19 +71,30 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# SIGTERM to the server (RabbitMQ's start script passes it on to the Erlang
+# VM and waits for it), 30 s to stop, then SIGKILL to what is left of the
+# process tree it had.
 stop_server() {
+  local pids p
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    pids=$(tree_pids "$SERVER_PID")
     kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 300); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
     wait "$SERVER_PID" 2>/dev/null || true
   fi
   SERVER_PID=""
+  if [ -n "$EPMD_PID" ]; then
+    kill -TERM "$EPMD_PID" 2>/dev/null || true
+    wait "$EPMD_PID" 2>/dev/null || true
+  fi
+  EPMD_PID=""
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# wait_port PORT [SECONDS]: until something accepts connections on it.
 wait_port() {
-  for _ in $(seq 300); do
+  for _ in $(seq $((${2:-30} * 10))); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.1
   done
@@ -226,6 +241,35 @@ start_beanstalkd() {
   SERVER_PID=$!
   wait_port "$PORT"
 }
+# A RabbitMQ node of its own: data, logs, config, Erlang cookie ($HOME) and
+# epmd (on a port of its own, started here and stopped by stop_server) are
+# private to $WORK/rabbitmq, so a system-wide node, its epmd on port 4369 and
+# /etc/rabbitmq are neither used nor touched. Everything listens on loopback.
+start_rabbitmq() {
+  PORT=$(free_port)
+  local dir="$WORK/rabbitmq" epmd_port dist_port
+  epmd_port=$(free_port)
+  dist_port=$(free_port)
+  rm -rf "$dir"
+  mkdir -p "$dir/home" "$dir/mnesia" "$dir/log"
+  : >"$dir/rabbitmq-env.conf"
+  : >"$dir/rabbitmq.conf"
+  echo '[].' >"$dir/enabled_plugins"
+  epmd -port "$epmd_port" -address 127.0.0.1 >"$dir/epmd.log" 2>&1 &
+  EPMD_PID=$!
+  wait_port "$epmd_port"
+  env HOME="$dir/home" ERL_EPMD_PORT="$epmd_port" \
+    RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf" RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
+    RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" \
+    RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
+    RABBITMQ_PID_FILE="$dir/rabbitmq.pid" RABBITMQ_NODENAME="qmgrbench-$$@localhost" \
+    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$PORT" RABBITMQ_DIST_PORT="$dist_port" \
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+    /usr/lib/rabbitmq/bin/rabbitmq-server >"$dir/server.log" 2>&1 &
+  SERVER_PID=$!
+  wait_port "$PORT" 120
+}
 qb() { "$QBENCH" --target "$QTARGET" --seconds "$RUN_S" "$@"; }
 rb() { "$PBENCH" --port "$PORT" --seconds "$RUN_S" "$@"; }
 pb() {
@@ -233,6 +277,7 @@ pb() {
     --seconds "$RUN_S" "$@"
 }
 bb() { "$PBENCH" --system beanstalkd --port "$PORT" --seconds "$RUN_S" "$@"; }
+ab() { "$PBENCH" --system rabbitmq --port "$PORT" --seconds "$RUN_S" "$@"; }
 
 # Memory is measured on a freshly started server (an allocator reuses what
 # earlier rows freed), with producers alone, batched where the system can.
@@ -282,6 +327,18 @@ for system in $SYSTEMS; do
       stop_server
       start_beanstalkd
       memory beanstalkd -- bb --producers 8 --consumers 0
+      stop_server
+      ;;
+    rabbitmq)
+      durable="quorum queue; publisher confirms; manual ack"
+      rabbit="RabbitMQ $(dpkg-query -W -f '${Version}' rabbitmq-server | cut -d. -f1,2) (quorum queue)"
+      start_rabbitmq
+      measure "$rabbit" "$durable" -- ab --producers 8 --consumers 8
+      measure "$rabbit" "$durable" -- ab --producers 1 --consumers 1
+      measure "$rabbit" "$durable" -- ab --producers 8 --consumers 8 --batch 100
+      stop_server
+      start_rabbitmq
+      memory RabbitMQ -- ab --producers 8 --consumers 0 --batch 100
       stop_server
       ;;
     *) echo "unknown system $system" >&2; exit 2 ;;
