@@ -17,6 +17,11 @@
 // second, p50/p99/p999 latency of enqueue calls and of consumer calls, and
 // the ratio of qmgrd's calls/s to the no-op's. Only calls that complete
 // within --seconds count. A progress line per second goes to stderr.
+//
+// --messages N (--mode unary) replaces the time limit by a count: producers
+// enqueue N messages in all, consumers stop once N have been received, and
+// commit what they hold (bench/callgrind.sh divides qmgrd's instruction
+// count by it).
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -64,6 +69,7 @@ struct Config {
   std::string queue = "BENCH";
   uint32_t wait_ms = 100;
   bool noop = true;
+  int64_t messages = -1;  // >= 0: a count of messages instead of --seconds
 };
 
 // What one producer or consumer measured.
@@ -98,6 +104,11 @@ struct Run {
   const Config* c;
   Clock::time_point deadline;
   Progress progress;
+  // --messages: what producers have still to enqueue and consumers to take.
+  bool counted = false;
+  std::atomic<int64_t> to_enqueue{0};
+  std::atomic<int64_t> to_receive{0};
+  std::atomic<bool> finished{false};
   bool Over(Clock::time_point t) const { return t > deadline; }
 };
 
@@ -127,6 +138,7 @@ void ProduceUnary(Stub* stub, Run* run, Stats* st) {
   v1::EnqueueBatchRequest many;
   for (int i = 0; i < c.batch; ++i) *many.add_messages() = Message(c);
   while (true) {
+    if (run->counted && run->to_enqueue.fetch_sub(c.batch) < c.batch) return;
     grpc::ClientContext context;
     const Clock::time_point t0 = Clock::now();
     grpc::Status s;
@@ -295,6 +307,7 @@ void Consume(Stub* stub, Run* run, Stats* st) {
   uint64_t uow = 0;
   int held = 0;  // messages in the open unit
   while (true) {
+    if (run->counted && run->to_receive <= 0) break;
     v1::GetRequest request;
     request.set_queue(c.queue);
     request.set_wait_ms(c.wait_ms);
@@ -316,6 +329,7 @@ void Consume(Stub* stub, Run* run, Stats* st) {
       held = 0;
       continue;
     }
+    if (run->counted && response.has_message()) run->to_receive--;
     held = response.has_message() ? (c.batch == 1 ? 1 : held + 1) : (c.batch == 1 ? 0 : held);
     if (c.batch > 1 && uow != 0 && (held == c.batch || !response.has_message())) {
       t0 = Clock::now();
@@ -328,8 +342,16 @@ void Consume(Stub* stub, Run* run, Stats* st) {
       held = 0;
     }
   }
-  // Whatever is still held is committed, uncounted, so it is not redelivered.
-  if (uow != 0) calls.SyncPoint(uow);
+  // Whatever is still held is committed so it is not redelivered; counted
+  // only when the run is a count of messages (they were taken within it).
+  if (uow != 0) {
+    const Clock::time_point t0 = Clock::now();
+    const grpc::Status s = calls.SyncPoint(uow);
+    if (run->counted) {
+      st->Record(Clock::now() - t0, s.ok() ? held : 0, s);
+      if (s.ok()) run->progress.consumed += held;
+    }
+  }
 }
 
 // ---- One run against one server ---------------------------------------------------
@@ -363,7 +385,12 @@ Result RunAgainst(const std::string& name, const std::string& target, const Conf
   std::vector<std::unique_ptr<Stats>> producer_stats, consumer_stats;
   std::vector<std::thread> threads;
   const Clock::time_point start = Clock::now();
-  run.deadline = start + std::chrono::microseconds(static_cast<int64_t>(c.seconds * 1e6));
+  run.counted = c.messages >= 0;
+  run.to_enqueue = c.messages;
+  run.to_receive = c.messages;
+  run.deadline = run.counted
+                     ? Clock::time_point::max()
+                     : start + std::chrono::microseconds(static_cast<int64_t>(c.seconds * 1e6));
   for (int i = 0; i < c.producers; ++i) {
     producer_stats.push_back(std::make_unique<Stats>());
     auto* stub = stubs[i].get();
@@ -386,10 +413,12 @@ Result RunAgainst(const std::string& name, const std::string& target, const Conf
   }
   std::thread progress([&] {
     uint64_t enq = 0, got = 0, calls = 0;
-    for (int second = 1;
-         Clock::now() + std::chrono::seconds(1) <= run.deadline + std::chrono::milliseconds(100);
+    for (int second = 1; run.counted ? !run.finished
+                                     : Clock::now() + std::chrono::seconds(1) <=
+                                           run.deadline + std::chrono::milliseconds(100);
          ++second) {
       std::this_thread::sleep_until(start + std::chrono::seconds(second));
+      if (run.counted && run.finished) break;
       const uint64_t e = run.progress.enqueued, g = run.progress.consumed, k = run.progress.calls;
       std::cerr << absl::StrFormat(
           "[%s] %2ds  enqueued %8d/s  consumed %8d/s  calls %8d/s  backlog %d\n", name, second,
@@ -400,11 +429,12 @@ Result RunAgainst(const std::string& name, const std::string& target, const Conf
     }
   });
   for (std::thread& t : threads) t.join();
+  run.finished = true;
   progress.join();
 
   Result r;
   r.server = name;
-  r.seconds = c.seconds;
+  r.seconds = run.counted ? std::chrono::duration<double>(Clock::now() - start).count() : c.seconds;
   std::vector<Clock::duration> enq_lat, get_lat;
   for (auto& st : producer_stats) {
     r.enqueued += st->messages;
@@ -693,6 +723,10 @@ int main(int argc, char** argv) {
   app.add_option("--queue", c.queue, "Queue (deleted with its messages, then defined)")
       ->capture_default_str();
   app.add_option("--wait-ms", c.wait_ms, "Consumers' Get wait")->capture_default_str();
+  app.add_option("--messages", c.messages,
+                 "Unary mode: this many messages in all instead of --seconds (a multiple of "
+                 "--batch; 0: connect and define the queue only)")
+      ->check(CLI::NonNegativeNumber);
   bool no_noop = false;
   app.add_flag("--no-noop", no_noop, "Skip the no-op reference run");
   app.add_flag("--serve-noop", serve_noop, "(internal) serve the no-op service, print its address");
@@ -702,12 +736,16 @@ int main(int argc, char** argv) {
   if (c.target.empty()) Die("--target (qmgrd's address) is required");
   if (!v1::MessageClass_Parse(c.class_name, &c.cls))
     Die(absl::StrCat("unknown class ", c.class_name));
+  if (c.messages >= 0 && c.mode != "unary") Die("--messages needs --mode unary");
+  if (c.messages > 0 && c.messages % c.batch != 0) Die("--messages must be a multiple of --batch");
 
   const Machine m = DescribeMachine(".");
   std::cout << "machine: nproc=" << m.nproc << " kernel=" << m.kernel << " date=" << m.date << "\n";
   std::cout << absl::StrFormat(
-      "load: producers=%d consumers=%d size=%d class=%s batch=%d mode=%s window=%d seconds=%g\n",
-      c.producers, c.consumers, c.size, c.class_name, c.batch, c.mode, c.window, c.seconds);
+      "load: producers=%d consumers=%d size=%d class=%s batch=%d mode=%s window=%d %s\n",
+      c.producers, c.consumers, c.size, c.class_name, c.batch, c.mode, c.window,
+      c.messages >= 0 ? absl::StrCat("messages=", c.messages)
+                      : absl::StrCat("seconds=", c.seconds));
 
   PrepareQueue(c.target, c);
   const Result q = RunAgainst<v1::QueueManager>("qmgrd", c.target, c);
