@@ -633,9 +633,9 @@ std::string Table(const std::string& dir, double seconds, uint64_t max_backlog, 
       " of call us/m; syncs = the log's commit fdatasyncs; "
       "rec/sync\n"
       " = log records per fdatasync; latencies in us; get = Get(commit_previous), which includes\n"
-      " the durable wait of the previous unit's SYNCPOINT (W > 1: from the call to the durability\n"
-      " of the ENQUEUE, or of the commit of the unit that got the message); get to = Gets that\n"
-      " found the queue empty for the whole wait; refusals = FASTPATH Enqueues refused\n"
+      " the durable wait of the previous unit's SYNCPOINT (W > 1: from the call until the caller\n"
+      " saw the ENQUEUE, or the commit of the unit that got the message, durable); get to = Gets\n"
+      " that found the queue empty for the whole wait; refusals = FASTPATH Enqueues refused\n"
       " RESPONSE_OUTSTANDING)\n";
   for (const ScenarioResult& r : rs) {
     if (r.throttled > 0 || r.backoffs > 0) {
