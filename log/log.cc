@@ -267,6 +267,10 @@ absl::StatusOr<Lsn> Log::AppendFrame(uint8_t type, size_t payload_size,
   if (new_batch) {
     open_batch_.lsn = batch_lsn;
     open_batch_.prev_lsn = last_batch_lsn_;
+    // A buffer the writer is done with: no regrowing (and copying) the batch
+    // from empty at every group commit.
+    if (open_batch_.bytes.capacity() < spare_bytes_.capacity())
+      open_batch_.bytes.swap(spare_bytes_);
     open_batch_.bytes.assign(kBatchHeaderBytes, '\0');
     last_batch_lsn_ = batch_lsn;
     next_batch_lsn_ = batch_lsn;
@@ -401,6 +405,12 @@ void Log::WriterLoop() {
     durable_lsn_ = batches.back().end_lsn();
     durable_published_.store(durable_lsn_, std::memory_order_release);
     WakeDurableWaiters();
+    for (PendingBatch& batch : batches) {
+      if (batch.bytes.capacity() > spare_bytes_.capacity() &&
+          batch.bytes.capacity() <= kSpareBytesMax) {
+        spare_bytes_.swap(batch.bytes);
+      }
+    }
   }
 }
 

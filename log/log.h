@@ -185,6 +185,10 @@ class Log {
   absl::Mutex retire_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   PendingBatch open_batch_ ABSL_GUARDED_BY(mu_);
+  // The largest written batch's buffer (up to kSpareBytesMax), for the next
+  // batch to fill.
+  static constexpr size_t kSpareBytesMax = size_t{4} << 20;
+  std::string spare_bytes_ ABSL_GUARDED_BY(mu_);
   std::vector<PendingBatch> sealed_ ABSL_GUARDED_BY(mu_);  // full segments' batches
   Lsn next_batch_lsn_ ABSL_GUARDED_BY(mu_) = 0;            // where a new batch starts
   Lsn last_batch_lsn_ ABSL_GUARDED_BY(mu_) = kNoLsn;

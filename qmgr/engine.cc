@@ -685,7 +685,8 @@ absl::Status Engine::EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us
                             /*positive=*/true, 0, &ack_lsn);
       if (!acked.ok()) return Abandon(messages, acked.status());
     }
-    LogRecord record;
+    LogRecord& record = ScratchRecord(enqueue_record_);
+    qmgr::v1::EnqueueRecord* enqueue = record.mutable_enqueue();
     log::Lsn reserve_lsn = 0;
     log::Lsn unlogged_reserve_lsn = log::kNoLsn;
     for (size_t i = 0; i < specs.size(); ++i) {
@@ -696,7 +697,9 @@ absl::Status Engine::EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us
       Admit(messages[i].get(), classes[i], *id);
       results[i].message_id = *id;
       if (classes[i] == qmgr::v1::RECOVERABLE) {
-        *record.mutable_enqueue()->add_messages() = messages[i]->Whole();
+        qmgr::v1::Message* logged = enqueue->add_messages();
+        *logged = messages[i]->m;
+        logged->set_payload(*messages[i]->payload);
         messages[i]->logged = true;
       } else {
         unlogged_reserve_lsn = reserve_lsn;
@@ -704,12 +707,12 @@ absl::Status Engine::EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us
     }
     for (size_t i = 0; i < specs.size(); ++i) {
       if (classes[i] != qmgr::v1::RECOVERABLE || specs[i].origin_session.empty()) continue;
-      qmgr::v1::SessionAdvance* advance = record.mutable_enqueue()->add_sessions();
+      qmgr::v1::SessionAdvance* advance = enqueue->add_sessions();
       advance->set_session(specs[i].origin_session);
       advance->set_in_seq(specs[i].input_seq);
     }
-    if (record.has_enqueue() && record.enqueue().messages_size() > 0) {
-      absl::StatusOr<log::Lsn> lsn = log_->Append(record);
+    if (enqueue->messages_size() > 0) {
+      absl::StatusOr<log::Lsn> lsn = AppendScratch(record);
       if (!lsn.ok()) return Abandon(messages, lsn.status());
       *wait_lsn = *lsn;
     } else if (unlogged_reserve_lsn != log::kNoLsn) {
@@ -736,6 +739,33 @@ absl::Status Engine::EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us
     }
   }
   return absl::OkStatus();
+}
+
+LogRecord& Engine::ScratchRecord(LogRecord& record) {
+  // Clearing a body keeps its sub-messages and strings allocated; the next
+  // record of the same type fills them again.
+  switch (record.body_case()) {
+    case LogRecord::kEnqueue:
+      record.mutable_enqueue()->Clear();
+      break;
+    case LogRecord::kGet:
+      record.mutable_get()->Clear();
+      break;
+    case LogRecord::kSyncpoint:
+      record.mutable_syncpoint()->Clear();
+      break;
+    default:
+      record.Clear();
+  }
+  return record;
+}
+
+absl::StatusOr<log::Lsn> Engine::AppendScratch(LogRecord& record) {
+  absl::StatusOr<log::Lsn> lsn = log_->Append(record);
+  // A large record (a batch, a big unit) is not kept allocated.
+  constexpr size_t kScratchBytesMax = 64 << 10;
+  if (record.GetCachedSize() > static_cast<int>(kScratchBytesMax)) record.Clear();
+  return lsn;
 }
 
 // ---- Units of work -----------------------------------------------------------
@@ -992,13 +1022,13 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
       return s;
     }
     if (message->logged) {
-      LogRecord record;
+      LogRecord& record = ScratchRecord(get_record_);
       qmgr::v1::GetRecord* get = record.mutable_get();
       get->set_uow_id(uow);
       get->set_message_id(message->m.id());
       get->set_queue(queue->name);
       get->set_backout_count(message->m.backout_count());
-      absl::StatusOr<log::Lsn> lsn = log_->Append(record);
+      absl::StatusOr<log::Lsn> lsn = AppendScratch(record);
       if (!lsn.ok()) {
         drop_if_empty();
         return lsn.status();
@@ -1145,10 +1175,10 @@ absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* resul
   }
   // The record, when anything in the unit is (or becomes) recoverable.
   std::vector<std::pair<std::string, uint64_t>> hardened;  // session, input number
-  LogRecord record;
+  LogRecord& record = ScratchRecord(syncpoint_record_);
   log::Lsn lsn = log::kNoLsn;
   if (FillUnitRecord(*unit, record.mutable_syncpoint(), &hardened)) {
-    absl::StatusOr<log::Lsn> appended = log_->Append(record);
+    absl::StatusOr<log::Lsn> appended = AppendScratch(record);
     if (!appended.ok()) return appended.status();
     lsn = *appended;
   }

@@ -603,6 +603,13 @@ class Engine {
                                       std::shared_ptr<const std::string>* payload,
                                       std::vector<std::unique_ptr<Message>>* consumed)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A record reused under the latch for one record type (ENQUEUE, GET,
+  // SYNCPOINT): emptied, with its allocations kept, saving a dozen
+  // allocations and frees per message while the latch is held.
+  static qmgr::v1::LogRecord& ScratchRecord(qmgr::v1::LogRecord& record);
+  // Appends a scratch record; frees it if it grew large.
+  absl::StatusOr<log::Lsn> AppendScratch(qmgr::v1::LogRecord& record)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ending a unit while a Get of it waits would pull the unit from under it.
   absl::Status CheckNotWaiting(const Unit& unit) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static uint64_t TakenFrom(const Unit& unit, const std::string& queue);
@@ -683,6 +690,10 @@ class Engine {
   // the checkpoint may still read those payloads.
   bool checkpointing_ ABSL_GUARDED_BY(mu_) = false;
   absl::flat_hash_set<uint64_t> deferred_spill_drops_ ABSL_GUARDED_BY(mu_);
+  // Scratch records (ScratchRecord).
+  qmgr::v1::LogRecord enqueue_record_ ABSL_GUARDED_BY(mu_);
+  qmgr::v1::LogRecord get_record_ ABSL_GUARDED_BY(mu_);
+  qmgr::v1::LogRecord syncpoint_record_ ABSL_GUARDED_BY(mu_);
   uint64_t units_committed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t units_backed_out_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<int64_t> wait_cpu_nanos_{0};

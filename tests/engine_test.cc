@@ -357,6 +357,83 @@ TEST_F(EngineTest, EnqueueBatchAllOrNothing) {
   EXPECT_EQ(engine_->EnqueueBatch({}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// The engine reuses its ENQUEUE, GET and SYNCPOINT records: each record
+// carries exactly its own call's fields, nothing left from the one before
+// (sessions, optional strings, more messages or ids), also after a record
+// large enough to be freed.
+TEST_F(EngineTest, ReusedRecordsCarryNothingOfThePreviousOne) {
+  Define("A");
+  Define("B");
+  Bind("TERM");
+  std::vector<MessageSpec> batch;
+  for (int i = 0; i < 3; ++i) {
+    MessageSpec spec = Spec("A", absl::StrCat("a", i));
+    spec.origin_session = "TERM";
+    spec.input_seq = i + 1;
+    spec.correlation_id = "corr";
+    spec.reply_to = "B";
+    batch.push_back(spec);
+  }
+  ASSERT_TRUE(engine_->EnqueueBatch(batch).ok());
+  absl::StatusOr<EnqueueResult> plain = engine_->Enqueue(Spec("B", "b"));
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  std::vector<LogRecord> enqueues = RecordsOf(LogRecord::kEnqueue);
+  ASSERT_EQ(enqueues.size(), 2u);
+  EXPECT_EQ(enqueues[0].enqueue().messages_size(), 3);
+  EXPECT_EQ(enqueues[0].enqueue().sessions_size(), 3);
+  EXPECT_EQ(enqueues[0].enqueue().messages(2).correlation_id(), "corr");
+  const qmgr::v1::EnqueueRecord& second = enqueues[1].enqueue();
+  ASSERT_EQ(second.messages_size(), 1);
+  EXPECT_EQ(second.sessions_size(), 0);
+  EXPECT_EQ(second.messages(0).id(), plain->message_id);
+  EXPECT_EQ(second.messages(0).queue(), "B");
+  EXPECT_EQ(second.messages(0).payload(), "b");
+  EXPECT_EQ(second.messages(0).origin_session(), "");
+  EXPECT_EQ(second.messages(0).input_seq(), 0u);
+  EXPECT_EQ(second.messages(0).correlation_id(), "");
+  EXPECT_EQ(second.messages(0).reply_to(), "");
+
+  // Beyond 64 KiB the record is freed after its append; the next is whole.
+  std::vector<MessageSpec> big;
+  for (int i = 0; i < 10; ++i) big.push_back(Spec("B", std::string(8192, 'x')));
+  ASSERT_TRUE(engine_->EnqueueBatch(big).ok());
+  ASSERT_TRUE(engine_->Enqueue(Spec("B", "after")).ok());
+  enqueues = RecordsOf(LogRecord::kEnqueue);
+  ASSERT_EQ(enqueues.size(), 4u);
+  EXPECT_EQ(enqueues[2].enqueue().messages_size(), 10);
+  ASSERT_EQ(enqueues[3].enqueue().messages_size(), 1);
+  EXPECT_EQ(enqueues[3].enqueue().messages(0).payload(), "after");
+
+  // A unit of three Gets, backed out once, then committed; then a unit of one.
+  const UowId uow = engine_->BeginUnit();
+  for (int i = 0; i < 3; ++i) MustGet("A", uow);
+  ASSERT_TRUE(engine_->Backout(uow).ok());
+  const UowId again = engine_->BeginUnit();
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(MustGet("A", again).message.id());
+  ASSERT_TRUE(engine_->SyncPoint(again).ok());
+  GetResult single = MustGet("B");
+  ASSERT_TRUE(engine_->SyncPoint(single.uow).ok());
+  std::vector<LogRecord> gets = RecordsOf(LogRecord::kGet);
+  ASSERT_EQ(gets.size(), 7u);
+  EXPECT_EQ(gets[5].get().backout_count(), 1u);
+  EXPECT_EQ(gets[5].get().queue(), "A");
+  EXPECT_EQ(gets[6].get().uow_id(), single.uow);
+  EXPECT_EQ(gets[6].get().message_id(), single.message.id());
+  EXPECT_EQ(gets[6].get().queue(), "B");
+  EXPECT_EQ(gets[6].get().backout_count(), 0u);
+  std::vector<LogRecord> syncs = RecordsOf(LogRecord::kSyncpoint);
+  ASSERT_EQ(syncs.size(), 2u);
+  EXPECT_EQ(syncs[0].syncpoint().uow_id(), again);
+  EXPECT_EQ(std::vector<uint64_t>(syncs[0].syncpoint().consumed_message_ids().begin(),
+                                  syncs[0].syncpoint().consumed_message_ids().end()),
+            ids);
+  EXPECT_EQ(syncs[0].syncpoint().sessions_size(), 0);
+  EXPECT_EQ(syncs[1].syncpoint().uow_id(), single.uow);
+  ASSERT_EQ(syncs[1].syncpoint().consumed_message_ids_size(), 1);
+  EXPECT_EQ(syncs[1].syncpoint().consumed_message_ids(0), single.message.id());
+}
+
 // Backout returns a unit's Gets to the head of their queue in the order they
 // were taken, each with backout count + 1, ahead of later messages.
 TEST_F(EngineTest, BackoutOrderAndCounts) {
