@@ -6,9 +6,11 @@
 // Producers (--producers) enqueue --size byte messages of --class onto
 // --queue, --batch per call (EnqueueBatch when > 1); consumers
 // (--consumers) take them in units of work: unbatched, Get with
-// commit_previous (one call per message, IMS single mode); batched, --batch
-// Gets then a SyncPoint. --mode unary: one call in flight per producer or
-// consumer; --mode stream: producers keep --window requests in flight on an
+// commit_previous (one call per message, IMS single mode); batched
+// (--consume many, the default), a Get of up to --batch messages
+// (max_messages) with commit_previous, one call per unit; batched with
+// --consume units, --batch single Gets then a SyncPoint. --mode unary: one call in flight per
+// producer or consumer; --mode stream: producers keep --window requests in flight on an
 // EnqueueStream (batched: --window EnqueueBatch calls in flight), consumers
 // use a ProgramStream. Each producer and consumer has its own channel and
 // connection.
@@ -68,6 +70,9 @@ struct Config {
   double seconds = 5;
   std::string queue = "BENCH";
   uint32_t wait_ms = 100;
+  // Batched consumers: "many" (a Get of up to --batch messages per unit) or
+  // "units" (--batch single Gets, then a SyncPoint).
+  std::string consume = "many";
   bool noop = true;
   int64_t messages = -1;  // >= 0: a count of messages instead of --seconds
 };
@@ -304,16 +309,19 @@ template <typename Stub>
 void Consume(Stub* stub, Run* run, Stats* st) {
   const Config& c = *run->c;
   ConsumerCalls<Stub> calls(stub, c.mode == "stream");
+  // One call per unit: each Get commits the previous unit (commit_previous)
+  // and takes the next message, or up to --batch of them.
+  const bool get_commits = c.batch == 1 || c.consume == "many";
   uint64_t uow = 0;
-  int held = 0;  // messages in the open unit
+  uint64_t held = 0;  // messages in the open unit
   while (true) {
     if (run->counted && run->to_receive <= 0) break;
     v1::GetRequest request;
     request.set_queue(c.queue);
     request.set_wait_ms(c.wait_ms);
     request.set_uow(uow);
-    // Unbatched: each Get commits the previous message's unit.
-    request.set_commit_previous(c.batch == 1 && uow != 0);
+    request.set_commit_previous(get_commits && uow != 0);
+    if (c.batch > 1 && c.consume == "many") request.set_max_messages(c.batch);
     v1::GetResponse response;
     Clock::time_point t0 = Clock::now();
     grpc::Status s = calls.Get(request, &response);
@@ -321,17 +329,18 @@ void Consume(Stub* stub, Run* run, Stats* st) {
     // The unit the server now holds for us, counted or not.
     uow = s.ok() ? response.uow() : 0;
     if (run->Over(t1)) break;
-    const bool committed_previous = s.ok() && request.commit_previous();
-    st->Record(t1 - t0, committed_previous ? 1 : 0, s);
+    const uint64_t committed = s.ok() && request.commit_previous() ? held : 0;
+    st->Record(t1 - t0, committed, s);
     run->progress.calls++;
-    if (committed_previous) run->progress.consumed++;
+    run->progress.consumed += committed;
     if (!s.ok()) {
       held = 0;
       continue;
     }
-    if (run->counted && response.has_message()) run->to_receive--;
-    held = response.has_message() ? (c.batch == 1 ? 1 : held + 1) : (c.batch == 1 ? 0 : held);
-    if (c.batch > 1 && uow != 0 && (held == c.batch || !response.has_message())) {
+    const uint64_t got = response.has_message() ? 1 + response.more_size() : 0;
+    if (run->counted) run->to_receive -= got;
+    held = get_commits ? got : held + got;
+    if (!get_commits && uow != 0 && (held == uint64_t(c.batch) || got == 0)) {
       t0 = Clock::now();
       s = calls.SyncPoint(std::exchange(uow, 0));
       t1 = Clock::now();
@@ -476,9 +485,9 @@ class NoOpService final : public qmgr::bench::v1::NoOp::CallbackService {
     for (int i = 0; i < request->messages_size(); ++i) Fill(response->add_results());
     return Done(ctx);
   }
-  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* ctx, const v1::GetRequest*,
+  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* ctx, const v1::GetRequest* request,
                                 v1::GetResponse* response) override {
-    FillGet(response);
+    FillGet(*request, response);
     return Done(ctx);
   }
   grpc::ServerUnaryReactor* SyncPoint(grpc::CallbackServerContext* ctx, const v1::SyncPointRequest*,
@@ -576,7 +585,7 @@ class NoOpService final : public qmgr::bench::v1::NoOp::CallbackService {
       }
       response_.Clear();
       if (request_.has_get()) {
-        s_->FillGet(response_.mutable_get());
+        s_->FillGet(request_.get(), response_.mutable_get());
       } else {
         response_.mutable_sync_point()->set_lsn(s_->next_++);
       }
@@ -608,11 +617,15 @@ class NoOpService final : public qmgr::bench::v1::NoOp::CallbackService {
     r->set_lsn(n * 4096);
     r->set_durability(v1::DURABLE);
   }
-  void FillGet(v1::GetResponse* r) {
+  // As many messages as asked for (max_messages), like a full queue.
+  void FillGet(const v1::GetRequest& request, v1::GetResponse* r) {
     const uint64_t n = next_++;
     r->set_uow(n);
     r->set_lease_ms(60000);
-    v1::Message* m = r->mutable_message();
+    FillMessage(n, r->mutable_message());
+    for (uint32_t i = 1; i < request.max_messages(); ++i) FillMessage(n, r->add_more());
+  }
+  void FillMessage(uint64_t n, v1::Message* m) {
     m->set_id(n);
     m->set_queue("BENCH");
     m->set_class_(v1::RECOVERABLE);
@@ -727,6 +740,11 @@ int main(int argc, char** argv) {
                  "Unary mode: this many messages in all instead of --seconds (a multiple of "
                  "--batch; 0: connect and define the queue only)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--consume", c.consume,
+                 "Batched consumers: many (a Get of up to --batch messages per unit, "
+                 "max_messages) or units (--batch single Gets, then a SyncPoint)")
+      ->check(CLI::IsMember({"many", "units"}))
+      ->capture_default_str();
   bool no_noop = false;
   app.add_flag("--no-noop", no_noop, "Skip the no-op reference run");
   app.add_flag("--serve-noop", serve_noop, "(internal) serve the no-op service, print its address");
@@ -734,6 +752,9 @@ int main(int argc, char** argv) {
   if (serve_noop) return ServeNoOp(c.size);
   c.noop = !no_noop;
   if (c.target.empty()) Die("--target (qmgrd's address) is required");
+  if (c.consume == "many" && c.batch > 1000) {
+    Die("--consume many takes at most 1000 messages per Get: --batch 1000 or less");
+  }
   if (!v1::MessageClass_Parse(c.class_name, &c.cls))
     Die(absl::StrCat("unknown class ", c.class_name));
   if (c.messages >= 0 && c.mode != "unary") Die("--messages needs --mode unary");
@@ -742,8 +763,9 @@ int main(int argc, char** argv) {
   const Machine m = DescribeMachine(".");
   std::cout << "machine: nproc=" << m.nproc << " kernel=" << m.kernel << " date=" << m.date << "\n";
   std::cout << absl::StrFormat(
-      "load: producers=%d consumers=%d size=%d class=%s batch=%d mode=%s window=%d %s\n",
-      c.producers, c.consumers, c.size, c.class_name, c.batch, c.mode, c.window,
+      "load: producers=%d consumers=%d size=%d class=%s batch=%d consume=%s mode=%s window=%d "
+      "%s\n",
+      c.producers, c.consumers, c.size, c.class_name, c.batch, c.consume, c.mode, c.window,
       c.messages >= 0 ? absl::StrCat("messages=", c.messages)
                       : absl::StrCat("seconds=", c.seconds));
 

@@ -319,8 +319,9 @@ UnitOfWork::~UnitOfWork() {
   if (uow_ != 0) Backout().IgnoreError();
 }
 
-absl::StatusOr<std::optional<v1::Message>> UnitOfWork::DoGet(const std::string& queue,
-                                                             absl::Duration wait, bool commit) {
+absl::StatusOr<std::vector<v1::Message>> UnitOfWork::DoGet(const std::string& queue,
+                                                           uint32_t max_messages,
+                                                           absl::Duration wait, bool commit) {
   v1::ProgramRequest request;
   v1::GetRequest* get = request.mutable_get();
   get->set_uow(uow_);
@@ -328,21 +329,50 @@ absl::StatusOr<std::optional<v1::Message>> UnitOfWork::DoGet(const std::string& 
   get->set_wait_ms(
       static_cast<uint32_t>(std::clamp<int64_t>(absl::ToInt64Milliseconds(wait), 0, UINT32_MAX)));
   get->set_commit_previous(commit);
+  get->set_max_messages(max_messages);
   absl::StatusOr<v1::ProgramResponse> response = program_->Call(request);
   if (!response.ok()) return response.status();
-  uow_ = response->get().uow();
-  if (!response->get().has_message()) return std::nullopt;
-  return std::move(*response->mutable_get()->mutable_message());
+  v1::GetResponse& answer = *response->mutable_get();
+  uow_ = answer.uow();
+  std::vector<v1::Message> messages;
+  if (!answer.has_message()) return messages;
+  messages.reserve(1 + answer.more_size());
+  messages.push_back(std::move(*answer.mutable_message()));
+  for (v1::Message& more : *answer.mutable_more()) messages.push_back(std::move(more));
+  return messages;
 }
+
+namespace {
+std::optional<v1::Message> First(std::vector<v1::Message> messages) {
+  if (messages.empty()) return std::nullopt;
+  return std::move(messages.front());
+}
+}  // namespace
 
 absl::StatusOr<std::optional<v1::Message>> UnitOfWork::Get(const std::string& queue,
                                                            absl::Duration wait) {
-  return DoGet(queue, wait, false);
+  absl::StatusOr<std::vector<v1::Message>> got = DoGet(queue, 1, wait, false);
+  if (!got.ok()) return got.status();
+  return First(*std::move(got));
 }
 
 absl::StatusOr<std::optional<v1::Message>> UnitOfWork::CommitAndGet(const std::string& queue,
                                                                     absl::Duration wait) {
-  return DoGet(queue, wait, uow_ != 0);
+  absl::StatusOr<std::vector<v1::Message>> got = DoGet(queue, 1, wait, uow_ != 0);
+  if (!got.ok()) return got.status();
+  return First(*std::move(got));
+}
+
+absl::StatusOr<std::vector<v1::Message>> UnitOfWork::GetMany(const std::string& queue,
+                                                             uint32_t max_messages,
+                                                             absl::Duration wait) {
+  return DoGet(queue, max_messages, wait, false);
+}
+
+absl::StatusOr<std::vector<v1::Message>> UnitOfWork::CommitAndGetMany(const std::string& queue,
+                                                                      uint32_t max_messages,
+                                                                      absl::Duration wait) {
+  return DoGet(queue, max_messages, wait, uow_ != 0);
 }
 
 absl::Status UnitOfWork::Insert(v1::NewMessage message) {

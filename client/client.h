@@ -214,6 +214,12 @@ class UnitOfWork {
   // (bounded by the server's --get-wait-max-ms); nullopt if none came.
   absl::StatusOr<std::optional<qmgr::v1::Message>> Get(const std::string& queue,
                                                        absl::Duration wait);
+  // Up to `max_messages` (at most 1000) messages into this unit, in queue
+  // order: waits up to `wait` for the first only, then takes those there at
+  // once (fewer at the unit's limits); empty if none came.
+  absl::StatusOr<std::vector<qmgr::v1::Message>> GetMany(const std::string& queue,
+                                                         uint32_t max_messages,
+                                                         absl::Duration wait);
   // Buffers a message; it becomes visible at Commit.
   absl::Status Insert(qmgr::v1::NewMessage message);
   absl::StatusOr<qmgr::v1::SyncPointResponse> Commit();
@@ -223,14 +229,19 @@ class UnitOfWork {
   // other than "no message", this unit is still open and uncommitted.
   absl::StatusOr<std::optional<qmgr::v1::Message>> CommitAndGet(const std::string& queue,
                                                                 absl::Duration wait);
+  // CommitAndGet of up to `max_messages`, as GetMany takes them.
+  absl::StatusOr<std::vector<qmgr::v1::Message>> CommitAndGetMany(const std::string& queue,
+                                                                  uint32_t max_messages,
+                                                                  absl::Duration wait);
   // The server's id of the unit; 0 while it holds nothing.
   uint64_t id() const { return uow_; }
 
  private:
   friend class Program;
   explicit UnitOfWork(Program* program) : program_(program) {}
-  absl::StatusOr<std::optional<qmgr::v1::Message>> DoGet(const std::string& queue,
-                                                         absl::Duration wait, bool commit);
+  absl::StatusOr<std::vector<qmgr::v1::Message>> DoGet(const std::string& queue,
+                                                       uint32_t max_messages, absl::Duration wait,
+                                                       bool commit);
 
   Program* program_;
   uint64_t uow_ = 0;

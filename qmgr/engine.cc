@@ -880,13 +880,13 @@ absl::StatusOr<GetResult> Engine::GetNoWait(const GetOptions& options, log::Lsn*
   *durable_lsn = log::kNoLsn;
   log::Lsn commit_lsn = log::kNoLsn;
   log::Lsn get_lsn = log::kNoLsn;
-  std::shared_ptr<const std::string> payload;
+  std::vector<std::shared_ptr<const std::string>> payloads;
   std::vector<std::unique_ptr<Message>> consumed;
   const absl::Time now = options_.clock->Now();
   absl::StatusOr<GetResult> result;
   {
     absl::MutexLock lock(&mu_);
-    result = GetLocked(options, now, &commit_lsn, &get_lsn, &payload, &consumed);
+    result = GetLocked(options, now, &commit_lsn, &get_lsn, &payloads, &consumed);
   }
   consumed.clear();
   if (!result.ok() && commit_lsn != log::kNoLsn) {
@@ -895,7 +895,10 @@ absl::StatusOr<GetResult> Engine::GetNoWait(const GetOptions& options, log::Lsn*
     *durable_lsn = commit_lsn;
     return WithPreviousUnitCommitted(result.status(), options.uow);
   }
-  if (result.ok()) result->message.set_payload(*payload);  // the copy, outside the latch
+  if (result.ok()) {  // the copies, outside the latch
+    result->message.set_payload(*payloads[0]);
+    for (size_t i = 0; i < result->more.size(); ++i) result->more[i].set_payload(*payloads[i + 1]);
+  }
   // The log is written in LSN order: the later record durable, both are.
   for (const log::Lsn lsn : {commit_lsn, get_lsn}) {
     if (lsn != log::kNoLsn)
@@ -904,10 +907,10 @@ absl::StatusOr<GetResult> Engine::GetNoWait(const GetOptions& options, log::Lsn*
   return result;
 }
 
-absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Time now,
-                                            log::Lsn* commit_lsn, log::Lsn* get_lsn,
-                                            std::shared_ptr<const std::string>* payload,
-                                            std::vector<std::unique_ptr<Message>>* consumed) {
+absl::StatusOr<GetResult> Engine::GetLocked(
+    const GetOptions& options, absl::Time now, log::Lsn* commit_lsn, log::Lsn* get_lsn,
+    std::vector<std::shared_ptr<const std::string>>* payloads,
+    std::vector<std::unique_ptr<Message>>* consumed) {
   int64_t now_us = absl::ToUnixMicros(now);
   absl::Time deadline = absl::InfinitePast();  // set when a wait begins
   bool woken = false;                          // this call consumed a wake-up
@@ -1006,51 +1009,67 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
       now = options_.clock->Now();  // the wait took time: idle and expiry go by now
       now_us = absl::ToUnixMicros(now);
     }
-    if (message->unloaded()) {
-      if (absl::Status s = Unspill(message); !s.ok()) {
-        drop_if_empty();
-        return s;
-      }
-    }
-    const bool deferred = !message->logged && message->m.class_() != qmgr::v1::IRRECOVERABLE;
-    const uint64_t cost =
-        deferred ? message->m.ByteSizeLong() + message->payload->size() + kMessageOverheadBytes
-        : message->logged ? kConsumedIdBytes
-                          : 0;
-    if (absl::Status s = CheckUnitBytes(*unit, cost); !s.ok()) {
+    if (absl::Status s = TakeInto(*unit, *queue, message, now_us, get_lsn); !s.ok()) {
       drop_if_empty();
       return s;
     }
-    if (message->logged) {
-      LogRecord& record = ScratchRecord(get_record_);
-      qmgr::v1::GetRecord* get = record.mutable_get();
-      get->set_uow_id(uow);
-      get->set_message_id(message->m.id());
-      get->set_queue(queue->name);
-      get->set_backout_count(message->m.backout_count());
-      absl::StatusOr<log::Lsn> lsn = AppendScratch(record);
-      if (!lsn.ok()) {
-        drop_if_empty();
-        return lsn.status();
-      }
-      if (unit->first_lsn == log::kNoLsn) unit->first_lsn = *lsn;
-      // Wait only for a message delivered before, so that one that keeps
-      // killing its consumers is counted even across a server crash.
-      if (message->m.backout_count() > 0) *get_lsn = *lsn;
-    }
-    unit->record_bytes += cost;
     result.uow = uow;
     result.message = message->m;
-    *payload = message->payload;
-    message->taken_by = uow;
-    MarkChanged(message);
-    ++queue->traffic_of(*message).got;
-    unit->taken.push_back(std::move(queue->visible.front()));
-    queue->visible.pop_front();
-    ++queue->taken;
-    queue->rates.Got(now_us);
+    payloads->push_back(message->payload);
+    // The rest only as available now, under the same latch hold: a limit
+    // (the unit's, the answer's size) or a failure ends the batch early
+    // rather than failing it, since the first is taken.
+    uint64_t bytes = result.message.ByteSizeLong() + message->payload->size();
+    for (uint32_t n = 1; n < options.max_messages; ++n) {
+      if (unit->messages() >= options_.unit_messages_max) break;
+      message = TakeNext(queue, now_us);
+      if (message == nullptr) break;
+      if (message->unloaded() && !Unspill(message).ok()) break;
+      bytes += message->m.ByteSizeLong() + message->payload->size();
+      if (bytes > options.max_bytes) break;
+      if (!TakeInto(*unit, *queue, message, now_us, get_lsn).ok()) break;
+      result.more.push_back(message->m);
+      payloads->push_back(message->payload);
+    }
   }
   return result;
+}
+
+absl::Status Engine::TakeInto(Unit& unit, Queue& queue, Message* message, int64_t now_us,
+                              log::Lsn* get_lsn) {
+  if (message->unloaded()) {
+    if (absl::Status s = Unspill(message); !s.ok()) return s;
+  }
+  const bool deferred = !message->logged && message->m.class_() != qmgr::v1::IRRECOVERABLE;
+  const uint64_t cost =
+      deferred ? message->m.ByteSizeLong() + message->payload->size() + kMessageOverheadBytes
+      : message->logged ? kConsumedIdBytes
+                        : 0;
+  if (absl::Status s = CheckUnitBytes(unit, cost); !s.ok()) return s;
+  if (message->logged) {
+    LogRecord& record = ScratchRecord(get_record_);
+    qmgr::v1::GetRecord* get = record.mutable_get();
+    get->set_uow_id(unit.id);
+    get->set_message_id(message->m.id());
+    get->set_queue(queue.name);
+    get->set_backout_count(message->m.backout_count());
+    absl::StatusOr<log::Lsn> lsn = AppendScratch(record);
+    if (!lsn.ok()) return lsn.status();
+    if (unit.first_lsn == log::kNoLsn) unit.first_lsn = *lsn;
+    // Wait only for a message delivered before, so that one that keeps
+    // killing its consumers is counted even across a server crash. Records
+    // are durable in LSN order: the latest such (this one) is the one to wait for.
+    if (message->m.backout_count() > 0) *get_lsn = *lsn;
+  }
+  unit.record_bytes += cost;
+  message->taken_by = unit.id;
+  MarkChanged(message);
+  ++queue.traffic_of(*message).got;
+  unit.taken.push_back(std::move(queue.visible.front()));
+  queue.visible.pop_front();
+  ++queue.taken;
+  queue.rates.Got(now_us);
+  return absl::OkStatus();
 }
 
 absl::Status Engine::Insert(UowId uow, MessageSpec spec) {

@@ -140,11 +140,19 @@ struct GetOptions {
   // Commit the unit `uow` first, then take the message in a new unit: one
   // call per message for an IMS single-mode program.
   bool commit_previous = false;
+  // Up to this many messages into the unit (0 or 1: one). The wait is for the
+  // first only; the others are those available at once, in queue order.
+  uint32_t max_messages = 1;
+  // The messages after the first stop before their sizes (message and payload
+  // bytes) would bring the total above this: what one answer can carry.
+  uint64_t max_bytes = UINT64_MAX;
 };
 
 struct GetResult {
-  UowId uow = 0;  // the unit now holding the message
+  UowId uow = 0;  // the unit now holding the message(s)
   qmgr::v1::Message message;
+  // With max_messages > 1: the messages taken after `message`, in queue order.
+  std::vector<qmgr::v1::Message> more;
 };
 
 struct SyncPointResult {
@@ -597,10 +605,11 @@ class Engine {
                              std::vector<EnqueueResult>& results, log::Lsn* wait_lsn,
                              log::Lsn* hardened_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Get under the latch; sets the LSNs the caller must wait for.
-  // The payload is returned apart, to be copied after the latch is released.
+  // The payloads (the first message's, then those of result.more) are
+  // returned apart, to be copied after the latch is released.
   absl::StatusOr<GetResult> GetLocked(const GetOptions& options, absl::Time now,
                                       log::Lsn* commit_lsn, log::Lsn* get_lsn,
-                                      std::shared_ptr<const std::string>* payload,
+                                      std::vector<std::shared_ptr<const std::string>>* payloads,
                                       std::vector<std::unique_ptr<Message>>* consumed)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A record reused under the latch for one record type (ENQUEUE, GET,
@@ -610,6 +619,11 @@ class Engine {
   // Appends a scratch record; frees it if it grew large.
   absl::StatusOr<log::Lsn> AppendScratch(qmgr::v1::LogRecord& record)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves `message`, the front of `queue`'s visible list, into `unit`: its
+  // GET record (when logged), within the unit's byte limit. Raises *get_lsn
+  // to that record for a redelivered message. On an error it stays queued.
+  absl::Status TakeInto(Unit& unit, Queue& queue, Message* message, int64_t now_us,
+                        log::Lsn* get_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ending a unit while a Get of it waits would pull the unit from under it.
   absl::Status CheckNotWaiting(const Unit& unit) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static uint64_t TakenFrom(const Unit& unit, const std::string& queue);

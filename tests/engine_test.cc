@@ -45,6 +45,7 @@ class EngineTest : public ::testing::Test {
     options.id_block = 64;
     options.first_free_id = first_free_id;
     options.unit_messages_max = 1000;
+    options.unit_bytes_max = unit_bytes_max_;
     options.memory_budget_bytes = memory_budget_bytes;
     options.spill = spill;
     engine_ = std::make_unique<Engine>(log_.get(), options);
@@ -109,6 +110,30 @@ class EngineTest : public ::testing::Test {
     return got.ok() ? *got : GetResult{};
   }
 
+  // A Get of up to `max` messages.
+  GetResult MustGetMany(const std::string& queue, uint32_t max, UowId uow = 0,
+                        bool commit_previous = false) {
+    GetOptions get{uow, queue, absl::ZeroDuration(), commit_previous};
+    get.max_messages = max;
+    absl::StatusOr<GetResult> got = engine_->Get(get);
+    EXPECT_TRUE(got.ok()) << got.status();
+    return got.ok() ? *got : GetResult{};
+  }
+
+  // The payloads a Get returned, in order.
+  static std::vector<std::string> Payloads(const GetResult& got) {
+    std::vector<std::string> out = {got.message.payload()};
+    for (const qmgr::v1::Message& m : got.more) out.push_back(m.payload());
+    return out;
+  }
+
+  void EnqueueNumbered(const std::string& queue, int n) {
+    std::vector<MessageSpec> specs;
+    for (int i = 0; i < n; ++i) specs.push_back(Spec(queue, absl::StrCat(i)));
+    ASSERT_TRUE(engine_->EnqueueBatch(std::move(specs)).ok());
+  }
+
+  uint64_t unit_bytes_max_ = 8u << 20;
   FaultFileSystem fs_;
   ManualClock clock_;
   std::unique_ptr<log::Log> log_;
@@ -1013,6 +1038,185 @@ TEST_F(EngineTest, GetCommitPreviousFailingAfterTheCommitSaysSo) {
   EXPECT_EQ(refused.code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(PreviousUnitCommitted(refused), 0u);
   EXPECT_TRUE(engine_->SyncPoint(second.uow).ok()) << "still open";
+}
+
+// A Get of many: up to max_messages in queue order, one GET record each,
+// only what is there (no wait beyond the first), into one unit.
+TEST_F(EngineTest, GetOfManyTakesWhatIsThereInOrder) {
+  Define("Q");
+  EnqueueNumbered("Q", 5);
+  GetResult got = MustGetMany("Q", 3);
+  EXPECT_EQ(Payloads(got), (std::vector<std::string>{"0", "1", "2"}));
+  std::vector<LogRecord> gets = RecordsOf(LogRecord::kGet);
+  ASSERT_EQ(gets.size(), 3u);
+  for (size_t i = 0; i < gets.size(); ++i) {
+    EXPECT_EQ(gets[i].get().uow_id(), got.uow);
+    EXPECT_EQ(gets[i].get().message_id(), i == 0 ? got.message.id() : got.more[i - 1].id());
+  }
+  // Two left: both come at once although the Get would wait 10 s for a first.
+  const absl::Time start = absl::Now();
+  absl::StatusOr<GetResult> rest = engine_->Get([&] {
+    GetOptions get{got.uow, "Q", absl::Seconds(10)};
+    get.max_messages = 10;
+    return get;
+  }());
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_EQ(rest->uow, got.uow);
+  EXPECT_EQ(Payloads(*rest), (std::vector<std::string>{"3", "4"}));
+  EXPECT_EQ(engine_->DisplayQueue("Q")->taken, 5u);
+  absl::StatusOr<SyncPointResult> sync = engine_->SyncPoint(got.uow);
+  ASSERT_TRUE(sync.ok()) << sync.status();
+  EXPECT_EQ(sync->consumed, 5u);
+  EXPECT_EQ(engine_->DisplayQueue("Q")->depth, 0u);
+
+  // 0 is one message.
+  EnqueueNumbered("Q", 2);
+  GetResult one = MustGetMany("Q", 0);
+  EXPECT_EQ(Payloads(one), (std::vector<std::string>{"0"}));
+
+  // Waiting, the Get waits for the first only: a batch enqueued later comes
+  // whole.
+  MustGetMany("Q", 1, one.uow);  // the queue now empty
+  absl::StatusOr<GetResult> waited;
+  std::thread getter([&] {
+    GetOptions get{0, "Q", absl::Seconds(10)};
+    get.max_messages = 10;
+    waited = engine_->Get(get);
+  });
+  absl::SleepFor(absl::Milliseconds(50));
+  EnqueueNumbered("Q", 3);
+  getter.join();
+  ASSERT_TRUE(waited.ok()) << waited.status();
+  EXPECT_EQ(Payloads(*waited), (std::vector<std::string>{"0", "1", "2"}));
+  EXPECT_EQ(engine_->Get({waited->uow, "Q"}).status().code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+// commit_previous with many: one call commits the previous unit's messages
+// (one SYNCPOINT naming them all) and takes the next ones into a new unit.
+TEST_F(EngineTest, GetOfManyCommitPrevious) {
+  Define("Q");
+  EnqueueNumbered("Q", 7);
+  GetResult a = MustGetMany("Q", 3);
+  GetResult b = MustGetMany("Q", 3, a.uow, /*commit_previous=*/true);
+  EXPECT_NE(a.uow, b.uow);
+  EXPECT_EQ(Payloads(b), (std::vector<std::string>{"3", "4", "5"}));
+  std::vector<LogRecord> syncs = RecordsOf(LogRecord::kSyncpoint);
+  ASSERT_EQ(syncs.size(), 1u);
+  EXPECT_EQ(syncs[0].syncpoint().consumed_message_ids_size(), 3);
+  GetResult c = MustGetMany("Q", 3, b.uow, true);
+  EXPECT_EQ(Payloads(c), (std::vector<std::string>{"6"}));
+  ASSERT_TRUE(engine_->SyncPoint(c.uow).ok());
+  EXPECT_EQ(engine_->DisplayQueue("Q")->depth, 0u);
+  EXPECT_EQ(engine_->DisplayQueue("Q")->taken, 0u);
+}
+
+// The unit's limits and the answer's size end a Get of many early, without
+// failing it; a Get that can take none fails as a single one does.
+TEST_F(EngineTest, GetOfManyStopsEarlyAtLimits) {
+  Define("Q");
+  EnqueueNumbered("Q", 1005);
+  GetResult got = MustGetMany("Q", 995);
+  EXPECT_EQ(got.more.size(), 994u);
+  GetResult rest = MustGetMany("Q", 100, got.uow);
+  EXPECT_EQ(rest.more.size() + 1, 5u) << "unit_messages_max is 1000";
+  EXPECT_EQ(rest.more.back().payload(), "999");
+  absl::Status full = engine_->Get({got.uow, "Q"}).status();
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+  ASSERT_TRUE(engine_->Backout(got.uow).ok());
+
+  // The answer's size: the first message always, the rest while they fit.
+  GetOptions sized{0, "Q"};
+  sized.max_messages = 100;
+  sized.max_bytes = 1;
+  absl::StatusOr<GetResult> first_only = engine_->Get(sized);
+  ASSERT_TRUE(first_only.ok()) << first_only.status();
+  EXPECT_TRUE(first_only->more.empty());
+  const uint64_t each = first_only->message.ByteSizeLong();
+  sized.uow = first_only->uow;
+  sized.max_bytes = 3 * each + each / 2;
+  absl::StatusOr<GetResult> three = engine_->Get(sized);
+  ASSERT_TRUE(three.ok()) << three.status();
+  EXPECT_EQ(Payloads(*three), (std::vector<std::string>{"1", "2", "3"}));
+  ASSERT_TRUE(engine_->Backout(first_only->uow).ok());
+
+  // unit_bytes_max: as many as single Gets could take into one unit.
+  Stop();
+  unit_bytes_max_ = 1000;
+  Start(/*first_free_id=*/1 << 20);  // ids beyond those already in the log
+  Define("B");
+  for (int i = 0; i < 200; ++i) ASSERT_TRUE(engine_->Enqueue(Spec("B", absl::StrCat(i))).ok());
+  UowId uow = 0;
+  size_t singles = 0;
+  while (true) {
+    absl::StatusOr<GetResult> one = engine_->Get({uow, "B"});
+    if (!one.ok()) {
+      EXPECT_EQ(one.status().code(), absl::StatusCode::kResourceExhausted) << one.status();
+      EXPECT_NE(one.status().message().find("unit_bytes_max"), absl::string_view::npos);
+      break;
+    }
+    uow = one->uow;
+    ++singles;
+  }
+  ASSERT_GT(singles, 10u);
+  ASSERT_LT(singles, 200u);
+  ASSERT_TRUE(engine_->Backout(uow).ok());
+  GetResult many = MustGetMany("B", 1000);
+  EXPECT_EQ(many.more.size() + 1, singles);
+  EXPECT_EQ(many.message.payload(), "0");
+}
+
+// Expired messages met on the way are discarded, as by single Gets.
+TEST_F(EngineTest, GetOfManyDiscardsExpiredMessages) {
+  Define("Q");
+  ASSERT_TRUE(engine_->Enqueue(Spec("Q", "a")).ok());
+  MessageSpec stale = Spec("Q", "stale");
+  stale.expiry_time_us = clock_.NowMicros() + 10'000'000;
+  absl::StatusOr<EnqueueResult> stale_put = engine_->Enqueue(stale);
+  ASSERT_TRUE(stale_put.ok());
+  ASSERT_TRUE(engine_->Enqueue(Spec("Q", "b")).ok());
+  ASSERT_TRUE(engine_->Enqueue(stale).ok());
+  clock_.Advance(absl::Seconds(11));
+  GetResult got = MustGetMany("Q", 10);
+  EXPECT_EQ(Payloads(got), (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(engine_->DisplayQueue("Q")->expired_discarded, 2u);
+  EXPECT_EQ(engine_->DisplayQueue("Q")->depth, 0u);
+  std::vector<LogRecord> syncs = RecordsOf(LogRecord::kSyncpoint);
+  ASSERT_EQ(syncs.size(), 2u);
+  EXPECT_EQ(syncs[0].syncpoint().consumed_message_ids(0), stale_put->message_id);
+}
+
+// A backout of a unit of many returns them all, in order, counts + 1; taken
+// again, they come back after their GET records are durable.
+TEST_F(EngineTest, GetOfManyBackoutAndRedelivery) {
+  Define("Q");
+  EnqueueNumbered("Q", 12);
+  GetResult got = MustGetMany("Q", 10);
+  ASSERT_EQ(got.more.size(), 9u);
+  ASSERT_TRUE(engine_->Backout(got.uow).ok());
+  fs_.CloseSyncGate();
+  std::atomic<bool> returned{false};
+  GetResult again;
+  std::thread redelivery([&] {
+    again = MustGetMany("Q", 20);
+    returned = true;
+  });
+  ASSERT_TRUE(fs_.AwaitSyncsAtGate(1, absl::Seconds(10)));
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_FALSE(returned.load()) << "a redelivery waits for its GET records";
+  fs_.OpenSyncGate();
+  redelivery.join();
+  std::vector<std::string> expected;
+  for (int i = 0; i < 12; ++i) expected.push_back(absl::StrCat(i));
+  EXPECT_EQ(Payloads(again), expected);
+  EXPECT_EQ(again.message.backout_count(), 1u);
+  for (size_t i = 0; i < again.more.size(); ++i) {
+    EXPECT_EQ(again.more[i].backout_count(), i < 9 ? 1u : 0u) << i;
+  }
+  std::vector<LogRecord> gets = RecordsOf(LogRecord::kGet);
+  ASSERT_EQ(gets.size(), 22u);
+  EXPECT_EQ(gets[10].get().backout_count(), 1u);
+  EXPECT_EQ(gets[21].get().backout_count(), 0u);
 }
 
 }  // namespace

@@ -190,6 +190,51 @@ TEST_F(OperationsTest, CompletionsAnswerAGetOnlyOnceThePreviousUnitsCommitIsDura
   EXPECT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(10)));
 }
 
+// A Get of many stops at what one answer may carry (max_send_bytes), the
+// first message always; a redelivered batch is answered once the latest of
+// its GET records is durable; max_messages beyond 1000 is INVALID_ARGUMENT.
+TEST_F(OperationsTest, AGetOfManyFitsOneAnswerAndWaitsForItsRedeliveredRecords) {
+  OperationsOptions options;
+  options.max_send_bytes = 4000;
+  ops_ = std::make_unique<Operations>(engine_.get(), options);
+  for (int i = 0; i < 10; ++i) {
+    v1::NewMessage m = To("Q");
+    m.set_payload(std::string(1000, 'a' + i));
+    ASSERT_TRUE(ops_->Enqueue(m).ok());
+  }
+  v1::GetRequest get;
+  get.set_queue("Q");
+  get.set_max_messages(10);
+  auto got = ops_->Get(get, kLeaseOwner, absl::InfiniteFuture(), [] { return false; });
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->more_size(), 2) << "three 1000-byte messages fit 4000 bytes, four do not";
+  EXPECT_LE(got->ByteSizeLong(), options.max_send_bytes);
+  EXPECT_EQ(got->more(1).payload(), std::string(1000, 'c'));
+
+  v1::BackoutRequest backout;
+  backout.set_uow(got->uow());
+  ASSERT_TRUE(ops_->Backout(backout, kLeaseOwner).ok());
+  DurableCompletions completions(engine_.get());
+  fs_.CloseSyncGate();
+  log::Lsn lsn = log::kNoLsn;
+  auto again = ops_->Get(
+      get, kLeaseOwner, absl::InfiniteFuture(), [] { return false; }, "", &lsn);
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_EQ(again->more_size(), 2);
+  EXPECT_EQ(again->more(1).backout_count(), 1u);
+  ASSERT_NE(lsn, log::kNoLsn);
+  absl::Notification answered;
+  completions.After(lsn, [&](absl::Status) { answered.Notify(); });
+  ASSERT_TRUE(fs_.AwaitSyncsAtGate(1, absl::Seconds(10)));
+  EXPECT_FALSE(answered.WaitForNotificationWithTimeout(absl::Milliseconds(200)));
+  fs_.OpenSyncGate();
+  EXPECT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(10)));
+
+  get.set_max_messages(1001);
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      ops_->Get(get, kLeaseOwner, absl::InfiniteFuture(), [] { return false; }).status()));
+}
+
 TEST_F(OperationsTest, CompletionsAnswerAtOnceWhatNeedsNoWaitAndDrainOnStop) {
   DurableCompletions completions(engine_.get());
   bool inline_answer = false;

@@ -458,6 +458,105 @@ TEST_F(QmgrdTest, GetWaitsForAMessageEnqueuedMeanwhile) {
   EXPECT_EQ(got.message().payload(), "late");
 }
 
+// GetRequest.max_messages over unary Get: up to that many into one unit, in
+// queue order, what is there; more than a Get takes is INVALID_ARGUMENT,
+// refused before a commit_previous commits anything.
+TEST_F(QmgrdTest, UnaryGetOfManyTakesWhatIsThereInOneUnit) {
+  server_.Define("MANY");
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(server_.Enqueue("MANY", absl::StrCat(i)).ok());
+  v1::GetRequest request;
+  request.set_queue("MANY");
+  request.set_max_messages(3);
+  v1::GetResponse got;
+  ASSERT_TRUE(server_.qm().Get(server_.Context().get(), request, &got).ok());
+  EXPECT_EQ(got.message().payload(), "0");
+  ASSERT_EQ(got.more_size(), 2);
+  EXPECT_EQ(got.more(0).payload(), "1");
+  EXPECT_EQ(got.more(1).payload(), "2");
+  const uint64_t uow = got.uow();
+
+  request.set_uow(uow);
+  request.set_commit_previous(true);
+  request.set_max_messages(1001);
+  grpc::Status refused = server_.qm().Get(server_.Context().get(), request, &got);
+  EXPECT_REFUSED(refused, kInvalidArgument, "");
+  EXPECT_TRUE(absl::StrContains(refused.error_message(), "max_messages"))
+      << refused.error_message();
+
+  request.set_max_messages(1000);
+  request.set_wait_ms(5000);  // two are there: no wait for more
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(server_.qm().Get(server_.Context().get(), request, &got).ok());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(4));
+  EXPECT_NE(got.uow(), uow);
+  EXPECT_EQ(got.message().payload(), "3");
+  ASSERT_EQ(got.more_size(), 1);
+  EXPECT_EQ(got.more(0).payload(), "4");
+  EXPECT_EQ(server_.Depth("MANY"), 0u);
+
+  // Backed out, the unit's messages return in order with their counts raised.
+  v1::BackoutRequest backout;
+  backout.set_uow(got.uow());
+  v1::BackoutResponse backed_out;
+  ASSERT_TRUE(server_.qm().Backout(server_.Context().get(), backout, &backed_out).ok());
+  request.set_uow(0);
+  request.set_commit_previous(false);
+  request.set_wait_ms(0);
+  ASSERT_TRUE(server_.qm().Get(server_.Context().get(), request, &got).ok());
+  EXPECT_EQ(got.message().payload(), "3");
+  EXPECT_EQ(got.message().backout_count(), 1u);
+  ASSERT_EQ(got.more_size(), 1);
+  EXPECT_EQ(got.more(0).backout_count(), 1u);
+  v1::SyncPointRequest sync;
+  sync.set_uow(got.uow());
+  v1::SyncPointResponse synced;
+  ASSERT_TRUE(server_.qm().SyncPoint(server_.Context().get(), sync, &synced).ok());
+  EXPECT_EQ(synced.consumed(), 2u);
+}
+
+// The same on a ProgramStream through the client library, including a Get
+// of many that waits for its first message, and a refusal that does not end
+// the stream.
+TEST_F(QmgrdTest, ProgramStreamGetOfMany) {
+  server_.Define("SMANY");
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(server_.Enqueue("SMANY", absl::StrCat(i)).ok());
+  absl::StatusOr<std::unique_ptr<client::Program>> program = server_.client().OpenProgram();
+  ASSERT_TRUE(program.ok()) << program.status();
+  client::UnitOfWork unit = (*program)->Begin();
+  EXPECT_REFUSED_ABSL(unit.GetMany("SMANY", 5000, absl::ZeroDuration()).status(), kInvalidArgument,
+                      "");
+  absl::StatusOr<std::vector<v1::Message>> got = unit.GetMany("SMANY", 3, absl::ZeroDuration());
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ((*got)[i].payload(), absl::StrCat(i));
+  const uint64_t first_unit = unit.id();
+  got = unit.CommitAndGetMany("SMANY", 10, absl::ZeroDuration());
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 1u);
+  EXPECT_EQ((*got)[0].payload(), "3");
+  EXPECT_NE(unit.id(), first_unit);
+  ASSERT_TRUE(unit.Commit().ok());
+  EXPECT_EQ(server_.Depth("SMANY"), 0u);
+
+  // Waiting: a batch enqueued during the wait comes whole.
+  std::thread producer([&] {
+    absl::SleepFor(absl::Milliseconds(200));
+    std::vector<v1::NewMessage> batch(3);
+    for (int i = 0; i < 3; ++i) {
+      batch[i].set_queue("SMANY");
+      batch[i].set_payload(absl::StrCat("late", i));
+    }
+    EXPECT_TRUE(server_.client().EnqueueBatch(batch).ok());
+  });
+  got = unit.GetMany("SMANY", 10, absl::Seconds(5));
+  producer.join();
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 3u);
+  EXPECT_EQ((*got)[2].payload(), "late2");
+  ASSERT_TRUE(unit.Commit().ok());
+  EXPECT_TRUE((*program)->Close().ok());
+}
+
 // --- Programs (stream) and unit ownership ------------------------------------
 
 TEST_F(QmgrdTest, ProgramStreamRunsUnitsAndRefusesWithoutEndingTheStream) {

@@ -198,6 +198,34 @@ TEST_F(RestartTest, EmergencyRestartRedoesTheLogAndBacksOutUnitsWithoutOutcome) 
   EXPECT_EQ(counts[0], 1u);
 }
 
+// A Get of many writes a GET record per message, as single Gets do: at a
+// crash, an uncommitted unit of many returns all its messages in order with
+// counts + 1; a committed one has removed them all.
+TEST_F(RestartTest, AGetOfManyIsRestartedLikeSingleGets) {
+  ASSERT_NE(Open(), nullptr);
+  Define("Q");
+  for (int i = 0; i < 8; ++i) Put("Q", absl::StrCat("m", i));
+  GetOptions get;
+  get.queue = "Q";
+  get.max_messages = 3;
+  absl::StatusOr<GetResult> committed = engine()->Get(get);  // m0..m2
+  ASSERT_TRUE(committed.ok()) << committed.status();
+  ASSERT_EQ(committed->more.size(), 2u);
+  ASSERT_TRUE(engine()->SyncPoint(committed->uow).ok());
+  get.max_messages = 4;
+  absl::StatusOr<GetResult> open = engine()->Get(get);  // m3..m6, left open
+  ASSERT_TRUE(open.ok()) << open.status();
+  ASSERT_EQ(open->more.size(), 3u);
+  Put("Q", "m8");  // makes the GET records durable
+  Crash();
+
+  ASSERT_NE(Open(), nullptr);
+  EXPECT_EQ(qm_->restart_report().units_backed_out, 1u);
+  std::vector<uint32_t> counts;
+  EXPECT_EQ(Contents("Q", &counts), (Strings{"m3", "m4", "m5", "m6", "m7", "m8"}));
+  EXPECT_EQ(counts, (std::vector<uint32_t>{1, 1, 1, 1, 0, 0}));
+}
+
 TEST_F(RestartTest, MessageTakenAtTheCheckpointIsBackedOutFromItsImage) {
   ASSERT_NE(Open(), nullptr);
   Define("Q");

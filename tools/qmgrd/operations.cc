@@ -17,6 +17,10 @@ using qmgr::v1::NewMessage;
 // after the caller left would come back only when its lease ends, with its
 // backout count raised.
 constexpr absl::Duration kDeadlineMargin = absl::Milliseconds(50);
+// The most messages one Get takes (GetRequest.max_messages).
+constexpr uint32_t kGetMessagesMax = 1000;
+// Per message of a GetResponse beyond its own size: tag and length.
+constexpr uint64_t kGetFramingBytes = 16;
 constexpr uint32_t kBrowseDefaultMessages = 100;
 constexpr uint32_t kBrowseMessagesMax = 10000;
 // Per message of a BrowseResponse beyond its own size: tag and length.
@@ -194,6 +198,11 @@ absl::StatusOr<qmgr::v1::GetResponse> Operations::Get(const qmgr::v1::GetRequest
     return a;
   };
   if (durable_lsn != nullptr) *durable_lsn = log::kNoLsn;
+  if (request.max_messages() > kGetMessagesMax) {
+    return absl::InvalidArgumentError(absl::StrCat("max_messages ", request.max_messages(),
+                                                   " is more than a Get takes (", kGetMessagesMax,
+                                                   ")"));
+  }
   if (request.uow() != 0) {
     if (absl::Status s = CheckOwner(request.uow(), owner, identity); !s.ok()) return s;
   }
@@ -215,6 +224,11 @@ absl::StatusOr<qmgr::v1::GetResponse> Operations::Get(const qmgr::v1::GetRequest
   options.uow = request.uow();
   options.queue = request.queue();
   options.commit_previous = request.commit_previous() && request.uow() != 0;
+  options.max_messages = std::max<uint32_t>(request.max_messages(), 1);
+  // What the answer (or its ProgramResponse envelope) carries besides the
+  // messages' own bytes.
+  const uint64_t framing = (options.max_messages + 1) * kGetFramingBytes;
+  options.max_bytes = options_.max_send_bytes > framing ? options_.max_send_bytes - framing : 0;
   qmgr::v1::GetResponse response;
   response.set_lease_ms(lease_ms());
   // The wait goes in slices, so that a caller that left, or a shutdown, ends
@@ -231,6 +245,8 @@ absl::StatusOr<qmgr::v1::GetResponse> Operations::Get(const qmgr::v1::GetRequest
       if (result->uow != options.uow) AddUnit(result->uow, owner, identity);  // a new unit
       response.set_uow(result->uow);
       *response.mutable_message() = std::move(result->message);
+      response.mutable_more()->Reserve(static_cast<int>(result->more.size()));
+      for (qmgr::v1::Message& more : result->more) *response.add_more() = std::move(more);
       return answer(std::move(response));
     }
     if (!absl::IsDeadlineExceeded(result.status())) {

@@ -78,6 +78,8 @@ class Operations {
   // Programs. `stop_waiting` is polled while the Get waits (the caller went
   // away); the wait also ends at `call_deadline`, the caller's own deadline.
   // No message within the wait is not an error: the response has none.
+  // max_messages > 1: the rest (response.more) are those there at once,
+  // within what one answer carries (max_send_bytes).
   // `identity`: the caller's; a unit opened here belongs to it.
   absl::StatusOr<qmgr::v1::GetResponse> Get(const qmgr::v1::GetRequest& request, Owner owner,
                                             absl::Time call_deadline,
