@@ -320,7 +320,8 @@ std::vector<std::string> Model::Check(const ObservedState& state) const {
     auto unit = state.in_doubt.find(xid);
     if (unit == state.in_doubt.end()) {
       broken.push_back(absl::StrCat("prepared unit ", xid, " is not in doubt"));
-    } else if (std::find(unit->second.begin(), unit->second.end(), id) == unit->second.end()) {
+    } else if (id != 0 &&  // 0: the unit took no message
+               std::find(unit->second.begin(), unit->second.end(), id) == unit->second.end()) {
       broken.push_back(absl::StrCat("prepared unit ", xid, " does not lock message ", id));
     }
   }

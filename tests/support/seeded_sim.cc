@@ -129,12 +129,13 @@ class Simulation {
     kAcknowledge,
     kCheckpoint,
     kIdleTimeout,
+    kForget,
     kOpCount,
   };
   static constexpr const char* kOpNames[kOpCount] = {
       "enqueue", "batch", "irrecoverable", "get",     "insert", "syncpoint",
       "backout", "cget",  "prepare",       "resolve", "input",  "deferred",
-      "receive", "ack",   "checkpoint",    "idle"};
+      "receive", "ack",   "checkpoint",    "idle",    "forget"};
 
   bool Setup() {
     std::string path;
@@ -267,6 +268,7 @@ class Simulation {
               .statuses.front();
       Trace(absl::StrCat("indoubt ", unit.key.xid.substr(0, 24), " ", commit, " ", Code(s)));
       if (!s.ok()) continue;
+      decided_xids_.push_back(unit.key.xid);
       for (uint64_t id : unit.locked_messages) Emit({commit ? 'C' : 'S', id, ""});
       for (const std::string& marker : xid_inserts_[unit.key.xid]) {
         Emit({commit ? 'I' : 'B', 0, marker});
@@ -422,7 +424,7 @@ class Simulation {
   // --- Operations ---------------------------------------------------------------
 
   Op PickOp() {
-    static constexpr int kWeights[kOpCount] = {10, 3, 3, 8, 8, 6, 2, 4, 3, 3, 5, 3, 5, 5, 1, 1};
+    static constexpr int kWeights[kOpCount] = {10, 3, 3, 8, 8, 6, 2, 4, 3, 3, 5, 3, 5, 5, 1, 1, 1};
     int total = 0;
     for (int w : kWeights) total += w;
     int pick = static_cast<int>(random_() % total);
@@ -613,6 +615,7 @@ class Simulation {
         Trace(absl::StrCat("resolve ", commit, " ", Code(s)));
         if (s.ok()) {
           xid_inserts_.erase(unit->xid);
+          decided_xids_.push_back(unit->xid);
           if (unit->taken != 0) Emit({commit ? 'C' : 'S', unit->taken, ""});
           for (const std::string& marker : unit->inserts) {
             Emit({commit ? 'I' : 'B', 0, marker});
@@ -678,6 +681,19 @@ class Simulation {
           Fail(absl::StrCat("the idle timeout backed out ", reaped, " units, not ", expected));
         }
         std::erase_if(units_, [](const HeldUnit& unit) { return !unit.prepared; });
+        break;
+      }
+      case kForget: {
+        // The coordinator no longer needs the outcomes it was told: else the
+        // queue manager remembers every one (and each restart reads them).
+        if (decided_xids_.empty()) {
+          Trace("forget none");
+          break;
+        }
+        const absl::Status s =
+            engine()->Forget(CrashWorkload::kCoordinator, CrashWorkload::kQualifier, decided_xids_);
+        Trace(absl::StrCat("forget ", decided_xids_.size(), " ", Code(s)));
+        if (s.ok()) decided_xids_.clear();  // else (a crash) forgotten again later
         break;
       }
       case kOpCount:
@@ -771,6 +787,7 @@ class Simulation {
   Model model_;
   std::vector<HeldUnit> units_;
   std::map<std::string, std::vector<std::string>> xid_inserts_;
+  std::vector<std::string> decided_xids_;  // outcomes the engine remembers
   uint64_t last_sent_ = 0;
   std::map<uint64_t, SentInput> inputs_;     // sent, not yet known to be held
   absl::flat_hash_set<size_t> inputs_held_;  // hashes of their markers
