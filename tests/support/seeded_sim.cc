@@ -103,6 +103,10 @@ class Simulation {
       }
       if (!result_.broken.empty()) break;
       Crash();
+      if (options_.progress_every > 0 && result_.crash_points % options_.progress_every == 0) {
+        result_.events = model_.events();
+        options_.progress(result_);
+      }
     }
     if (qm_ != nullptr) {
       qm_.reset();
