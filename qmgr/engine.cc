@@ -435,15 +435,30 @@ absl::Status Engine::CheckMemory(uint64_t incoming) const {
   if (budget == 0) return absl::OkStatus();
   const uint64_t limit = options_.spill != nullptr ? budget + budget / 4 : budget;
   if (payload_bytes_ + incoming <= limit) return absl::OkStatus();
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "memory budget exhausted: ", payload_bytes_, " payload bytes in memory, budget ", budget,
-      options_.spill != nullptr ? " (spilling to the store is failing)" : " and no spill store"));
+  std::string why = " and no spill store";
+  if (options_.spill != nullptr && SpillAtLimit(incoming)) {
+    why = absl::StrCat(", and the spill store is at its limit: ", options_.spill->spilled_bytes(),
+                       " bytes spilled, spill limit ", options_.spill_limit_bytes);
+  } else if (options_.spill != nullptr) {
+    why = " (spilling to the store is failing)";
+  }
+  return absl::ResourceExhaustedError(absl::StrCat("memory budget exhausted: ", payload_bytes_,
+                                                   " payload bytes in memory, budget ", budget,
+                                                   why));
+}
+
+bool Engine::SpillAtLimit(uint64_t bytes) const {
+  return options_.spill_limit_bytes != 0 &&
+         options_.spill->spilled_bytes() + bytes > options_.spill_limit_bytes;
 }
 
 void Engine::Spill(Message* message) {
+  // Kept in memory at the limit (or when the Put fails): CheckMemory then
+  // refuses new messages once memory reaches 5/4 of the budget.
+  if (SpillAtLimit(message->payload->size())) return;
   deferred_spill_drops_.erase(message->m.id());  // a pending drop would now lose it
   if (!options_.spill->Put(message->m.id(), *message->payload).ok()) {
-    return;  // kept in memory; CheckMemory refuses new messages if this goes on
+    return;
   }
   message->Uncharge();
   message->payload.reset();

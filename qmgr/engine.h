@@ -94,6 +94,12 @@ struct EngineOptions {
   // RESOURCE_EXHAUSTED. 0: no budget.
   uint64_t memory_budget_bytes = 1ull << 30;
   SpillStore* spill = nullptr;  // not owned; may be null
+  // Payload bytes the spill store may hold, so that spilling stops before it
+  // fills the data directory's disk (which the log and the checkpoint store
+  // share). At the limit new payloads stay in memory until 5/4 of the
+  // budget, then Enqueue answers RESOURCE_EXHAUSTED naming the limit. 0: no
+  // limit.
+  uint64_t spill_limit_bytes = 16ull << 30;
   // Payloads of restored messages (RestoredMessage::payload_in_store). Not
   // owned; required when a restored message has its payload there.
   StoredPayloads* stored_payloads = nullptr;
@@ -642,6 +648,8 @@ class Engine {
   // Refuses new payload bytes when memory is over budget and spilling cannot
   // relieve it.
   absl::Status CheckMemory(uint64_t incoming) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `bytes` more would take the spill store beyond its limit.
+  bool SpillAtLimit(uint64_t bytes) const;
   void Spill(Message* message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The payload of a message whose payload is not in memory.
   absl::StatusOr<std::string> ReadUnloaded(const Message& message) const

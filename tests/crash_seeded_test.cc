@@ -63,6 +63,18 @@ TEST(CrashSeededTest, TheSameSeedReplaysTheSameTrace) {
   EXPECT_NE(Simulate(20261202, 5).trace_hash, first.trace_hash) << "the seed decides the run";
 }
 
+// Seeds that once failed. 2082549044: a coordinated unit whose Get found
+// no message was prepared, then a crash; the checker wanted its message 0
+// locked in doubt (the checker's fault: a unit that took nothing locks
+// nothing).
+TEST(CrashSeededTest, SeedsThatOnceFailed) {
+  for (uint64_t seed : {2082549044ull}) {
+    const SimResult result = Simulate(seed, 5);
+    EXPECT_TRUE(result.broken.empty()) << "seed " << seed << ":\n"
+                                       << absl::StrJoin(result.broken, "\n");
+  }
+}
+
 TEST(CrashSeededTest, TheChecksSeeTheLossThatALyingFsyncCauses) {
   TempDir tmp;
   SimOptions options;

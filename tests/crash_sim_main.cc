@@ -1,5 +1,6 @@
 // crash_sim: the seeded crash simulation as a program (RELIABILITY.md).
-//   crash_sim [--seed N] [--crashes N] [--ops N] [--trace]
+//   crash_sim [--seed N] [--crashes N] [--ops N] [--progress N] [--trace]
+// (--progress N: the figures so far every N crash points)
 // Prints the seed first, then the figures; exits 1 when an invariant broke
 // (printing each), 64 for bad arguments.
 #include <cstdio>
@@ -24,10 +25,13 @@ int main(int argc, char** argv) {
       options.crashes = std::atoi(argv[++i]);
     } else if (arg == "--ops" && has_value) {
       options.ops_per_life_max = std::atoi(argv[++i]);
+    } else if (arg == "--progress" && has_value) {
+      options.progress_every = std::atoi(argv[++i]);
     } else if (arg == "--trace") {
       trace = true;
     } else {
-      std::fprintf(stderr, "usage: crash_sim [--seed N] [--crashes N] [--ops N] [--trace]\n");
+      std::fprintf(
+          stderr, "usage: crash_sim [--seed N] [--crashes N] [--ops N] [--progress N] [--trace]\n");
       return 64;
     }
   }
@@ -37,6 +41,10 @@ int main(int argc, char** argv) {
   }
   std::printf("seed %llu\n", static_cast<unsigned long long>(options.seed));
   std::fflush(stdout);
+  options.progress = [](const qmgr::testing::SimResult& so_far) {
+    std::printf("progress %s\n", so_far.Summary().c_str());
+    std::fflush(stdout);
+  };
   if (trace) {
     options.trace = [](absl::string_view line) {
       std::printf("%.*s\n", static_cast<int>(line.size()), line.data());

@@ -33,7 +33,7 @@ class EngineTest : public ::testing::Test {
   }
 
   void Start(uint64_t first_free_id = 1, uint64_t memory_budget_bytes = 1 << 30,
-             SpillStore* spill = nullptr) {
+             SpillStore* spill = nullptr, uint64_t spill_limit_bytes = 0) {
     log::LogOptions log_options;
     log_options.segment_bytes = 1 << 20;
     absl::StatusOr<std::unique_ptr<log::Log>> log = log::Log::Open(&fs_, kLogDir, log_options);
@@ -48,6 +48,7 @@ class EngineTest : public ::testing::Test {
     options.unit_bytes_max = unit_bytes_max_;
     options.memory_budget_bytes = memory_budget_bytes;
     options.spill = spill;
+    options.spill_limit_bytes = spill_limit_bytes;
     engine_ = std::make_unique<Engine>(log_.get(), options);
   }
 
@@ -912,6 +913,34 @@ TEST_F(EngineTest, PayloadsBeyondTheBudgetAreSpilledAndReadBack) {
   ASSERT_TRUE(engine_->SyncPoint(uow).ok());
   EXPECT_EQ(engine_->Memory().spilled_messages, 0u);
   EXPECT_EQ(engine_->Memory().payload_bytes_in_memory, 0u);
+  Stop();
+}
+
+// The spill store fills up to its limit only: then payloads stay in memory
+// until 5/4 of the budget, and Enqueue answers RESOURCE_EXHAUSTED naming the
+// limit; consuming makes room again.
+TEST_F(EngineTest, SpillingStopsAtTheSpillLimitThenTheBudgetRefuses) {
+  qmgr::testing::TempDir tmp;
+  absl::StatusOr<std::unique_ptr<SpillStore>> spill = SpillStore::Open({tmp.path() + "/store"});
+  ASSERT_TRUE(spill.ok()) << spill.status();
+  Stop();
+  Start(1, /*memory_budget_bytes=*/10 * 1024, spill->get(), /*spill_limit_bytes=*/20 * 1024);
+  Define("Q");
+  int accepted = 0;
+  absl::Status refused;
+  while (refused.ok()) {
+    refused = engine_->Enqueue(Spec("Q", std::string(1000, 'm'))).status();
+    accepted += refused.ok();
+  }
+  // 10 in memory up to the budget; 20 spilled (a 21st would pass the limit);
+  // 2 more in memory, the next would pass 5/4 of the budget.
+  EXPECT_EQ(accepted, 32);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.message().find("spill limit 20480"), absl::string_view::npos) << refused;
+  EXPECT_EQ(engine_->Memory().spilled_bytes, 20000u);
+  EXPECT_EQ(engine_->Memory().payload_bytes_in_memory, 12000u);
+  ASSERT_TRUE(engine_->SyncPoint(MustGet("Q").uow).ok());
+  EXPECT_TRUE(engine_->Enqueue(Spec("Q", std::string(1000, 'm'))).ok());
   Stop();
 }
 

@@ -238,84 +238,95 @@ absl::StatusOr<ObservedState> Observe(Engine* engine) {
   return state;
 }
 
-namespace {
-
-// The events that name message `id`, in the order reported: "E P:k3-x7 Q:k3-x7 S".
-std::string History(const std::vector<Event>& events, uint64_t id) {
-  std::string out;
-  for (const Event& e : events) {
-    if (e.id != id || e.kind == 'H') continue;
-    absl::StrAppend(&out, out.empty() ? "" : " ", std::string(1, e.kind));
-    if (e.kind == 'P' || e.kind == 'Q') absl::StrAppend(&out, ":", e.marker);
+uint64_t Model::Key(const std::string& marker) {
+  uint64_t hash = 14695981039346656037ull;  // FNV-1a
+  for (unsigned char c : marker) {
+    hash ^= c;
+    hash *= 1099511628211ull;
   }
-  return out;
+  return hash;
 }
 
-}  // namespace
-
-std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
-                                         const ObservedState& state) {
-  std::vector<std::string> broken;
-  std::map<std::string, uint64_t> acked;  // marker -> id
-  std::set<uint64_t> consumed, unknown;
-  std::set<std::string> inserted, backed_out, pending_inserts, delivered;
-  uint64_t max_id = 0, hardened = 0;
-  std::map<std::string, uint64_t> prepared;  // XID -> its message: Prepare acknowledged
-  std::set<std::string> prepare_asked, decided;
-  for (const Event& e : events) {
-    if (e.kind != 'H') max_id = std::max(max_id, e.id);  // H carries an input number
-    switch (e.kind) {
-      case 'E':
-        acked[e.marker] = e.id;
-        break;
-      case 'C':
-        consumed.insert(e.id);
-        break;
-      case 'P':
-        unknown.insert(e.id);
-        if (!e.marker.empty()) pending_inserts.insert(e.marker);
-        prepare_asked.insert(e.marker);
-        break;
-      case 'Q':
-        prepared[e.marker] = e.id;
-        break;
-      case 'R':
-        decided.insert(e.marker);
-        break;
-      case 'U':
-        unknown.insert(e.id);
-        break;
-      case 'S':
-        unknown.erase(e.id);
-        break;
-      case 'I':
-        inserted.insert(e.marker);
-        break;
-      case 'B':
-        backed_out.insert(e.marker);
-        break;
-      case 'K':
-        inserted.erase(e.marker);
-        delivered.insert(e.marker);
-        break;
-      case 'H':
-        hardened = std::max(hardened, e.id);
-        break;
-      default:
-        break;
-    }
+void Model::Apply(const Event& e) {
+  ++events_;
+  if (e.kind != 'H') max_id_ = std::max(max_id_, e.id);  // H carries an input number
+  Acked* acked = nullptr;
+  if (auto it = required_.find(e.id); it != required_.end()) acked = &it->second;
+  if (auto it = open_acked_.find(e.id); it != open_acked_.end()) acked = &it->second;
+  if (acked != nullptr && e.kind != 'H') {
+    absl::StrAppend(&acked->history, " ", std::string(1, e.kind));
+    if (e.kind == 'P' || e.kind == 'Q') absl::StrAppend(&acked->history, ":", e.marker);
   }
-  for (const auto& [xid, id] : prepared) {
-    if (decided.count(xid)) continue;
+  // An outcome opens (P, U) or settles (S) for a message not consumed.
+  const auto move = [&](std::map<uint64_t, Acked>& from, std::map<uint64_t, Acked>& to) {
+    auto it = from.find(e.id);
+    if (it == from.end()) return;
+    to[e.id] = std::move(it->second);
+    from.erase(it);
+  };
+  switch (e.kind) {
+    case 'E':
+      if (consumed_.contains(e.id)) break;
+      (open_.contains(e.id) ? open_acked_ : required_)[e.id] = {e.marker, "E"};
+      break;
+    case 'C':
+      consumed_.insert(e.id);
+      open_.erase(e.id);
+      required_.erase(e.id);
+      open_acked_.erase(e.id);
+      break;
+    case 'P':
+      open_.insert(e.id);
+      move(required_, open_acked_);
+      if (!e.marker.empty()) pending_inserts_.insert(Key(e.marker));
+      prepare_asked_.insert(Key(e.marker));
+      break;
+    case 'Q':
+      if (!decided_.contains(Key(e.marker))) undecided_[e.marker] = e.id;
+      break;
+    case 'R':
+      decided_.insert(Key(e.marker));
+      undecided_.erase(e.marker);
+      break;
+    case 'U':
+      open_.insert(e.id);
+      move(required_, open_acked_);
+      break;
+    case 'S':
+      open_.erase(e.id);
+      move(open_acked_, required_);
+      break;
+    case 'I':
+      inserted_.insert(e.marker);
+      break;
+    case 'B':
+      backed_out_.insert(Key(e.marker));
+      break;
+    case 'K':
+      inserted_.erase(e.marker);
+      delivered_.insert(Key(e.marker));
+      break;
+    case 'H':
+      hardened_ = std::max(hardened_, e.id);
+      break;
+    default:
+      break;
+  }
+}
+
+std::vector<std::string> Model::Check(const ObservedState& state) const {
+  std::vector<std::string> broken;
+  for (const auto& [xid, id] : undecided_) {
     auto unit = state.in_doubt.find(xid);
     if (unit == state.in_doubt.end()) {
       broken.push_back(absl::StrCat("prepared unit ", xid, " is not in doubt"));
-    } else if (std::find(unit->second.begin(), unit->second.end(), id) == unit->second.end()) {
+    } else if (id != 0 &&  // 0: the unit took no message
+               std::find(unit->second.begin(), unit->second.end(), id) == unit->second.end()) {
       broken.push_back(absl::StrCat("prepared unit ", xid, " does not lock message ", id));
     }
   }
   for (const auto& [xid, locked] : state.in_doubt) {
-    if (!prepare_asked.count(xid)) {
+    if (!prepare_asked_.contains(Key(xid))) {
       broken.push_back(absl::StrCat("unit ", xid, " is in doubt but was never prepared"));
     }
   }
@@ -329,15 +340,16 @@ std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
     if (m.queue == kIrrecoverable || m.queue == kFastPath) {
       broken.push_back(absl::StrCat("message ", m.id, " (", m.marker, ") survived on ", m.queue));
     }
-    if (consumed.count(m.id)) {
+    if (consumed_.contains(m.id)) {
       broken.push_back(absl::StrCat("message ", m.id, " (", m.marker,
                                     ") is back although its Get was committed"));
     }
-    if (backed_out.count(m.marker)) {
+    const uint64_t key = Key(m.marker);
+    if (backed_out_.contains(key)) {
       broken.push_back(absl::StrCat("insert ", m.marker, " of a backed-out unit is visible"));
     }
-    if ((m.queue == kOut || m.queue == kSessionOutputQueue) && !inserted.count(m.marker) &&
-        !pending_inserts.count(m.marker) && !delivered.count(m.marker)) {
+    if ((m.queue == kOut || m.queue == kSessionOutputQueue) && !inserted_.contains(m.marker) &&
+        !pending_inserts_.contains(key) && !delivered_.contains(key)) {
       broken.push_back(
           absl::StrCat("insert ", m.marker, " is visible though its unit never asked to commit"));
     }
@@ -357,40 +369,52 @@ std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
   for (const auto& [marker, count] : seen) {
     if (count > 1) broken.push_back(absl::StrCat(marker, " is present ", count, " times"));
   }
-  for (const auto& [marker, id] : acked) {
-    if (consumed.count(id) || unknown.count(id) || locked.count(id)) continue;
-    if (!seen.count(marker)) {
-      broken.push_back(absl::StrCat("acknowledged message ", id, " (", marker,
-                                    ") is lost; its events: ", History(events, id)));
-    }
+  for (const auto& [id, acked] : required_) {
+    if (locked.contains(id) || seen.contains(acked.marker)) continue;
+    broken.push_back(absl::StrCat("acknowledged message ", id, " (", acked.marker,
+                                  ") is lost; its events: ", acked.history));
   }
-  for (const std::string& marker : inserted) {
-    if (!seen.count(marker)) {
+  for (const std::string& marker : inserted_) {
+    if (!seen.contains(marker)) {
       broken.push_back(absl::StrCat("acknowledged insert ", marker, " is lost"));
     }
   }
-  if (state.next_id <= max_id) {
+  if (state.next_id <= max_id_) {
     broken.push_back(absl::StrCat("the next id ", state.next_id,
-                                  " does not exceed an id acknowledged before, ", max_id));
+                                  " does not exceed an id acknowledged before, ", max_id_));
   }
-  if (state.session_in_seq < hardened) {
-    broken.push_back(absl::StrCat("session input ", hardened, " was hardened but in_seq is ",
+  if (state.session_in_seq < hardened_) {
+    broken.push_back(absl::StrCat("session input ", hardened_, " was hardened but in_seq is ",
                                   state.session_in_seq));
   }
   return broken;
 }
 
-std::vector<Event> Settle(const std::vector<Event>& events, const ObservedState& state) {
-  std::set<uint64_t> open;
-  for (const Event& e : events) {
-    if (e.kind == 'P' || e.kind == 'U') open.insert(e.id);
-    if (e.kind == 'C' || e.kind == 'S') open.erase(e.id);
-  }
+std::vector<Event> Model::Settle(const ObservedState& state) const {
   std::vector<Event> settled;
   for (const ObservedState::Message& m : state.messages) {
-    if (open.count(m.id)) settled.push_back({'S', m.id, ""});
+    if (open_.contains(m.id)) settled.push_back({'S', m.id, ""});
   }
   return settled;
+}
+
+namespace {
+
+Model Fold(const std::vector<Event>& events) {
+  Model model;
+  for (const Event& e : events) model.Apply(e);
+  return model;
+}
+
+}  // namespace
+
+std::vector<std::string> CheckInvariants(const std::vector<Event>& events,
+                                         const ObservedState& state) {
+  return Fold(events).Check(state);
+}
+
+std::vector<Event> Settle(const std::vector<Event>& events, const ObservedState& state) {
+  return Fold(events).Settle(state);
 }
 
 }  // namespace qmgr::testing

@@ -1,5 +1,6 @@
 #include "tests/support/seeded_sim.h"
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <limits>
@@ -9,6 +10,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -16,6 +18,7 @@
 #include "qmgr/clock.h"
 #include "restart/restart.h"
 #include "rocksdb/env.h"
+#include "rocksdb/system_clock.h"
 #include "tests/support/crash_workload.h"
 #include "tests/support/fault_file_system.h"
 #include "tests/support/fault_rocksdb_fs.h"
@@ -31,6 +34,31 @@ constexpr char kPoison[] = "POISON";
 constexpr uint64_t kDepthMax = 400;  // keeps each restart, and the checker, quick
 constexpr absl::Duration kUnitIdleTimeout = absl::Seconds(60);
 constexpr uint64_t kSegmentBytes = 64 << 10;
+
+// The store's Env with RocksDB's pauses cut to a millisecond: after the
+// store is frozen at a crash, its background flush fails and RocksDB sleeps a
+// second before retrying, and closing waits for that; the pause is of no use
+// here, where the store is closed right after, and it was half a run's time.
+class ShortPauseClock : public rocksdb::SystemClockWrapper {
+ public:
+  using SystemClockWrapper::SystemClockWrapper;
+  const char* Name() const override { return "ShortPauseClock"; }
+  void SleepForMicroseconds(int micros) override {
+    SystemClockWrapper::SleepForMicroseconds(std::min(micros, 1000));
+  }
+};
+
+class ShortPauseEnv : public rocksdb::EnvWrapper {
+ public:
+  explicit ShortPauseEnv(std::unique_ptr<rocksdb::Env> target) : EnvWrapper(std::move(target)) {
+    file_system_ = this->target()->GetFileSystem();
+    system_clock_ = std::make_shared<ShortPauseClock>(this->target()->GetSystemClock());
+  }
+  const char* Name() const override { return "ShortPauseEnv"; }
+  void SleepForMicroseconds(int micros) override {
+    EnvWrapper::SleepForMicroseconds(std::min(micros, 1000));
+  }
+};
 
 std::string Code(const absl::Status& status) { return absl::StatusCodeToString(status.code()); }
 
@@ -75,11 +103,15 @@ class Simulation {
       }
       if (!result_.broken.empty()) break;
       Crash();
+      if (options_.progress_every > 0 && result_.crash_points % options_.progress_every == 0) {
+        result_.events = model_.events();
+        options_.progress(result_);
+      }
     }
     if (qm_ != nullptr) {
       qm_.reset();
     }
-    result_.events = events_.size();
+    result_.events = model_.events();
     return result_;
   }
 
@@ -101,12 +133,13 @@ class Simulation {
     kAcknowledge,
     kCheckpoint,
     kIdleTimeout,
+    kForget,
     kOpCount,
   };
   static constexpr const char* kOpNames[kOpCount] = {
       "enqueue", "batch", "irrecoverable", "get",     "insert", "syncpoint",
       "backout", "cget",  "prepare",       "resolve", "input",  "deferred",
-      "receive", "ack",   "checkpoint",    "idle"};
+      "receive", "ack",   "checkpoint",    "idle",    "forget"};
 
   bool Setup() {
     std::string path;
@@ -115,7 +148,7 @@ class Simulation {
       if (!log_fs_.CreateDir(path).ok()) return Fail("cannot create the log's directories");
     }
     std::filesystem::create_directory(options_.dir + "/qm");
-    env_ = rocksdb::NewCompositeEnv(store_fs_);
+    env_ = std::make_unique<ShortPauseEnv>(rocksdb::NewCompositeEnv(store_fs_));
     return true;
   }
 
@@ -161,7 +194,12 @@ class Simulation {
     return false;
   }
 
-  void Emit(Event e) { events_.push_back(std::move(e)); }
+  void Emit(const Event& e) {
+    model_.Apply(e);
+    if (e.kind == 'I' && IsSessionOutput(e.marker) && !received_.contains(e.marker)) {
+      undelivered_.insert(e.marker);
+    }
+  }
 
   std::string Marker(absl::string_view kind) {
     std::string marker = absl::StrCat("l", life_, "-", kind, ++marker_seq_);
@@ -183,13 +221,13 @@ class Simulation {
     absl::StatusOr<ObservedState> state = Observe(engine());
     if (!state.ok()) return Fail(absl::StrCat("observe: ", state.status().ToString()));
     ++result_.invariant_checks;
-    std::vector<std::string> broken = CheckInvariants(events_, *state);
+    std::vector<std::string> broken = model_.Check(*state);
     if (!broken.empty()) {
       for (const std::string& line : broken) Fail(line);
       Fail(qm_->restart_report().ToString());
       return false;
     }
-    for (Event& e : Settle(events_, *state)) Emit(std::move(e));
+    for (const Event& e : model_.Settle(*state)) Emit(e);
     std::string head;
     for (const ObservedState::Message& m : state->messages) {
       if (m.queue == kIn && head.size() < 120)
@@ -234,11 +272,13 @@ class Simulation {
               .statuses.front();
       Trace(absl::StrCat("indoubt ", unit.key.xid.substr(0, 24), " ", commit, " ", Code(s)));
       if (!s.ok()) continue;
+      decided_xids_.push_back(unit.key.xid);
       for (uint64_t id : unit.locked_messages) Emit({commit ? 'C' : 'S', id, ""});
       for (const std::string& marker : xid_inserts_[unit.key.xid]) {
         Emit({commit ? 'I' : 'B', 0, marker});
         if (commit && IsSessionOutput(marker)) Emit({'K', 0, marker});
       }
+      xid_inserts_.erase(unit.key.xid);
     }
   }
 
@@ -298,11 +338,8 @@ class Simulation {
       }
       if (!Receive()) break;
     }
-    for (const Event& e : events_) {
-      if (e.kind == 'I' && IsSessionOutput(e.marker) && !received_.count(e.marker)) {
-        Fail(
-            absl::StrCat("session output ", e.marker.substr(0, 40), " committed, never delivered"));
-      }
+    for (const std::string& marker : undelivered_) {
+      Fail(absl::StrCat("session output ", marker.substr(0, 40), " committed, never delivered"));
     }
   }
 
@@ -391,7 +428,7 @@ class Simulation {
   // --- Operations ---------------------------------------------------------------
 
   Op PickOp() {
-    static constexpr int kWeights[kOpCount] = {10, 3, 3, 8, 8, 6, 2, 4, 3, 3, 5, 3, 5, 5, 1, 1};
+    static constexpr int kWeights[kOpCount] = {10, 3, 3, 8, 8, 6, 2, 4, 3, 3, 5, 3, 5, 5, 1, 1, 1};
     int total = 0;
     for (int w : kWeights) total += w;
     int pick = static_cast<int>(random_() % total);
@@ -581,6 +618,8 @@ class Simulation {
                 .statuses.front();
         Trace(absl::StrCat("resolve ", commit, " ", Code(s)));
         if (s.ok()) {
+          xid_inserts_.erase(unit->xid);
+          decided_xids_.push_back(unit->xid);
           if (unit->taken != 0) Emit({commit ? 'C' : 'S', unit->taken, ""});
           for (const std::string& marker : unit->inserts) {
             Emit({commit ? 'I' : 'B', 0, marker});
@@ -648,6 +687,19 @@ class Simulation {
         std::erase_if(units_, [](const HeldUnit& unit) { return !unit.prepared; });
         break;
       }
+      case kForget: {
+        // The coordinator no longer needs the outcomes it was told: else the
+        // queue manager remembers every one (and each restart reads them).
+        if (decided_xids_.empty()) {
+          Trace("forget none");
+          break;
+        }
+        const absl::Status s =
+            engine()->Forget(CrashWorkload::kCoordinator, CrashWorkload::kQualifier, decided_xids_);
+        Trace(absl::StrCat("forget ", decided_xids_.size(), " ", Code(s)));
+        if (s.ok()) decided_xids_.clear();  // else (a crash) forgotten again later
+        break;
+      }
       case kOpCount:
         break;
     }
@@ -672,7 +724,7 @@ class Simulation {
     // deferred one from its sync point; before that a crash loses it and the
     // resync asks for it again.
     const auto held_once = [&] {
-      if (++inputs_held_[marker] == 1) return true;
+      if (inputs_held_.insert(std::hash<std::string>()(marker)).second) return true;
       Fail(absl::StrCat("input ", seq, " is held twice"));
       return false;
     };
@@ -702,6 +754,7 @@ class Simulation {
     if (!out.ok()) return false;
     ++result_.outputs_received;
     const std::string& marker = out->message.payload();
+    undelivered_.erase(marker);
     if (!received_.insert(marker).second && !out->message.possible_duplicate()) {
       Fail(absl::StrCat("output ", out->out_seq, " (", marker.substr(0, 40),
                         ") came again without the possible-duplicate flag"));
@@ -735,16 +788,18 @@ class Simulation {
   std::unique_ptr<restart::QueueManager> qm_;
 
   // The model and the clients' memory: it survives every crash.
-  std::vector<Event> events_;
+  Model model_;
   std::vector<HeldUnit> units_;
   std::map<std::string, std::vector<std::string>> xid_inserts_;
+  std::vector<std::string> decided_xids_;  // outcomes the engine remembers
   uint64_t last_sent_ = 0;
-  std::map<uint64_t, SentInput> inputs_;  // sent, not yet known to be held
-  std::map<std::string, int> inputs_held_;
+  std::map<uint64_t, SentInput> inputs_;     // sent, not yet known to be held
+  absl::flat_hash_set<size_t> inputs_held_;  // hashes of their markers
   uint64_t secured_seq_ = 0;
   uint64_t secured_id_ = 0;
   bool output_outstanding_ = false;  // received and secured, not yet acknowledged
   std::set<std::string> received_;
+  std::set<std::string> undelivered_;  // session outputs committed, not yet received
 };
 
 }  // namespace

@@ -35,6 +35,8 @@
 
 namespace qmgr::testing {
 
+struct SimResult;
+
 struct SimOptions {
   uint64_t seed = 1;
   int crashes = 200;
@@ -48,6 +50,9 @@ struct SimOptions {
   int lying_fsync_from_crash = -1;
   // Hears every trace line (may be empty).
   std::function<void(absl::string_view line)> trace;
+  // Hears the figures so far every `progress_every` crash points (0: never).
+  int progress_every = 0;
+  std::function<void(const SimResult& so_far)> progress;
 };
 
 struct SimResult {

@@ -159,6 +159,12 @@ int ParseFlags(int argc, char** argv, ServerOptions* o, qmgr::server::ListenerOp
                  "units like 512MiB accepted)")
       ->transform(CLI::AsSizeValue(false))
       ->capture_default_str();
+  app.add_option("--spill-limit", o->spill_limit_bytes,
+                 "Payload bytes the spill store may hold beyond the memory budget; past it "
+                 "(and 5/4 of the budget in memory) Enqueue answers RESOURCE_EXHAUSTED (0: no "
+                 "limit; units like 4GiB accepted)")
+      ->transform(CLI::AsSizeValue(false))
+      ->capture_default_str();
   app.add_option("--log-segment-bytes", o->log_segment_bytes,
                  "Size of each preallocated log segment file (a multiple of 4 KiB)")
       ->transform(CLI::AsSizeValue(false))

@@ -113,6 +113,7 @@ absl::StatusOr<std::unique_ptr<QueueManagerInstance>> OpenQueueManager(
       std::clamp(options.unit_lease / 4, absl::Milliseconds(10), absl::Seconds(1));
   r.engine.default_max_message_bytes = options.max_message_bytes;
   r.engine.memory_budget_bytes = options.memory_budget_bytes;
+  r.engine.spill_limit_bytes = options.spill_limit_bytes;
   r.checkpoint.log_bytes = options.checkpoint_log_bytes;
   r.checkpoint.interval = options.checkpoint_interval;
   r.checkpoint.max_restart_seconds = options.max_restart_seconds;

@@ -28,6 +28,7 @@ struct ServerOptions {
   std::string queue_manager_name = "QM1";
   std::string group_name;
   uint64_t memory_budget_bytes = 1ull << 30;
+  uint64_t spill_limit_bytes = 16ull << 30;  // EngineOptions::spill_limit_bytes
   // Size of each log segment file (LogOptions::segment_bytes).
   uint64_t log_segment_bytes = log::kSegmentBytesDefault;
   // Engine limits (EngineOptions).
