@@ -25,58 +25,24 @@ namespace qmgr::client {
 namespace {
 
 namespace v1 = qmgr::v1;
-using qmgr::testing::QmgrdProcess;
 
 constexpr char kName[] = "T1";
 constexpr char kOutput[] = "T1.OUT";
 const std::vector<std::string> kFlags = {"--log-segment-bytes", "4MiB", "--checkpoint-log-bytes",
                                          "1MiB"};
 
-// qmgrd restarted on its data directory; each start listens on a new port,
-// which the session follows through resolve_target.
-class Server {
- public:
-  Server() : data_dir_(dir_.path() + "/data") {}
-
-  absl::Status Start() {
-    auto process = std::make_unique<QmgrdProcess>(QMGRD_PATH, data_dir_, kFlags);
-    if (absl::Status s = process->Start(); !s.ok()) return s;
-    absl::MutexLock lock(&mu_);
-    target_ = process->target();
-    process_ = std::move(process);
-    return absl::OkStatus();
-  }
-  void Kill() {
-    process_->Signal(SIGKILL);
-    process_->WaitExit(absl::Seconds(10));
-  }
-  std::string target() {
-    absl::MutexLock lock(&mu_);
-    return target_;
-  }
-  std::string Stderr() { return process_->Stderr(); }
-  const std::string& dir() const { return dir_.path(); }
-
-  std::unique_ptr<Client> Connect() {
-    absl::StatusOr<std::unique_ptr<Client>> client =
-        Client::Connect({.target = target(), .call_timeout = absl::Seconds(10)});
-    EXPECT_TRUE(client.ok()) << client.status();
-    return client.ok() ? *std::move(client) : nullptr;
-  }
-
- private:
-  qmgr::testing::TempDir dir_;
-  const std::string data_dir_;
-  std::unique_ptr<QmgrdProcess> process_;
-  absl::Mutex mu_;
-  std::string target_ ABSL_GUARDED_BY(mu_);
-};
+std::unique_ptr<Client> Connect(const std::string& target) {
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Connect({.target = target, .call_timeout = absl::Seconds(10)});
+  EXPECT_TRUE(client.ok()) << client.status();
+  return client.ok() ? *std::move(client) : nullptr;
+}
 
 class SessionTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_TRUE(server_.Start().ok());
-    std::unique_ptr<Client> client = server_.Connect();
+    std::unique_ptr<Client> client = Connect(server_.target());
     ASSERT_NE(client, nullptr);
     ASSERT_TRUE(client->DefineQueue("REQUESTS", {}).ok());
     v1::QueueAttributes output;
@@ -86,7 +52,7 @@ class SessionTest : public ::testing::Test {
 
   SessionOptions Options() {
     return SessionOptions{.name = kName,
-                          .file_path = server_.dir() + "/T1.session",
+                          .file_path = dir_.path() + "/T1.session",
                           .resolve_target = [this] { return server_.target(); },
                           .call_timeout = absl::Seconds(10),
                           .reconnect_backoff = absl::Milliseconds(20),
@@ -110,7 +76,7 @@ class SessionTest : public ::testing::Test {
 
   // Outputs for the session, as programs would reply; their ids.
   std::vector<uint64_t> PutOutputs(int n) {
-    std::unique_ptr<Client> client = server_.Connect();
+    std::unique_ptr<Client> client = Connect(server_.target());
     std::vector<uint64_t> ids;
     for (int i = 0; i < n && client != nullptr; ++i) {
       v1::NewMessage m;
@@ -125,7 +91,7 @@ class SessionTest : public ::testing::Test {
 
   // REQUESTS's payloads, oldest first.
   std::vector<std::string> Requests() {
-    std::unique_ptr<Client> client = server_.Connect();
+    std::unique_ptr<Client> client = Connect(server_.target());
     std::vector<std::string> payloads;
     if (client == nullptr) return payloads;
     absl::StatusOr<v1::BrowseResponse> browsed = client->Browse("REQUESTS", 10000);
@@ -136,7 +102,8 @@ class SessionTest : public ::testing::Test {
     return payloads;
   }
 
-  Server server_;
+  qmgr::testing::TempDir dir_;
+  qmgr::testing::RestartedQmgrd server_{QMGRD_PATH, dir_.path() + "/data", kFlags};
 };
 
 TEST_F(SessionTest, ATerminalsLifeOpenSendReceiveCloseReopen) {

@@ -42,7 +42,6 @@ using qmgr::testing::Event;
 using qmgr::testing::kSessionOutputQueue;
 using qmgr::testing::Model;
 using qmgr::testing::ObservedState;
-using qmgr::testing::QmgrdProcess;
 
 constexpr char kIn[] = "IN";
 constexpr char kOut[] = "OUT";
@@ -99,39 +98,6 @@ class Ledger {
   Model model_;  // touched by the checking thread only
   std::set<std::string> received_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> undelivered_ ABSL_GUARDED_BY(mu_);
-};
-
-// qmgrd restarted on one data directory; each start listens on a new port,
-// which the session follows through resolve_target.
-class Server {
- public:
-  Server() : data_dir_(dir_.path() + "/data") {}
-
-  absl::Status Start() {
-    auto process = std::make_unique<QmgrdProcess>(QMGRD_PATH, data_dir_, kFlags);
-    if (absl::Status s = process->Start(); !s.ok()) return s;
-    absl::MutexLock lock(&mu_);
-    target_ = process->target();
-    process_ = std::move(process);
-    return absl::OkStatus();
-  }
-  void Kill() {
-    process_->Signal(SIGKILL);
-    process_->WaitExit(absl::Seconds(10));
-  }
-  std::string target() {
-    absl::MutexLock lock(&mu_);
-    return target_;
-  }
-  std::string Stderr() { return process_->Stderr(); }
-  const std::string& dir() const { return dir_.path(); }
-
- private:
-  qmgr::testing::TempDir dir_;
-  const std::string data_dir_;
-  std::unique_ptr<QmgrdProcess> process_;
-  absl::Mutex mu_;
-  std::string target_ ABSL_GUARDED_BY(mu_);
 };
 
 std::unique_ptr<grpc::ClientContext> Ctx() {
@@ -386,7 +352,8 @@ class MixedCrashTest : public ::testing::Test {
     return true;
   }
 
-  Server server_;
+  qmgr::testing::TempDir dir_;
+  qmgr::testing::RestartedQmgrd server_{QMGRD_PATH, dir_.path() + "/data", kFlags};
   Ledger ledger_;
   std::map<std::string, CoordinatedUnit> units_;  // by XID
   std::atomic<bool> stop_{false};
@@ -427,7 +394,7 @@ TEST_F(MixedCrashTest, SigkillsUnderSessionsProgramsAndACoordinatorLoseNothingAc
       ASSERT_TRUE(client.DefineQueue(kSessionOutputQueue, output).ok());
       absl::StatusOr<std::unique_ptr<client::Session>> opened =
           client::Session::Open({.name = CrashWorkload::kSession,
-                                 .file_path = server_.dir() + "/terminal.session",
+                                 .file_path = dir_.path() + "/terminal.session",
                                  .resolve_target = [this] { return server_.target(); },
                                  .call_timeout = kCallTimeout,
                                  .reconnect_backoff = absl::Milliseconds(20),

@@ -117,4 +117,23 @@ std::optional<int> QmgrdProcess::WaitExit(absl::Duration timeout) {
   }
 }
 
+absl::Status RestartedQmgrd::Start() {
+  auto process = std::make_unique<QmgrdProcess>(binary_, data_dir_, args_);
+  if (absl::Status s = process->Start(); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  target_ = process->target();
+  process_ = std::move(process);
+  return absl::OkStatus();
+}
+
+void RestartedQmgrd::Kill() {
+  process_->Signal(SIGKILL);
+  process_->WaitExit(absl::Seconds(10));
+}
+
+std::string RestartedQmgrd::target() const {
+  absl::MutexLock lock(&mu_);
+  return target_;
+}
+
 }  // namespace qmgr::testing

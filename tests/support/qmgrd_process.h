@@ -12,7 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
 namespace qmgr::testing {
@@ -60,6 +62,29 @@ class QmgrdProcess {
       grpc::InsecureChannelCredentials();
   pid_t pid_ = -1;
   std::string target_;
+};
+
+// qmgrd killed and started again on one data directory, as crash tests do.
+// Each start listens on a new port: target() is the current one, safe to
+// read from other threads (a client library's resolve_target).
+class RestartedQmgrd {
+ public:
+  RestartedQmgrd(std::string binary, std::string data_dir, std::vector<std::string> args)
+      : binary_(std::move(binary)), data_dir_(std::move(data_dir)), args_(std::move(args)) {}
+
+  absl::Status Start();
+  // SIGKILL, then waits for the process to be gone.
+  void Kill();
+  std::string target() const;
+  std::string Stderr() const { return process_->Stderr(); }
+
+ private:
+  const std::string binary_;
+  const std::string data_dir_;
+  const std::vector<std::string> args_;
+  std::unique_ptr<QmgrdProcess> process_;
+  mutable absl::Mutex mu_;
+  std::string target_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace qmgr::testing
