@@ -1033,8 +1033,10 @@ absl::StatusOr<GetResult> Engine::GetLocked(
     payloads->push_back(message->payload);
     // The rest only as available now, under the same latch hold: a limit
     // (the unit's, the answer's size) or a failure ends the batch early
-    // rather than failing it, since the first is taken.
-    uint64_t bytes = result.message.ByteSizeLong() + message->payload->size();
+    // rather than failing it, since the first is taken. A Get of one (most)
+    // does not size its message under the latch.
+    uint64_t bytes =
+        options.max_messages > 1 ? result.message.ByteSizeLong() + message->payload->size() : 0;
     for (uint32_t n = 1; n < options.max_messages; ++n) {
       if (unit->messages() >= options_.unit_messages_max) break;
       message = TakeNext(queue, now_us);
