@@ -895,7 +895,7 @@ absl::StatusOr<GetResult> Engine::GetNoWait(const GetOptions& options, log::Lsn*
   *durable_lsn = log::kNoLsn;
   log::Lsn commit_lsn = log::kNoLsn;
   log::Lsn get_lsn = log::kNoLsn;
-  std::vector<std::shared_ptr<const std::string>> payloads;
+  Payloads payloads;
   std::vector<std::unique_ptr<Message>> consumed;
   const absl::Time now = options_.clock->Now();
   absl::StatusOr<GetResult> result;
@@ -922,10 +922,10 @@ absl::StatusOr<GetResult> Engine::GetNoWait(const GetOptions& options, log::Lsn*
   return result;
 }
 
-absl::StatusOr<GetResult> Engine::GetLocked(
-    const GetOptions& options, absl::Time now, log::Lsn* commit_lsn, log::Lsn* get_lsn,
-    std::vector<std::shared_ptr<const std::string>>* payloads,
-    std::vector<std::unique_ptr<Message>>* consumed) {
+absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Time now,
+                                            log::Lsn* commit_lsn, log::Lsn* get_lsn,
+                                            Payloads* payloads,
+                                            std::vector<std::unique_ptr<Message>>* consumed) {
   int64_t now_us = absl::ToUnixMicros(now);
   absl::Time deadline = absl::InfinitePast();  // set when a wait begins
   bool woken = false;                          // this call consumed a wake-up

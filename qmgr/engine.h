@@ -34,6 +34,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -612,10 +613,11 @@ class Engine {
                              log::Lsn* hardened_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Get under the latch; sets the LSNs the caller must wait for.
   // The payloads (the first message's, then those of result.more) are
-  // returned apart, to be copied after the latch is released.
+  // returned apart, to be copied after the latch is released; inline room
+  // for one, so a Get of one message allocates nothing for them.
+  using Payloads = absl::InlinedVector<std::shared_ptr<const std::string>, 1>;
   absl::StatusOr<GetResult> GetLocked(const GetOptions& options, absl::Time now,
-                                      log::Lsn* commit_lsn, log::Lsn* get_lsn,
-                                      std::vector<std::shared_ptr<const std::string>>* payloads,
+                                      log::Lsn* commit_lsn, log::Lsn* get_lsn, Payloads* payloads,
                                       std::vector<std::unique_ptr<Message>>* consumed)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A record reused under the latch for one record type (ENQUEUE, GET,

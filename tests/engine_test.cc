@@ -104,6 +104,18 @@ class EngineTest : public ::testing::Test {
     return out;
   }
 
+  // Enqueues 1000-byte messages on `queue` until one is refused; returns how
+  // many were accepted, and the refusal in *refused.
+  int EnqueueUntilRefused(const std::string& queue, absl::Status* refused) {
+    int accepted = 0;
+    *refused = absl::OkStatus();
+    while (refused->ok()) {
+      *refused = engine_->Enqueue(Spec(queue, std::string(1000, 'm'))).status();
+      accepted += refused->ok();
+    }
+    return accepted;
+  }
+
   GetResult MustGet(const std::string& queue, UowId uow = 0, bool commit_previous = false) {
     absl::StatusOr<GetResult> got =
         engine_->Get({uow, queue, absl::ZeroDuration(), commit_previous});
@@ -926,12 +938,8 @@ TEST_F(EngineTest, SpillingStopsAtTheSpillLimitThenTheBudgetRefuses) {
   Stop();
   Start(1, /*memory_budget_bytes=*/10 * 1024, spill->get(), /*spill_limit_bytes=*/20 * 1024);
   Define("Q");
-  int accepted = 0;
   absl::Status refused;
-  while (refused.ok()) {
-    refused = engine_->Enqueue(Spec("Q", std::string(1000, 'm'))).status();
-    accepted += refused.ok();
-  }
+  const int accepted = EnqueueUntilRefused("Q", &refused);
   // 10 in memory up to the budget; 20 spilled (a 21st would pass the limit);
   // 2 more in memory, the next would pass 5/4 of the budget.
   EXPECT_EQ(accepted, 32);
@@ -950,12 +958,8 @@ TEST_F(EngineTest, BudgetWithoutSpillRefuses) {
   Stop();
   Start(1, /*memory_budget_bytes=*/5000);
   Define("Q");
-  int accepted = 0;
   absl::Status refused;
-  while (refused.ok()) {
-    refused = engine_->Enqueue(Spec("Q", std::string(1000, 'm'))).status();
-    accepted += refused.ok();
-  }
+  const int accepted = EnqueueUntilRefused("Q", &refused);
   EXPECT_EQ(accepted, 5);
   EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(refused.message().find("memory budget"), absl::string_view::npos) << refused;
