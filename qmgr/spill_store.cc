@@ -9,6 +9,7 @@
 #include "rocksdb/db.h"
 #include "rocksdb/env.h"
 #include "rocksdb/filter_policy.h"
+#include "rocksdb/metadata.h"
 #include "rocksdb/options.h"
 #include "rocksdb/rate_limiter.h"
 #include "rocksdb/table.h"
@@ -51,6 +52,9 @@ constexpr size_t kKeyBytes = 8;
 constexpr int kOpenFilesMax = 256;
 // Bounds the disk taken by RocksDB's informational LOG files.
 constexpr size_t kInfoLogFilesMax = 4;
+// RocksDB slows writes at 20 level-0 files and compacts from 4; a restart
+// finding this many is one of a run of crashes that each came too soon.
+constexpr size_t kLevelZeroFilesCompactedAtOpen = 8;
 
 // Big-endian, so that RocksDB's bytewise order is message id order.
 std::string KeyOf(uint64_t message_id) {
@@ -121,6 +125,37 @@ absl::StatusOr<std::vector<std::string>> ExistingFamilies(const rocksdb::DBOptio
   return names;
 }
 
+// Spill writes bypass the WAL, so after an open the family's data is all in
+// table files: none means empty, and dropping it would only cost RocksDB two
+// rewrites of its OPTIONS file.
+bool IsEmpty(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* spill) {
+  rocksdb::ColumnFamilyMetaData meta;
+  db->GetColumnFamilyMetaData(spill, &meta);
+  return meta.file_count == 0;
+}
+
+// Each open after a crash flushes what the WAL held into new level-0 files,
+// and a crash soon after leaves RocksDB no time to compact them. Compacting
+// here keeps every read of a restart from visiting them all.
+absl::Status CompactPiledUpLevelZero(rocksdb::DB* db,
+                                     const std::vector<rocksdb::ColumnFamilyHandle*>& handles,
+                                     const std::string& path) {
+  for (rocksdb::ColumnFamilyHandle* family : handles) {
+    if (family->GetName() == kSpillColumnFamily) continue;
+    rocksdb::ColumnFamilyMetaData meta;
+    db->GetColumnFamilyMetaData(family, &meta);
+    if (meta.levels.empty() || meta.levels[0].files.size() < kLevelZeroFilesCompactedAtOpen) {
+      continue;
+    }
+    const rocksdb::Status s =
+        db->CompactRange(rocksdb::CompactRangeOptions(), family, nullptr, nullptr);
+    if (!s.ok()) {
+      return FromRocksDb(s, path, absl::StrCat("compacting '", family->GetName(), "'"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const SpillOptions& options) {
@@ -151,7 +186,7 @@ absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const SpillOptions&
     return h->GetName() == kSpillColumnFamily;
   });
   assert(spill != handles.end());
-  if (had_spill) {
+  if (had_spill && !IsEmpty(db.get(), *spill)) {
     // A crash between the drop and the create leaves no "spill": the next
     // Open creates it through create_missing_column_families.
     s = db->DropColumnFamily(*spill);
@@ -166,6 +201,12 @@ absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const SpillOptions&
       }
       return FromRocksDb(s, options.path, "recreating the spill column family");
     }
+  }
+  if (absl::Status compacted = CompactPiledUpLevelZero(db.get(), handles, options.path);
+      !compacted.ok()) {
+    for (rocksdb::ColumnFamilyHandle* h : handles)
+      db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+    return compacted;
   }
   rocksdb::ColumnFamilyHandle* const spill_handle = *spill;
   return std::unique_ptr<SpillStore>(

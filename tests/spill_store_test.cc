@@ -1,5 +1,6 @@
 // The spill store on the real file system: round trips, counters, key order,
-// the drop at every Open, large payloads, concurrency and unusable paths.
+// the drop at every Open, the compaction of piled-up level-0 files, large
+// payloads, concurrency and unusable paths.
 #include "qmgr/spill_store.h"
 
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "rocksdb/db.h"
+#include "rocksdb/metadata.h"
 #include "tests/support/temp_dir.h"
 
 namespace qmgr {
@@ -157,6 +159,53 @@ TEST(SpillStoreTest, ReopenDropsSpillButKeepsOtherColumnFamilies) {
     ASSERT_TRUE(store->Put(1, "again").ok());
     ASSERT_TRUE(store->db()->Flush(rocksdb::FlushOptions(), store->column_family("spill")).ok());
   }
+}
+
+size_t LevelZeroFiles(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* family) {
+  rocksdb::ColumnFamilyMetaData meta;
+  db->GetColumnFamilyMetaData(family, &meta);
+  return meta.levels.empty() ? 0 : meta.levels[0].files.size();
+}
+
+// A run of crashes, each soon after a restart, leaves level-0 files that
+// RocksDB had no time to compact; the next Open compacts them, and an empty
+// spill is left as it is.
+TEST(SpillStoreTest, OpenCompactsPiledUpLevelZeroFiles) {
+  qmgr::testing::TempDir tmp;
+  SpillOptions options = OptionsFor(tmp);
+  options.column_families = {"messages"};
+  OpenOrDie(options);
+  {
+    rocksdb::DBOptions db_options;
+    db_options.create_missing_column_families = true;
+    rocksdb::ColumnFamilyOptions uncompacted;
+    uncompacted.disable_auto_compactions = true;
+    std::vector<rocksdb::ColumnFamilyDescriptor> families = {
+        {rocksdb::kDefaultColumnFamilyName, uncompacted},
+        {"spill", uncompacted},
+        {"messages", uncompacted}};
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(db_options, options.path, families, &handles, &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+    for (int i = 0; i < 12; ++i) {
+      ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), handles[2], absl::StrCat("k", i % 3), "v").ok());
+      ASSERT_TRUE(db->Flush(rocksdb::FlushOptions(), handles[2]).ok());
+    }
+    EXPECT_EQ(LevelZeroFiles(db.get(), handles[2]), 12u);
+    for (rocksdb::ColumnFamilyHandle* h : handles)
+      ASSERT_TRUE(db->DestroyColumnFamilyHandle(h).ok());
+  }
+  std::unique_ptr<SpillStore> store = OpenOrDie(options);
+  ASSERT_NE(store, nullptr);
+  rocksdb::ColumnFamilyHandle* messages = store->column_family("messages");
+  EXPECT_LE(LevelZeroFiles(store->db(), messages), 1u);
+  for (int i = 0; i < 3; ++i) {
+    std::string value;
+    EXPECT_TRUE(
+        store->db()->Get(rocksdb::ReadOptions(), messages, absl::StrCat("k", i), &value).ok());
+  }
+  EXPECT_EQ(LevelZeroFiles(store->db(), store->column_family("spill")), 0u);
 }
 
 // 1 MiB payloads, through small memtables so most reads come from tables.

@@ -69,6 +69,7 @@ struct HeldUnit {
   std::vector<std::string> inserts;
   std::string xid;  // a coordinator's unit
   bool prepared = false;
+  std::string drained_insert;  // the marker of the OUT message it took
 };
 
 // A session input the client keeps until the server holds it.
@@ -500,11 +501,21 @@ class Simulation {
         break;
       }
       case kGet: {
+        // Mostly IN; sometimes the queues nothing else drains, so that their
+        // depth (and with it each restart and check) stays bounded.
+        static constexpr const char* kGetFrom[] = {kIn, kIn, kIn, kIn, kIn, kIn, kPoison, kOut};
         GetOptions get;
-        get.queue = kIn;
+        get.queue = kGetFrom[random_() % std::size(kGetFrom)];
         absl::StatusOr<GetResult> got = engine()->Get(get);
-        Trace(absl::StrCat("get ", Code(got.status()), " ", got.ok() ? got->message.id() : 0));
-        if (got.ok()) units_.push_back({got->uow, got->message.id(), {}, "", false});
+        Trace(absl::StrCat("get ", get.queue, " ", Code(got.status()), " ",
+                           got.ok() ? got->message.id() : 0));
+        if (!got.ok()) break;
+        units_.push_back({got->uow,
+                          got->message.id(),
+                          {},
+                          "",
+                          false,
+                          get.queue == kOut ? got->message.payload() : ""});
         break;
       }
       case kInsert: {
@@ -537,7 +548,9 @@ class Simulation {
           Trace("syncpoint none");
           break;
         }
-        // From here a crash leaves the outcome open.
+        // From here a crash leaves the outcome open; an insert being taken
+        // off OUT may be gone from then on, as a delivered output may.
+        if (!unit->drained_insert.empty()) Emit({'K', 0, unit->drained_insert});
         Emit({'P', unit->taken, ""});
         for (const std::string& marker : unit->inserts) Emit({'P', unit->taken, marker});
         absl::StatusOr<SyncPointResult> r = engine()->SyncPoint(unit->uow);
@@ -577,7 +590,7 @@ class Simulation {
         get.queue = kIn;
         absl::StatusOr<GetResult> got = engine()->Get(get);
         Trace(absl::StrCat("cget ", Code(got.status()), " ", got.ok() ? got->message.id() : 0));
-        units_.push_back({*uow, got.ok() ? got->message.id() : 0, {}, xid, false});
+        units_.push_back({*uow, got.ok() ? got->message.id() : 0, {}, xid, false, ""});
         break;
       }
       case kPrepare: {
