@@ -203,9 +203,20 @@ RecoveredQueue* OutputQueueOf(State& state, const std::string& session, std::str
   return nullptr;
 }
 
+// What the engine relies on in a message it is given back; the checksums
+// cannot vouch for it when the record or the store was written wrong.
+absl::Status CheckRecoverable(const qmgr::v1::Message& m) {
+  if (!qmgr::v1::MessageClass_IsValid(m.class_())) {
+    return absl::DataLossError(
+        absl::StrCat("message ", m.id(), " has class ", m.class_(), ", which is no class"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status AddAtTail(State& state, log::Lsn lsn, qmgr::v1::Message&& m) {
   state.first_free_id = std::max(state.first_free_id, m.id() + 1);
   if (state.messages.contains(m.id())) return absl::OkStatus();  // redo is idempotent
+  if (absl::Status s = CheckRecoverable(m); !s.ok()) return Inconsistent(lsn, s.message());
   auto queue = state.queues.find(m.queue());
   if (queue == state.queues.end()) {
     return Inconsistent(lsn, absl::StrCat("message ", m.id(), " is for queue '", m.queue(),
@@ -680,6 +691,9 @@ absl::Status LoadCheckpoint(checkpoint::Store* store, const qmgr::v1::Checkpoint
       return absl::DataLossError(absl::StrCat("checkpoint store: message ", id, " is for queue '",
                                               stored.message().queue(),
                                               "', which the store does not define"));
+    }
+    if (absl::Status checked = CheckRecoverable(stored.message()); !checked.ok()) {
+      return absl::DataLossError(absl::StrCat("checkpoint store: ", checked.message()));
     }
     RecoveredQueue& q = queue->second;
     RecoveredMessage& r = state.messages[id];

@@ -538,6 +538,49 @@ TEST_F(RestartTest, Row2CrashBeforeTheFirstCheckpointRedoesFromLsnZero) {
   EXPECT_GT(Put("Q", "next"), 5u);
 }
 
+// The store_load fuzzer's find: a stored message of a class that does not
+// exist passed the decoder and tripped an assertion in the engine.
+TEST_F(RestartTest, AStoredMessageOfNoClassIsRefusedAsDataLoss) {
+  ASSERT_NE(Open(), nullptr);
+  Define("Q");
+  Put("Q", "m");
+  ASSERT_TRUE(qm_->Shutdown().ok());
+  qm_.reset();
+  {
+    const std::string path = tmp_.path() + "/qm/store";
+    std::vector<std::string> names;
+    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), path, &names).ok());
+    std::vector<rocksdb::ColumnFamilyDescriptor> families;
+    for (const std::string& name : names)
+      families.emplace_back(name, rocksdb::ColumnFamilyOptions());
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), path, families, &handles, &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+    rocksdb::ColumnFamilyHandle* messages = handles[std::distance(
+        names.begin(), std::find(names.begin(), names.end(), checkpoint::kMessagesFamily))];
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), messages));
+    int rewritten = 0;
+    for (it->Seek("m"); it->Valid() && it->key().starts_with("m"); it->Next()) {
+      qmgr::v1::StoredMessage stored;
+      ASSERT_TRUE(stored.ParseFromString(it->value().ToString()));
+      stored.mutable_message()->set_class_(static_cast<qmgr::v1::MessageClass>(99));
+      ASSERT_TRUE(
+          db->Put(rocksdb::WriteOptions(), messages, it->key(), stored.SerializeAsString()).ok());
+      ++rewritten;
+    }
+    EXPECT_EQ(rewritten, 1);
+    it.reset();
+    for (rocksdb::ColumnFamilyHandle* h : handles)
+      ASSERT_TRUE(db->DestroyColumnFamilyHandle(h).ok());
+  }
+  absl::StatusOr<std::unique_ptr<QueueManager>> qm = Restart(Options());
+  ASSERT_FALSE(qm.ok());
+  EXPECT_EQ(qm.status().code(), absl::StatusCode::kDataLoss) << qm.status();
+  EXPECT_NE(qm.status().message().find("has class 99, which is no class"), std::string::npos)
+      << qm.status();
+}
+
 TEST_F(RestartTest, Row3LogWithoutItsStoreIsRefused) {
   ASSERT_TRUE(fs_.CreateDir(tmp_.path() + "/qm").ok());
   log::LogOptions options;
