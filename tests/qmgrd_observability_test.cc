@@ -4,10 +4,7 @@
 // queue and class; fsyncs; refusals by RPC, code and reason), the
 // structured log lines for restarts, checkpoints, session resync and
 // refusals (rate-limited), and `qmgrctl status` (table, --json, exit codes).
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,6 +25,7 @@
 #include "gtest/gtest.h"
 #include "qmgr/v1/qmgr.grpc.pb.h"
 #include "tests/support/command.h"
+#include "tests/support/metrics_scrape.h"
 #include "tests/support/qmgrd_process.h"
 #include "tests/support/temp_dir.h"
 
@@ -47,48 +45,6 @@ constexpr absl::Duration kCallTimeout = absl::Seconds(10);
 std::vector<std::string> Flags() {
   return {"--log-segment-bytes",     "4MiB", "--shutdown-grace-ms", "200",
           "--checkpoint-interval-s", "0",    "--metrics-listen",    "127.0.0.1:0"};
-}
-
-// The body of GET http://127.0.0.1:port/path, or "" (with a test failure).
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    ADD_FAILURE() << "cannot connect to metrics port " << port;
-    return "";
-  }
-  const std::string request = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-  EXPECT_EQ(write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
-  std::string response;
-  char buffer[8192];
-  ssize_t n;
-  while ((n = read(fd, buffer, sizeof buffer)) > 0) response.append(buffer, n);
-  close(fd);
-  EXPECT_TRUE(absl::StartsWith(response, "HTTP/1.1 200") ||
-              absl::StartsWith(response, "HTTP/1.0 200"))
-      << response.substr(0, 200);
-  const size_t body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
-}
-
-// Prometheus text format: sample (name with its labels, as written) -> value.
-std::map<std::string, double> ParseSamples(const std::string& text) {
-  std::map<std::string, double> samples;
-  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
-    if (absl::StartsWith(line, "#")) continue;
-    const size_t space = line.rfind(' ');
-    double value = 0;
-    if (space == absl::string_view::npos || !absl::SimpleAtod(line.substr(space + 1), &value)) {
-      ADD_FAILURE() << "not a sample: " << line;
-      continue;
-    }
-    samples[std::string(line.substr(0, space))] = value;
-  }
-  return samples;
 }
 
 CommandResult Qmgrctl(const std::string& args) { return RunCommand(QMGRCTL_PATH, args); }
@@ -111,16 +67,16 @@ class ObservabilityTest : public ::testing::Test {
     auto channel = grpc::CreateChannel(process_->target(), grpc::InsecureChannelCredentials());
     qm_ = v1::QueueManager::NewStub(channel);
     admin_ = v1::Admin::NewStub(channel);
-    const std::string err = process_->Stderr();
-    const std::string kMetrics = "metrics on http://127.0.0.1:";
-    const size_t at = err.find(kMetrics);
-    ASSERT_NE(at, std::string::npos) << err;
-    const std::string rest = err.substr(at + kMetrics.size());
-    ASSERT_TRUE(absl::SimpleAtoi(rest.substr(0, rest.find('/')), &metrics_port_)) << err;
+    absl::StatusOr<int> port = qmgr::testing::MetricsPort(process_->Stderr());
+    ASSERT_TRUE(port.ok()) << port.status();
+    metrics_port_ = *port;
   }
 
   std::map<std::string, double> Scrape() {
-    return ParseSamples(HttpGet(metrics_port_, "/metrics"));
+    absl::StatusOr<std::map<std::string, double>> samples =
+        qmgr::testing::ScrapeMetrics(metrics_port_);
+    EXPECT_TRUE(samples.ok()) << samples.status();
+    return samples.ok() ? *samples : std::map<std::string, double>{};
   }
 
   std::unique_ptr<grpc::ClientContext> Ctx() {
@@ -180,6 +136,9 @@ TEST_F(ObservabilityTest, MetricsCountTrafficByQueueAndClass) {
   EXPECT_EQ(m["qmgr_log_fsync_seconds_count"], fsyncs_before);
   EXPECT_GT(m["qmgr_log_written_bytes_total"], 0);
   EXPECT_GT(m["qmgr_log_group_commit_records_count"], 0);
+  // qmgrd runs on tcmalloc, whose accounts it shows.
+  EXPECT_GT(m["qmgr_heap_allocated_bytes"], 0);
+  EXPECT_EQ(m.count("qmgr_heap_thread_cache_bytes"), 1u);
 
   v1::SyncPointRequest commit;
   commit.set_uow(Get("Q1"));

@@ -3,15 +3,18 @@
 // a message, a unary Get's leased unit), mid-stream (an EnqueueStream whose
 // acknowledgements are never read), mid-resync (a session bound and sensed
 // but never started; a Receive stream dropped). Their units are backed out
-// (the message goes back), nothing is left open, and qmgrd's memory (RSS)
-// and file descriptors stay flat. QMGR_SOAK_SECONDS sets the length (20 by
-// default; the `long` run: 600).
+// (the message goes back), nothing is left open, and qmgrd's memory stays
+// flat: what it has allocated and not freed (tcmalloc's account, scraped
+// from its metrics) tightly, its RSS (which also holds the allocator's
+// caches) within a margin, its file descriptors within a few.
+// QMGR_SOAK_SECONDS sets the length (20 by default; the `long` run: 600).
 #include <dirent.h>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -23,6 +26,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "qmgr/v1/qmgr.grpc.pb.h"
+#include "tests/support/metrics_scrape.h"
 #include "tests/support/qmgrd_process.h"
 #include "tests/support/rpc_expect.h"
 #include "tests/support/temp_dir.h"
@@ -88,6 +92,9 @@ class SoakTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_TRUE(process_.Start().ok()) << process_.Stderr();
+    absl::StatusOr<int> port = testing::MetricsPort(process_.Stderr());
+    ASSERT_TRUE(port.ok()) << port.status();
+    metrics_port_ = *port;
     auto channel = grpc::CreateChannel(process_.target(), grpc::InsecureChannelCredentials());
     qm_ = v1::QueueManager::NewStub(channel);
     admin_ = v1::Admin::NewStub(channel);
@@ -199,7 +206,10 @@ class SoakTest : public ::testing::Test {
 
   TempDir dir_;
   QmgrdProcess process_{
-      QMGRD_PATH, dir_.path() + "/data", {"--log-segment-bytes", "4MiB", "--unit-lease-ms", "300"}};
+      QMGRD_PATH,
+      dir_.path() + "/data",
+      {"--log-segment-bytes", "4MiB", "--unit-lease-ms", "300", "--metrics-listen", "127.0.0.1:0"}};
+  int metrics_port_ = 0;
   std::unique_ptr<v1::QueueManager::Stub> qm_;
   std::unique_ptr<v1::Admin::Stub> admin_;
 };
@@ -208,8 +218,16 @@ TEST_F(SoakTest, VanishingClientsLeaveNoUnitsAndQmgrdsMemoryAndFdsStayFlat) {
   const absl::Duration length = absl::Seconds(SoakSeconds());
   const pid_t pid = process_.pid();
   std::mt19937_64 random(SoakSeconds());
-  std::vector<uint64_t> rss;
+  std::vector<uint64_t> rss, heap;
   std::vector<int> fds;
+  const auto sample = [&] {
+    rss.push_back(RssKiB(pid));
+    fds.push_back(OpenFds(pid));
+    absl::StatusOr<std::map<std::string, double>> m = testing::ScrapeMetrics(metrics_port_);
+    ASSERT_TRUE(m.ok()) << m.status();
+    ASSERT_EQ(m->count("qmgr_heap_allocated_bytes"), 1u) << "qmgrd runs on tcmalloc";
+    heap.push_back(static_cast<uint64_t>(m->at("qmgr_heap_allocated_bytes")) >> 10);
+  };
   uint64_t clients = 0;
   const absl::Time start = absl::Now();
   absl::Time next_sample = start + length / 10;
@@ -231,8 +249,7 @@ TEST_F(SoakTest, VanishingClientsLeaveNoUnitsAndQmgrdsMemoryAndFdsStayFlat) {
         break;
     }
     if (absl::Now() >= next_sample) {
-      rss.push_back(RssKiB(pid));
-      fds.push_back(OpenFds(pid));
+      ASSERT_NO_FATAL_FAILURE(sample());
       next_sample += length / 10;
     }
   }
@@ -245,17 +262,20 @@ TEST_F(SoakTest, VanishingClientsLeaveNoUnitsAndQmgrdsMemoryAndFdsStayFlat) {
   EXPECT_EQ(OpenUnits(), 0);
   EXPECT_EQ(Depth(kQueue), static_cast<uint64_t>(kMessages)) << "a vanished client's unit kept "
                                                                 "its message";
-  rss.push_back(RssKiB(pid));
-  fds.push_back(OpenFds(pid));
+  ASSERT_NO_FATAL_FAILURE(sample());
   ASSERT_GE(rss.size(), 3u);
-  std::printf("%llu vanishing clients in %s; qmgrd RSS KiB %s; fds %s\n",
+  std::printf("%llu vanishing clients in %s; qmgrd heap allocated KiB %s; RSS KiB %s; fds %s\n",
               static_cast<unsigned long long>(clients),
-              absl::FormatDuration(absl::Now() - start).c_str(), absl::StrJoin(rss, " ").c_str(),
-              absl::StrJoin(fds, " ").c_str());
+              absl::FormatDuration(absl::Now() - start).c_str(), absl::StrJoin(heap, " ").c_str(),
+              absl::StrJoin(rss, " ").c_str(), absl::StrJoin(fds, " ").c_str());
   // Flat: the first half of the run warms up (allocator caches, gRPC's
   // pools, the output queues filling to their max depth); the end is within
   // a margin of its peak. Descriptors: within a few of the first half's.
+  // The heap is what a leak would grow: it gets a tight margin (a few
+  // hundred KiB of buffers in flight at any moment); RSS a looser one.
   const size_t half = rss.size() / 2;
+  const uint64_t warm_heap = *std::max_element(heap.begin(), heap.begin() + half);
+  EXPECT_LE(heap.back(), warm_heap + warm_heap / 10 + 1024) << "the heap grew: a leak";
   const uint64_t warm = *std::max_element(rss.begin(), rss.begin() + half);
   EXPECT_LE(rss.back(), warm + warm / 10 + 8 * 1024) << "RSS grew";
   EXPECT_LE(fds.back(), *std::max_element(fds.begin(), fds.begin() + half) + 4) << "fds grew";
