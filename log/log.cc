@@ -367,7 +367,9 @@ void Log::WriterLoop() {
     {
       absl::MutexLock lock(&mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return !sealed_.empty() || !open_batch_.bytes.empty() || closing_ || !failed_.ok();
+        const bool pending = !sealed_.empty() || !open_batch_.bytes.empty();
+        const bool wanted = !options_.write_only_for_waiters || !durable_waiters_.empty();
+        return (pending && wanted) || closing_ || !failed_.ok();
       };
       mu_.Await(absl::Condition(&ready));
       if (!failed_.ok() || (sealed_.empty() && open_batch_.bytes.empty())) return;

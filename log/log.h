@@ -62,6 +62,13 @@ struct LogOptions {
   std::chrono::milliseconds enospc_retry_delay{20};
   // How often the allocator retries after failing to create a segment.
   std::chrono::milliseconds allocation_retry_interval{200};
+  // A seam for the seeded crash simulation: the writer writes only once a
+  // caller waits for durability (or at Close), not as soon as a record is
+  // appended. Which records share a batch, and so every LSN after them, then
+  // follows from the order of calls alone, not from when the writer thread
+  // happened to run. Off in qmgrd: a record nobody waits for would sit in
+  // memory.
+  bool write_only_for_waiters = false;
 };
 
 // What Open found and did.

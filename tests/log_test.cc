@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "log/reader.h"
 #include "tests/support/temp_dir.h"
@@ -351,6 +352,34 @@ TEST(LogTest, NewLogStartsAtGivenLsn) {
   absl::StatusOr<Lsn> lsn = (*log)->AppendDurable(EnqueueOf(1, 1));
   ASSERT_TRUE(lsn.ok());
   EXPECT_EQ(*lsn, (1u << 20) + kBatchHeaderBytes);
+}
+
+// The simulation's seam: records appended without a waiter stay in memory,
+// however long the writer has, and the first wait writes them all as one
+// batch, so their LSNs do not depend on the writer thread's timing.
+TEST(LogTest, WriteOnlyForWaitersBatchesEverythingAppendedBeforeTheWait) {
+  qmgr::testing::TempDir tmp;
+  LogOptions options = Small();
+  options.write_only_for_waiters = true;
+  absl::StatusOr<std::unique_ptr<Log>> log = Log::Open(PosixFileSystem(), tmp.path(), options);
+  ASSERT_TRUE(log.ok());
+  std::vector<Lsn> lsns;
+  for (uint64_t id = 1; id <= 3; ++id) {
+    absl::StatusOr<Lsn> lsn = (*log)->Append(EnqueueOf(id, 100));
+    ASSERT_TRUE(lsn.ok());
+    lsns.push_back(*lsn);
+    absl::SleepFor(absl::Milliseconds(20));  // time the writer would have used
+  }
+  EXPECT_LE((*log)->DurableLsn(), lsns.front()) << "written with nobody waiting";
+  EXPECT_EQ((*log)->stats().commits, 0u);
+  ASSERT_TRUE((*log)->WaitDurable(lsns.front()).ok());
+  EXPECT_GT((*log)->DurableLsn(), lsns.back());
+  const LogStats stats = (*log)->stats();
+  EXPECT_EQ(stats.commits, 1u);
+  EXPECT_EQ(stats.commit_records.sum(), 3.0);
+  ASSERT_TRUE((*log)->Append(EnqueueOf(4, 100)).ok());
+  ASSERT_TRUE((*log)->Close().ok()) << "Close writes what no one waited for";
+  EXPECT_EQ(ReadAll(tmp.path()).size(), 4u);
 }
 
 // One Log per directory: a second Open (here, or from another process) is
