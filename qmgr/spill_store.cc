@@ -55,6 +55,11 @@ constexpr size_t kInfoLogFilesMax = 4;
 // RocksDB slows writes at 20 level-0 files and compacts from 4; a restart
 // finding this many is one of a run of crashes that each came too soon.
 constexpr size_t kLevelZeroFilesCompactedAtOpen = 8;
+// Tombstones worth a compaction at open, when they are a quarter of the
+// entries (a key put, its outcome put, then deleted: a third).
+constexpr uint64_t kTombstonesCompactedAtOpen = 1024;
+// A compaction at open of up to this much takes well under a second.
+constexpr uint64_t kCompactedAtOpenBytesMax = 64 << 20;
 
 // Big-endian, so that RocksDB's bytewise order is message id order.
 std::string KeyOf(uint64_t message_id) {
@@ -134,19 +139,36 @@ bool IsEmpty(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* spill) {
   return meta.file_count == 0;
 }
 
-// Each open after a crash flushes what the WAL held into new level-0 files,
-// and a crash soon after leaves RocksDB no time to compact them. Compacting
-// here keeps every read of a restart from visiting them all.
-absl::Status CompactPiledUpLevelZero(rocksdb::DB* db,
-                                     const std::vector<rocksdb::ColumnFamilyHandle*>& handles,
-                                     const std::string& path) {
+// Whether a family's table files would slow every read of a restart: many
+// level-0 files (each open after a crash flushes what the WAL held into new
+// ones, and a crash soon after leaves RocksDB no time to compact them), or
+// many tombstones (a family whose keys come and go, such as the units in
+// doubt, where a scan steps over every delete not yet compacted away).
+// Only small families: a large one's compaction would hold the restart up
+// for longer than it saves, and RocksDB compacts it in the background.
+bool NeedsCompaction(const rocksdb::ColumnFamilyMetaData& meta) {
+  if (meta.size > kCompactedAtOpenBytesMax) return false;
+  if (!meta.levels.empty() && meta.levels[0].files.size() >= kLevelZeroFilesCompactedAtOpen) {
+    return true;
+  }
+  uint64_t entries = 0, deletions = 0;
+  for (const rocksdb::LevelMetaData& level : meta.levels) {
+    for (const rocksdb::SstFileMetaData& file : level.files) {
+      entries += file.num_entries;
+      deletions += file.num_deletions;
+    }
+  }
+  return deletions >= kTombstonesCompactedAtOpen && 4 * deletions >= entries;
+}
+
+absl::Status CompactWhereReadsWouldSlow(rocksdb::DB* db,
+                                        const std::vector<rocksdb::ColumnFamilyHandle*>& handles,
+                                        const std::string& path) {
   for (rocksdb::ColumnFamilyHandle* family : handles) {
     if (family->GetName() == kSpillColumnFamily) continue;
     rocksdb::ColumnFamilyMetaData meta;
     db->GetColumnFamilyMetaData(family, &meta);
-    if (meta.levels.empty() || meta.levels[0].files.size() < kLevelZeroFilesCompactedAtOpen) {
-      continue;
-    }
+    if (!NeedsCompaction(meta)) continue;
     const rocksdb::Status s =
         db->CompactRange(rocksdb::CompactRangeOptions(), family, nullptr, nullptr);
     if (!s.ok()) {
@@ -202,7 +224,7 @@ absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const SpillOptions&
       return FromRocksDb(s, options.path, "recreating the spill column family");
     }
   }
-  if (absl::Status compacted = CompactPiledUpLevelZero(db.get(), handles, options.path);
+  if (absl::Status compacted = CompactWhereReadsWouldSlow(db.get(), handles, options.path);
       !compacted.ok()) {
     for (rocksdb::ColumnFamilyHandle* h : handles)
       db->DestroyColumnFamilyHandle(h).PermitUncheckedError();

@@ -1,9 +1,11 @@
 // The spill store on the real file system: round trips, counters, key order,
-// the drop at every Open, the compaction of piled-up level-0 files, large
-// payloads, concurrency and unusable paths.
+// the drop at every Open, the compactions at Open (piled-up level-0 files,
+// families of mostly tombstones), large payloads, concurrency and unusable
+// paths.
 #include "qmgr/spill_store.h"
 
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -167,6 +169,27 @@ size_t LevelZeroFiles(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* family) {
   return meta.levels.empty() ? 0 : meta.levels[0].files.size();
 }
 
+// Writes to the "messages" family of the store at `path` with RocksDB's
+// compactions off, as crashes that come too soon leave it.
+void WriteUncompacted(
+    const std::string& path,
+    const std::function<void(rocksdb::DB*, rocksdb::ColumnFamilyHandle*)>& write) {
+  rocksdb::DBOptions db_options;
+  db_options.create_missing_column_families = true;
+  rocksdb::ColumnFamilyOptions uncompacted;
+  uncompacted.disable_auto_compactions = true;
+  std::vector<rocksdb::ColumnFamilyDescriptor> families = {
+      {rocksdb::kDefaultColumnFamilyName, uncompacted},
+      {"spill", uncompacted},
+      {"messages", uncompacted}};
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  ASSERT_TRUE(rocksdb::DB::Open(db_options, path, families, &handles, &raw).ok());
+  std::unique_ptr<rocksdb::DB> db(raw);
+  write(db.get(), handles[2]);
+  for (rocksdb::ColumnFamilyHandle* h : handles) ASSERT_TRUE(db->DestroyColumnFamilyHandle(h).ok());
+}
+
 // A run of crashes, each soon after a restart, leaves level-0 files that
 // RocksDB had no time to compact; the next Open compacts them, and an empty
 // spill is left as it is.
@@ -175,27 +198,13 @@ TEST(SpillStoreTest, OpenCompactsPiledUpLevelZeroFiles) {
   SpillOptions options = OptionsFor(tmp);
   options.column_families = {"messages"};
   OpenOrDie(options);
-  {
-    rocksdb::DBOptions db_options;
-    db_options.create_missing_column_families = true;
-    rocksdb::ColumnFamilyOptions uncompacted;
-    uncompacted.disable_auto_compactions = true;
-    std::vector<rocksdb::ColumnFamilyDescriptor> families = {
-        {rocksdb::kDefaultColumnFamilyName, uncompacted},
-        {"spill", uncompacted},
-        {"messages", uncompacted}};
-    std::vector<rocksdb::ColumnFamilyHandle*> handles;
-    rocksdb::DB* raw = nullptr;
-    ASSERT_TRUE(rocksdb::DB::Open(db_options, options.path, families, &handles, &raw).ok());
-    std::unique_ptr<rocksdb::DB> db(raw);
+  WriteUncompacted(options.path, [](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* messages) {
     for (int i = 0; i < 12; ++i) {
-      ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), handles[2], absl::StrCat("k", i % 3), "v").ok());
-      ASSERT_TRUE(db->Flush(rocksdb::FlushOptions(), handles[2]).ok());
+      ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), messages, absl::StrCat("k", i % 3), "v").ok());
+      ASSERT_TRUE(db->Flush(rocksdb::FlushOptions(), messages).ok());
     }
-    EXPECT_EQ(LevelZeroFiles(db.get(), handles[2]), 12u);
-    for (rocksdb::ColumnFamilyHandle* h : handles)
-      ASSERT_TRUE(db->DestroyColumnFamilyHandle(h).ok());
-  }
+    EXPECT_EQ(LevelZeroFiles(db, messages), 12u);
+  });
   std::unique_ptr<SpillStore> store = OpenOrDie(options);
   ASSERT_NE(store, nullptr);
   rocksdb::ColumnFamilyHandle* messages = store->column_family("messages");
@@ -206,6 +215,39 @@ TEST(SpillStoreTest, OpenCompactsPiledUpLevelZeroFiles) {
         store->db()->Get(rocksdb::ReadOptions(), messages, absl::StrCat("k", i), &value).ok());
   }
   EXPECT_EQ(LevelZeroFiles(store->db(), store->column_family("spill")), 0u);
+}
+
+// A family whose keys came and went (units in doubt, once decided and
+// forgotten) is compacted at open when it is mostly tombstones, which every
+// scan of a restart would otherwise step over.
+TEST(SpillStoreTest, OpenCompactsAFamilyOfMostlyTombstones) {
+  qmgr::testing::TempDir tmp;
+  SpillOptions options = OptionsFor(tmp);
+  options.column_families = {"messages"};
+  OpenOrDie(options);
+  WriteUncompacted(options.path, [](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* messages) {
+    for (int i = 0; i < 2000; ++i) {
+      ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), messages, absl::StrCat("k", i), "v").ok());
+    }
+    ASSERT_TRUE(db->Flush(rocksdb::FlushOptions(), messages).ok());
+    for (int i = 0; i < 1990; ++i) {
+      ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), messages, absl::StrCat("k", i)).ok());
+    }
+    ASSERT_TRUE(db->Flush(rocksdb::FlushOptions(), messages).ok());
+  });
+  std::unique_ptr<SpillStore> store = OpenOrDie(options);
+  ASSERT_NE(store, nullptr);
+  rocksdb::ColumnFamilyMetaData meta;
+  store->db()->GetColumnFamilyMetaData(store->column_family("messages"), &meta);
+  uint64_t entries = 0, deletions = 0;
+  for (const rocksdb::LevelMetaData& level : meta.levels) {
+    for (const rocksdb::SstFileMetaData& file : level.files) {
+      entries += file.num_entries;
+      deletions += file.num_deletions;
+    }
+  }
+  EXPECT_EQ(deletions, 0u);
+  EXPECT_EQ(entries, 10u);
 }
 
 // 1 MiB payloads, through small memtables so most reads come from tables.
