@@ -169,6 +169,14 @@ size_t LevelZeroFiles(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* family) {
   return meta.levels.empty() ? 0 : meta.levels[0].files.size();
 }
 
+// A store created with a "messages" family beside the spill, then closed.
+SpillOptions CreatedWithMessagesFamily(const qmgr::testing::TempDir& tmp) {
+  SpillOptions options = OptionsFor(tmp);
+  options.column_families = {"messages"};
+  OpenOrDie(options);
+  return options;
+}
+
 // Writes to the "messages" family of the store at `path` with RocksDB's
 // compactions off, as crashes that come too soon leave it.
 void WriteUncompacted(
@@ -195,9 +203,7 @@ void WriteUncompacted(
 // spill is left as it is.
 TEST(SpillStoreTest, OpenCompactsPiledUpLevelZeroFiles) {
   qmgr::testing::TempDir tmp;
-  SpillOptions options = OptionsFor(tmp);
-  options.column_families = {"messages"};
-  OpenOrDie(options);
+  const SpillOptions options = CreatedWithMessagesFamily(tmp);
   WriteUncompacted(options.path, [](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* messages) {
     for (int i = 0; i < 12; ++i) {
       ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), messages, absl::StrCat("k", i % 3), "v").ok());
@@ -222,9 +228,7 @@ TEST(SpillStoreTest, OpenCompactsPiledUpLevelZeroFiles) {
 // scan of a restart would otherwise step over.
 TEST(SpillStoreTest, OpenCompactsAFamilyOfMostlyTombstones) {
   qmgr::testing::TempDir tmp;
-  SpillOptions options = OptionsFor(tmp);
-  options.column_families = {"messages"};
-  OpenOrDie(options);
+  const SpillOptions options = CreatedWithMessagesFamily(tmp);
   WriteUncompacted(options.path, [](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* messages) {
     for (int i = 0; i < 2000; ++i) {
       ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), messages, absl::StrCat("k", i), "v").ok());
