@@ -52,9 +52,8 @@ constexpr size_t kKeyBytes = 8;
 constexpr int kOpenFilesMax = 256;
 // Bounds the disk taken by RocksDB's informational LOG files.
 constexpr size_t kInfoLogFilesMax = 4;
-// RocksDB slows writes at 20 level-0 files and compacts from 4; a restart
-// finding this many is one of a run of crashes that each came too soon.
-constexpr size_t kLevelZeroFilesCompactedAtOpen = 8;
+// A small family in more table files than this is compacted at open.
+constexpr size_t kFilesCompactedAtOpen = 8;
 // Tombstones worth a compaction at open, when they are a quarter of the
 // entries (a key put, its outcome put, then deleted: a third).
 constexpr uint64_t kTombstonesCompactedAtOpen = 1024;
@@ -139,18 +138,18 @@ bool IsEmpty(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* spill) {
   return meta.file_count == 0;
 }
 
-// Whether a family's table files would slow every read of a restart: many
-// level-0 files (each open after a crash flushes what the WAL held into new
-// ones, and a crash soon after leaves RocksDB no time to compact them), or
-// many tombstones (a family whose keys come and go, such as the units in
-// doubt, where a scan steps over every delete not yet compacted away).
+// Whether a small family's table files would slow every read of a restart.
+// Crashes that come soon after each restart leave RocksDB no time to
+// compact: each open flushes what the WAL held into a new level-0 file,
+// files whose keys are new (message ids, XIDs) are moved down to level 1
+// whole, and there they stay, with their tombstones, until the level is
+// large, which a small family never becomes. A restart then opens every
+// file and steps over every delete.
 // Only small families: a large one's compaction would hold the restart up
 // for longer than it saves, and RocksDB compacts it in the background.
 bool NeedsCompaction(const rocksdb::ColumnFamilyMetaData& meta) {
   if (meta.size > kCompactedAtOpenBytesMax) return false;
-  if (!meta.levels.empty() && meta.levels[0].files.size() >= kLevelZeroFilesCompactedAtOpen) {
-    return true;
-  }
+  if (meta.file_count >= kFilesCompactedAtOpen) return true;
   uint64_t entries = 0, deletions = 0;
   for (const rocksdb::LevelMetaData& level : meta.levels) {
     for (const rocksdb::SstFileMetaData& file : level.files) {
