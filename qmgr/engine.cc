@@ -1252,8 +1252,9 @@ void Engine::ApplyCommit(Unit* unit, log::Lsn lsn,
     MarkSessionChanged(name, session, lsn);
     // Response mode: the terminal waits for the reply. Without one the input
     // is done at its sync point; with one, when the reply is acknowledged.
-    auto reply = std::find_if(replied.begin(), replied.end(),
-                              [&](const auto& r) { return r.first == name; });
+    auto reply =
+        std::find_if(replied.begin(), replied.end(),
+                     [&session_name = name](const auto& r) { return r.first == session_name; });
     if (session.outstanding_seq == seq) {
       if (reply == replied.end()) {
         session.outstanding_seq = 0;
@@ -1545,8 +1546,9 @@ void Engine::Restore(RestoredState restored) {
     // The output sent before the crash waits for its acknowledgement again.
     Queue* output = OutputQueueOf(name);
     if (output == nullptr) continue;
-    auto sent = std::find_if(output->visible.begin(), output->visible.end(),
-                             [&](const auto& m) { return m->m.id() == image.out_message_id(); });
+    auto sent =
+        std::find_if(output->visible.begin(), output->visible.end(),
+                     [id = image.out_message_id()](const auto& m) { return m->m.id() == id; });
     if (sent == output->visible.end()) continue;
     session.output_acked = false;
     session.sent = std::move(*sent);

@@ -2,6 +2,9 @@
 # Installs the Debian 12 packages the build and tests need (as root), only
 # when some are missing, so a prepared machine does not touch the network.
 # openssl: the security tests make their certificates with its CLI.
+# clang, libclang-rt-14-dev, libfuzzer-14-dev: the libFuzzer builds of the
+# fuzz targets (README: QMGR_LIBFUZZER; the runtimes are only recommended by
+# clang, and recommends are not installed here).
 set -euo pipefail
 packages=(
   build-essential cmake pkg-config git
@@ -9,6 +12,7 @@ packages=(
   libabsl-dev libxxhash-dev libcli11-dev libgoogle-perftools-dev librocksdb-dev
   libgtest-dev libgmock-dev prometheus-cpp-dev
   openssl
+  clang libclang-rt-14-dev libfuzzer-14-dev
 )
 missing=()
 for p in "${packages[@]}"; do
