@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cassert>
+#include <filesystem>
+#include <system_error>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -59,6 +61,9 @@ constexpr size_t kFilesCompactedAtOpen = 8;
 constexpr uint64_t kTombstonesCompactedAtOpen = 1024;
 // A compaction at open of up to this much takes well under a second.
 constexpr uint64_t kCompactedAtOpenBytesMax = 64 << 20;
+// Room left on the file system beyond twice the family, for RocksDB's own
+// files, before a compaction at open is tried.
+constexpr uint64_t kCompactionHeadroomBytes = 8 << 20;
 
 // Big-endian, so that RocksDB's bytewise order is message id order.
 std::string KeyOf(uint64_t message_id) {
@@ -160,21 +165,25 @@ bool NeedsCompaction(const rocksdb::ColumnFamilyMetaData& meta) {
   return deletions >= kTombstonesCompactedAtOpen && 4 * deletions >= entries;
 }
 
-absl::Status CompactWhereReadsWouldSlow(rocksdb::DB* db,
-                                        const std::vector<rocksdb::ColumnFamilyHandle*>& handles,
-                                        const std::string& path) {
+// An optimisation, never a reason to refuse an open: a family is compacted
+// only while the file system has room for its rewrite, and a compaction that
+// fails anyway leaves the files as they were (a slower restart).
+void CompactWhereReadsWouldSlow(rocksdb::DB* db,
+                                const std::vector<rocksdb::ColumnFamilyHandle*>& handles,
+                                const std::string& path) {
+  std::error_code error;
+  const std::filesystem::space_info space = std::filesystem::space(path, error);
+  if (error) return;
   for (rocksdb::ColumnFamilyHandle* family : handles) {
     if (family->GetName() == kSpillColumnFamily) continue;
     rocksdb::ColumnFamilyMetaData meta;
     db->GetColumnFamilyMetaData(family, &meta);
-    if (!NeedsCompaction(meta)) continue;
-    const rocksdb::Status s =
-        db->CompactRange(rocksdb::CompactRangeOptions(), family, nullptr, nullptr);
-    if (!s.ok()) {
-      return FromRocksDb(s, path, absl::StrCat("compacting '", family->GetName(), "'"));
+    if (!NeedsCompaction(meta) || space.available < 2 * meta.size + kCompactionHeadroomBytes) {
+      continue;
     }
+    db->CompactRange(rocksdb::CompactRangeOptions(), family, nullptr, nullptr)
+        .PermitUncheckedError();
   }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -223,12 +232,7 @@ absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const SpillOptions&
       return FromRocksDb(s, options.path, "recreating the spill column family");
     }
   }
-  if (absl::Status compacted = CompactWhereReadsWouldSlow(db.get(), handles, options.path);
-      !compacted.ok()) {
-    for (rocksdb::ColumnFamilyHandle* h : handles)
-      db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
-    return compacted;
-  }
+  CompactWhereReadsWouldSlow(db.get(), handles, options.path);
   rocksdb::ColumnFamilyHandle* const spill_handle = *spill;
   return std::unique_ptr<SpillStore>(
       new SpillStore(options.path, std::move(db), std::move(handles), spill_handle));
