@@ -223,6 +223,8 @@ class Simulation {
     absl::StatusOr<ObservedState> state = Observe(engine());
     if (!state.ok()) return Fail(absl::StrCat("observe: ", state.status().ToString()));
     ++result_.invariant_checks;
+    result_.queued_at_last_check.clear();
+    for (const ObservedState::Message& m : state->messages) ++result_.queued_at_last_check[m.queue];
     std::vector<std::string> broken = model_.Check(*state);
     if (!broken.empty()) {
       for (const std::string& line : broken) Fail(line);
@@ -500,15 +502,25 @@ class Simulation {
         break;
       }
       case kGet: {
-        // Mostly IN; sometimes the queues nothing else drains, so that their
-        // depth (and with it each restart and check) stays bounded.
-        static constexpr const char* kGetFrom[] = {kIn, kIn, kIn, kIn, kIn, kIn, kPoison, kOut};
+        // Mostly from IN; sometimes from the queues nothing else drains, so
+        // that every queue's depth, and with it each restart and check,
+        // stays bounded. POISON is drained as an operator would, each
+        // message committed at once: crashes back units out, so messages
+        // reach the backout threshold more often than held units commit.
+        static constexpr const char* kGetFrom[] = {kIn, kIn, kIn, kIn, kIn, kPoison, kPoison, kOut};
         GetOptions get;
         get.queue = kGetFrom[random_() % std::size(kGetFrom)];
         absl::StatusOr<GetResult> got = engine()->Get(get);
         Trace(absl::StrCat("get ", get.queue, " ", Code(got.status()), " ",
                            got.ok() ? got->message.id() : 0));
         if (!got.ok()) break;
+        if (get.queue == kPoison) {
+          Emit({'P', got->message.id(), ""});
+          absl::StatusOr<SyncPointResult> r = engine()->SyncPoint(got->uow);
+          Trace(absl::StrCat("poison drained ", Code(r.status())));
+          Emit({r.ok() ? 'C' : 'U', got->message.id(), ""});
+          break;
+        }
         units_.push_back({got->uow,
                           got->message.id(),
                           {},
@@ -817,15 +829,16 @@ class Simulation {
 }  // namespace
 
 std::string SimResult::Summary() const {
-  std::vector<std::string> kinds, modes;
+  std::vector<std::string> kinds, modes, queued;
   for (const auto& [name, n] : crash_kinds) kinds.push_back(absl::StrCat(name, "=", n));
   for (const auto& [name, n] : crash_modes) modes.push_back(absl::StrCat(name, "=", n));
-  return absl::StrCat("seed=", seed, " crash_points=", crash_points, " (",
-                      absl::StrJoin(kinds, " "), "; ", absl::StrJoin(modes, " "),
-                      ") operations=", operations, " events=", events,
-                      " invariant_checks=", invariant_checks, " checkpoints=", checkpoints,
-                      " outputs_received=", outputs_received, " inputs_resent=", inputs_resent,
-                      " trace_hash=", absl::Hex(trace_hash, absl::kZeroPad16));
+  for (const auto& [name, n] : queued_at_last_check) queued.push_back(absl::StrCat(name, "=", n));
+  return absl::StrCat(
+      "seed=", seed, " crash_points=", crash_points, " (", absl::StrJoin(kinds, " "), "; ",
+      absl::StrJoin(modes, " "), ") operations=", operations, " events=", events,
+      " invariant_checks=", invariant_checks, " checkpoints=", checkpoints,
+      " outputs_received=", outputs_received, " inputs_resent=", inputs_resent, " queued=(",
+      absl::StrJoin(queued, " "), ")", " trace_hash=", absl::Hex(trace_hash, absl::kZeroPad16));
 }
 
 SimResult RunSeededSimulation(const SimOptions& options) { return Simulation(options).Run(); }

@@ -67,6 +67,9 @@ struct SimResult {
   uint64_t checkpoints = 0;
   uint64_t outputs_received = 0;
   uint64_t inputs_resent = 0;
+  // Messages on each queue at the last check: what a check costs grows
+  // with them.
+  std::map<std::string, int> queued_at_last_check;
   // Every invariant broken at the first check that failed (the run stops
   // there), each line prefixed with the crash number; empty: all held.
   std::vector<std::string> broken;
