@@ -139,7 +139,7 @@ absl::Status Engine::Prepare(UowId uow) {
 
 absl::Status Engine::ResolveOne(const CoordinatedKey& key, qmgr::v1::Outcome outcome,
                                 const std::string& decided_by, bool* was_in_doubt, log::Lsn* wait,
-                                std::vector<std::unique_ptr<Message>>* consumed) {
+                                Consumed* consumed) {
   *was_in_doubt = false;
   if (absl::Status s = CheckKey(key); !s.ok()) return s;
   if (outcome != qmgr::v1::COMMIT && outcome != qmgr::v1::BACKOUT) {
@@ -221,7 +221,7 @@ ResolveResult Engine::Resolve(
     const std::string& decided_by) {
   ResolveResult result;
   log::Lsn wait = log::kNoLsn;
-  std::vector<std::unique_ptr<Message>> consumed;
+  Consumed consumed;
   {
     absl::MutexLock lock(&mu_);
     absl::Status open = CheckOpen();

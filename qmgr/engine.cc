@@ -541,6 +541,11 @@ EngineTraffic Engine::Traffic() const {
 }
 
 void Engine::MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at_head) {
+  MakeVisible(queue, std::move(message), at_head, options_.clock->NowMicros());
+}
+
+void Engine::MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at_head,
+                         int64_t now_us) {
   // Beyond the budget, newly queued payloads go to the spill store: the tail
   // of a queue is read last. Returning (backed-out) ones stay in memory.
   if (!at_head && options_.spill != nullptr && options_.memory_budget_bytes > 0 &&
@@ -555,7 +560,7 @@ void Engine::MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at
   } else {
     message->position = queue->next_tail++;
     queue->visible.push_back(std::move(message));
-    queue->rates.Arrived(options_.clock->NowMicros());
+    queue->rates.Arrived(now_us);
   }
   queue->available.Signal();
 }
@@ -700,8 +705,8 @@ absl::Status Engine::EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us
                             /*positive=*/true, 0, &ack_lsn);
       if (!acked.ok()) return Abandon(messages, acked.status());
     }
-    LogRecord& record = ScratchRecord(enqueue_record_);
-    qmgr::v1::EnqueueRecord* enqueue = record.mutable_enqueue();
+    // The ENQUEUE record, made at the batch's first RECOVERABLE message.
+    qmgr::v1::EnqueueRecord* enqueue = nullptr;
     log::Lsn reserve_lsn = 0;
     log::Lsn unlogged_reserve_lsn = log::kNoLsn;
     for (size_t i = 0; i < specs.size(); ++i) {
@@ -712,6 +717,7 @@ absl::Status Engine::EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us
       Admit(messages[i].get(), classes[i], *id);
       results[i].message_id = *id;
       if (classes[i] == qmgr::v1::RECOVERABLE) {
+        if (enqueue == nullptr) enqueue = ScratchRecord(enqueue_record_).mutable_enqueue();
         qmgr::v1::Message* logged = enqueue->add_messages();
         *logged = messages[i]->m;
         logged->set_payload(*messages[i]->payload);
@@ -726,8 +732,8 @@ absl::Status Engine::EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us
       advance->set_session(specs[i].origin_session);
       advance->set_in_seq(specs[i].input_seq);
     }
-    if (enqueue->messages_size() > 0) {
-      absl::StatusOr<log::Lsn> lsn = AppendScratch(record);
+    if (enqueue != nullptr) {
+      absl::StatusOr<log::Lsn> lsn = AppendScratch(enqueue_record_);
       if (!lsn.ok()) return Abandon(messages, lsn.status());
       *wait_lsn = *lsn;
     } else if (unlogged_reserve_lsn != log::kNoLsn) {
@@ -750,7 +756,7 @@ absl::Status Engine::EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us
         results[i].durability = Durability::kDurable;
       }
       ++queues[i]->traffic_of(*messages[i]).enqueued;
-      MakeVisible(queues[i], std::move(messages[i]), /*at_head=*/false);
+      MakeVisible(queues[i], std::move(messages[i]), /*at_head=*/false, now_us);
     }
   }
   return absl::OkStatus();
@@ -896,24 +902,25 @@ absl::StatusOr<GetResult> Engine::GetNoWait(const GetOptions& options, log::Lsn*
   log::Lsn commit_lsn = log::kNoLsn;
   log::Lsn get_lsn = log::kNoLsn;
   Payloads payloads;
-  std::vector<std::unique_ptr<Message>> consumed;
+  Consumed consumed;
   const absl::Time now = options_.clock->Now();
-  absl::StatusOr<GetResult> result;
+  GetResult result;
+  absl::Status status;
   {
     absl::MutexLock lock(&mu_);
-    result = GetLocked(options, now, &commit_lsn, &get_lsn, &payloads, &consumed);
+    status = GetLocked(options, now, &commit_lsn, &get_lsn, &payloads, &consumed, &result);
   }
   consumed.clear();
-  if (!result.ok() && commit_lsn != log::kNoLsn) {
+  if (!status.ok() && commit_lsn != log::kNoLsn) {
     // The previous unit is committed even though this Get failed: the caller
     // hears so, once the commit is durable.
     *durable_lsn = commit_lsn;
-    return WithPreviousUnitCommitted(result.status(), options.uow);
+    return WithPreviousUnitCommitted(status, options.uow);
   }
-  if (result.ok()) {  // the copies, outside the latch
-    result->message.set_payload(*payloads[0]);
-    for (size_t i = 0; i < result->more.size(); ++i) result->more[i].set_payload(*payloads[i + 1]);
-  }
+  if (!status.ok()) return status;
+  // The copies, outside the latch.
+  result.message.set_payload(*payloads[0]);
+  for (size_t i = 0; i < result.more.size(); ++i) result.more[i].set_payload(*payloads[i + 1]);
   // The log is written in LSN order: the later record durable, both are.
   for (const log::Lsn lsn : {commit_lsn, get_lsn}) {
     if (lsn != log::kNoLsn)
@@ -922,18 +929,19 @@ absl::StatusOr<GetResult> Engine::GetNoWait(const GetOptions& options, log::Lsn*
   return result;
 }
 
-absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Time now,
-                                            log::Lsn* commit_lsn, log::Lsn* get_lsn,
-                                            Payloads* payloads,
-                                            std::vector<std::unique_ptr<Message>>* consumed) {
+absl::Status Engine::GetLocked(const GetOptions& options, absl::Time now, log::Lsn* commit_lsn,
+                               log::Lsn* get_lsn, Payloads* payloads, Consumed* consumed,
+                               GetResult* out) {
+  GetResult& result = *out;
   int64_t now_us = absl::ToUnixMicros(now);
   absl::Time deadline = absl::InfinitePast();  // set when a wait begins
   bool woken = false;                          // this call consumed a wake-up
-  GetResult result;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   {
     Unit* unit = nullptr;
     bool created = false;
+    // The queue, looked up once per latch hold: commits never erase a queue.
+    auto it = queues_.end();
     if (options.commit_previous && options.uow != 0) {
       absl::StatusOr<Unit*> previous = FindUnit(options.uow, now);
       if (!previous.ok()) return previous.status();
@@ -944,11 +952,11 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
       if (absl::Status s = CheckNotWaiting(**previous); !s.ok()) return s;
       // Refuse before committing what would fail after it, so that an error
       // always means the previous unit is still open.
-      auto queue = queues_.find(options.queue);
-      if (queue == queues_.end()) {
+      it = queues_.find(options.queue);
+      if (it == queues_.end()) {
         return QueueNotDefined(options.queue);
       }
-      if (queue->second->attributes.get_inhibited()) {
+      if (it->second->attributes.get_inhibited()) {
         return WithReason(absl::FailedPreconditionError(
                               absl::StrCat("queue '", options.queue, "' is get-inhibited")),
                           reason::kGetInhibited);
@@ -972,12 +980,12 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
     // On a failure: end a unit this call made for nothing, and pass on a
     // wake-up this call consumed, so a message it leaves is not left unseen.
     auto drop_if_empty = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      auto it = units_.find(uow);
-      if (created && it != units_.end() && it->second->messages() == 0) EndUnit(uow);
+      auto u = units_.find(uow);
+      if (created && u != units_.end() && u->second->messages() == 0) EndUnit(uow);
       if (woken && queues_.count(options.queue)) queues_.at(options.queue)->available.Signal();
     };
     while (true) {
-      auto it = queues_.find(options.queue);
+      if (woken || it == queues_.end()) it = queues_.find(options.queue);
       if (it == queues_.end()) {
         drop_if_empty();
         return QueueNotDefined(options.queue);
@@ -989,12 +997,14 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
                               absl::StrCat("queue '", options.queue, "' is get-inhibited")),
                           reason::kGetInhibited);
       }
-      absl::StatusOr<Unit*> current = FindUnit(uow, now);  // another call may have ended it
-      if (!current.ok()) {
-        drop_if_empty();
-        return current.status();
+      if (woken) {  // another call may have ended the unit during the wait
+        absl::StatusOr<Unit*> current = FindUnit(uow, now);
+        if (!current.ok()) {
+          drop_if_empty();
+          return current.status();
+        }
+        unit = *current;
       }
-      unit = *current;
       if (unit->messages() >= options_.unit_messages_max) {
         drop_if_empty();
         return absl::ResourceExhaustedError(
@@ -1049,7 +1059,7 @@ absl::StatusOr<GetResult> Engine::GetLocked(const GetOptions& options, absl::Tim
       payloads->push_back(message->payload);
     }
   }
-  return result;
+  return absl::OkStatus();
 }
 
 absl::Status Engine::TakeInto(Unit& unit, Queue& queue, Message* message, int64_t now_us,
@@ -1203,7 +1213,7 @@ template bool Engine::FillUnitRecord(const Unit&, qmgr::v1::PrepareRecord*,
                                      std::vector<std::pair<std::string, uint64_t>>*) const;
 
 absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* result,
-                                              std::vector<std::unique_ptr<Message>>* consumed) {
+                                              Consumed* consumed) {
   assert(!unit->in_doubt());
   if (absl::Status refusal = CheckInsertDepth(*unit); !refusal.ok()) {
     BackoutLocked(unit, qmgr::v1::BACKOUT_QUEUE_FULL);
@@ -1225,7 +1235,7 @@ absl::StatusOr<log::Lsn> Engine::CommitLocked(Unit* unit, SyncPointResult* resul
 
 void Engine::ApplyCommit(Unit* unit, log::Lsn lsn,
                          const std::vector<std::pair<std::string, uint64_t>>& hardened,
-                         SyncPointResult* result, std::vector<std::unique_ptr<Message>>* consumed) {
+                         SyncPointResult* result, Consumed* consumed) {
   std::vector<std::pair<std::string, uint64_t>> replied;  // session, reply message id
   for (auto& message : unit->inserted) {
     Queue* queue = queues_.at(message->m.queue()).get();
@@ -1273,7 +1283,7 @@ void Engine::ApplyCommit(Unit* unit, log::Lsn lsn,
 absl::StatusOr<SyncPointResult> Engine::SyncPoint(UowId uow) {
   SyncPointResult result;
   log::Lsn wait_lsn = log::kNoLsn;
-  std::vector<std::unique_ptr<Message>> consumed;
+  Consumed consumed;
   {
     absl::MutexLock lock(&mu_);
     if (absl::Status s = CheckOpen(); !s.ok()) return s;

@@ -528,6 +528,9 @@ class Engine {
   struct Queue;
   struct Unit;
   struct Session;  // qmgr/sessions.cc
+  // Messages a commit consumed, freed by the caller after the latch is
+  // released; one inline, since most units hold one.
+  using Consumed = absl::InlinedVector<std::unique_ptr<Message>, 1>;
   // What a unit's SYNCPOINT or PREPARE carries (consumed ids, inserts and
   // deferred inputs with payloads, session advances); false when nothing in
   // it is recoverable.
@@ -540,13 +543,11 @@ class Engine {
   // The unit's commit is in the log at `lsn`: apply it and end the unit.
   void ApplyCommit(Unit* unit, log::Lsn lsn,
                    const std::vector<std::pair<std::string, uint64_t>>& hardened,
-                   SyncPointResult* result, std::vector<std::unique_ptr<Message>>* consumed)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                   SyncPointResult* result, Consumed* consumed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // One XID's outcome (Resolve); sets *wait to a record to wait for.
   absl::Status ResolveOne(const CoordinatedKey& key, qmgr::v1::Outcome outcome,
                           const std::string& decided_by, bool* was_in_doubt, log::Lsn* wait,
-                          std::vector<std::unique_ptr<Message>>* consumed)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                          Consumed* consumed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Refuses calls of the program API on a unit in doubt.
   static absl::Status CheckNotInDoubt(const Unit& unit);
   // What DisplayQueue(s) answer for one queue; `in_doubt`: the messages units
@@ -616,10 +617,11 @@ class Engine {
   // returned apart, to be copied after the latch is released; inline room
   // for one, so a Get of one message allocates nothing for them.
   using Payloads = absl::InlinedVector<std::shared_ptr<const std::string>, 1>;
-  absl::StatusOr<GetResult> GetLocked(const GetOptions& options, absl::Time now,
-                                      log::Lsn* commit_lsn, log::Lsn* get_lsn, Payloads* payloads,
-                                      std::vector<std::unique_ptr<Message>>* consumed)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Fills the caller's `result`, so that no GetResult is moved or destroyed
+  // while the latch is held.
+  absl::Status GetLocked(const GetOptions& options, absl::Time now, log::Lsn* commit_lsn,
+                         log::Lsn* get_lsn, Payloads* payloads, Consumed* consumed,
+                         GetResult* result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A record reused under the latch for one record type (ENQUEUE, GET,
   // SYNCPOINT): emptied, with its allocations kept, saving a dozen
   // allocations and frees per message while the latch is held.
@@ -642,8 +644,7 @@ class Engine {
   Unit* NewUnit(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EndUnit(UowId uow) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves the consumed messages to `consumed`, to be freed outside the latch.
-  absl::StatusOr<log::Lsn> CommitLocked(Unit* unit, SyncPointResult* result,
-                                        std::vector<std::unique_ptr<Message>>* consumed)
+  absl::StatusOr<log::Lsn> CommitLocked(Unit* unit, SyncPointResult* result, Consumed* consumed)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void BackoutLocked(Unit* unit, qmgr::v1::BackoutReason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Message* TakeNext(Queue* queue, int64_t now_us) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -659,6 +660,9 @@ class Engine {
   absl::Status Unspill(Message* message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropSpilled(const Message& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at_head)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The same, with the clock already read outside the latch.
+  void MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at_head, int64_t now_us)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The next checkpoint writes this message's image (if it is recoverable).
   void MarkChanged(Message* message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
