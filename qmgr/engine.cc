@@ -576,26 +576,37 @@ absl::Status Engine::Abandon(absl::Span<const std::unique_ptr<Message>> messages
 }
 
 absl::StatusOr<EnqueueResult> Engine::Enqueue(MessageSpec spec) {
-  absl::StatusOr<std::vector<EnqueueResult>> results = EnqueueMany(absl::MakeSpan(&spec, 1));
-  if (!results.ok()) return results.status();
-  return results->front();
+  EnqueueResult result;
+  if (absl::Status s = EnqueueMany(absl::MakeSpan(&spec, 1), absl::MakeSpan(&result, 1)); !s.ok()) {
+    return s;
+  }
+  return result;
 }
 
 absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueBatch(std::vector<MessageSpec> specs) {
   if (specs.empty()) return absl::InvalidArgumentError("an empty batch");
-  return EnqueueMany(absl::MakeSpan(specs));
+  std::vector<EnqueueResult> results(specs.size());
+  if (absl::Status s = EnqueueMany(absl::MakeSpan(specs), absl::MakeSpan(results)); !s.ok()) {
+    return s;
+  }
+  return results;
 }
 
 absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueBatchNoWait(
     std::vector<MessageSpec> specs, log::Lsn* durable_lsn) {
   *durable_lsn = log::kNoLsn;
   if (specs.empty()) return absl::InvalidArgumentError("an empty batch");
-  return EnqueueMany(absl::MakeSpan(specs), durable_lsn);
+  std::vector<EnqueueResult> results(specs.size());
+  if (absl::Status s = EnqueueMany(absl::MakeSpan(specs), absl::MakeSpan(results), durable_lsn);
+      !s.ok()) {
+    return s;
+  }
+  return results;
 }
 
-absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<MessageSpec> specs,
-                                                               log::Lsn* durable_lsn) {
-  std::vector<EnqueueResult> results(specs.size());
+absl::Status Engine::EnqueueMany(absl::Span<MessageSpec> specs, absl::Span<EnqueueResult> results,
+                                 log::Lsn* durable_lsn) {
+  assert(results.size() == specs.size());
   log::Lsn wait_lsn = log::kNoLsn;
   log::Lsn hardened_lsn = log::kNoLsn;  // ALREADY_HARDENED: answered once it is durable
   absl::Status refusal;
@@ -619,14 +630,14 @@ absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueMany(absl::Span<Messag
   if (durable_lsn != nullptr) {
     *durable_lsn = wait_lsn;
   } else if (wait_lsn != log::kNoLsn) {
-    if (absl::Status s = WaitDurable(wait_lsn); !s.ok()) return s;
+    return WaitDurable(wait_lsn);
   }
-  return results;
+  return absl::OkStatus();
 }
 
 absl::Status Engine::EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us,
                                    absl::Span<std::unique_ptr<Message>> messages,
-                                   std::vector<EnqueueResult>& results, log::Lsn* wait_lsn,
+                                   absl::Span<EnqueueResult> results, log::Lsn* wait_lsn,
                                    log::Lsn* hardened_lsn) {
   {
     // Validate everything first: all or nothing.

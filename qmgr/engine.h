@@ -603,14 +603,15 @@ class Engine {
   void Admit(Message* message, MessageClass cls, uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Abandon(absl::Span<const std::unique_ptr<Message>> messages, absl::Status status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // durable_lsn null: waits for durability; else sets it (EnqueueBatchNoWait).
-  absl::StatusOr<std::vector<EnqueueResult>> EnqueueMany(absl::Span<MessageSpec> specs,
-                                                         log::Lsn* durable_lsn = nullptr);
+  // Fills `results`, one per spec. durable_lsn null: waits for durability;
+  // else sets it (EnqueueBatchNoWait).
+  absl::Status EnqueueMany(absl::Span<MessageSpec> specs, absl::Span<EnqueueResult> results,
+                           log::Lsn* durable_lsn = nullptr);
   // EnqueueMany under the latch: validates all, appends, queues. Sets the LSN
   // to wait for, or on ALREADY_HARDENED the one that refusal waits for.
   absl::Status EnqueueLocked(absl::Span<MessageSpec> specs, int64_t now_us,
                              absl::Span<std::unique_ptr<Message>> messages,
-                             std::vector<EnqueueResult>& results, log::Lsn* wait_lsn,
+                             absl::Span<EnqueueResult> results, log::Lsn* wait_lsn,
                              log::Lsn* hardened_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Get under the latch; sets the LSNs the caller must wait for.
   // The payloads (the first message's, then those of result.more) are
