@@ -181,8 +181,11 @@ void CompactWhereReadsWouldSlow(rocksdb::DB* db,
     if (!NeedsCompaction(meta) || space.available < 2 * meta.size + kCompactionHeadroomBytes) {
       continue;
     }
-    db->CompactRange(rocksdb::CompactRangeOptions(), family, nullptr, nullptr)
-        .PermitUncheckedError();
+    // By default RocksDB leaves the last level as it is, and in a small
+    // family that is where the piled-up files are.
+    rocksdb::CompactRangeOptions whole;
+    whole.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForceOptimized;
+    db->CompactRange(whole, family, nullptr, nullptr).PermitUncheckedError();
   }
 }
 
