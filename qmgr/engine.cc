@@ -584,23 +584,20 @@ absl::StatusOr<EnqueueResult> Engine::Enqueue(MessageSpec spec) {
 }
 
 absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueBatch(std::vector<MessageSpec> specs) {
-  if (specs.empty()) return absl::InvalidArgumentError("an empty batch");
-  std::vector<EnqueueResult> results(specs.size());
-  if (absl::Status s = EnqueueMany(absl::MakeSpan(specs), absl::MakeSpan(results)); !s.ok()) {
-    return s;
-  }
-  return results;
+  return EnqueueAll(absl::MakeSpan(specs), nullptr);
 }
 
 absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueBatchNoWait(
     std::vector<MessageSpec> specs, log::Lsn* durable_lsn) {
   *durable_lsn = log::kNoLsn;
+  return EnqueueAll(absl::MakeSpan(specs), durable_lsn);
+}
+
+absl::StatusOr<std::vector<EnqueueResult>> Engine::EnqueueAll(absl::Span<MessageSpec> specs,
+                                                              log::Lsn* durable_lsn) {
   if (specs.empty()) return absl::InvalidArgumentError("an empty batch");
   std::vector<EnqueueResult> results(specs.size());
-  if (absl::Status s = EnqueueMany(absl::MakeSpan(specs), absl::MakeSpan(results), durable_lsn);
-      !s.ok()) {
-    return s;
-  }
+  if (absl::Status s = EnqueueMany(specs, absl::MakeSpan(results), durable_lsn); !s.ok()) return s;
   return results;
 }
 

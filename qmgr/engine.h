@@ -603,6 +603,9 @@ class Engine {
   void Admit(Message* message, MessageClass cls, uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Abandon(absl::Span<const std::unique_ptr<Message>> messages, absl::Status status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A batch (EnqueueBatch, EnqueueBatchNoWait): refuses an empty one.
+  absl::StatusOr<std::vector<EnqueueResult>> EnqueueAll(absl::Span<MessageSpec> specs,
+                                                        log::Lsn* durable_lsn);
   // Fills `results`, one per spec. durable_lsn null: waits for durability;
   // else sets it (EnqueueBatchNoWait).
   absl::Status EnqueueMany(absl::Span<MessageSpec> specs, absl::Span<EnqueueResult> results,
