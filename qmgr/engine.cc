@@ -553,6 +553,7 @@ void Engine::MakeVisible(Queue* queue, std::unique_ptr<Message> message, bool at
     Spill(message.get());
   }
   message->taken_by = 0;
+  message->taken_from = nullptr;
   MarkChanged(message.get());
   if (at_head) {
     message->position = --queue->next_head;
@@ -819,6 +820,7 @@ void Engine::EndUnit(UowId uow) {
   auto it = units_.find(uow);
   assert(it != units_.end());
   std::unique_ptr<Unit> unit = std::move(it->second);
+  assert(unit->copying.load(std::memory_order_relaxed) == 0);
   units_.erase(it);
   if (!unit->coordinated_key.empty()) {
     coordinated_.erase(unit->coordinated_key);
@@ -909,14 +911,14 @@ absl::StatusOr<GetResult> Engine::GetNoWait(const GetOptions& options, log::Lsn*
   *durable_lsn = log::kNoLsn;
   log::Lsn commit_lsn = log::kNoLsn;
   log::Lsn get_lsn = log::kNoLsn;
-  Payloads payloads;
+  Copies copies;
   Consumed consumed;
   const absl::Time now = options_.clock->Now();
   GetResult result;
   absl::Status status;
   {
     absl::MutexLock lock(&mu_);
-    status = GetLocked(options, now, &commit_lsn, &get_lsn, &payloads, &consumed, &result);
+    status = GetLocked(options, now, &commit_lsn, &get_lsn, &copies, &consumed, &result);
   }
   consumed.clear();
   if (!status.ok() && commit_lsn != log::kNoLsn) {
@@ -926,9 +928,8 @@ absl::StatusOr<GetResult> Engine::GetNoWait(const GetOptions& options, log::Lsn*
     return WithPreviousUnitCommitted(status, options.uow);
   }
   if (!status.ok()) return status;
-  // The copies, outside the latch.
-  result.message.set_payload(*payloads[0]);
-  for (size_t i = 0; i < result.more.size(); ++i) result.more[i].set_payload(*payloads[i + 1]);
+  if (options_.before_answer_copy) options_.before_answer_copy(result.uow);
+  CopyOut(copies, &result);
   // The log is written in LSN order: the later record durable, both are.
   for (const log::Lsn lsn : {commit_lsn, get_lsn}) {
     if (lsn != log::kNoLsn)
@@ -937,8 +938,22 @@ absl::StatusOr<GetResult> Engine::GetNoWait(const GetOptions& options, log::Lsn*
   return result;
 }
 
+void Engine::CopyOut(Copies& copies, GetResult* result) {
+  const auto copy = [](const Message& from, qmgr::v1::Message* to) {
+    *to = from.m;
+    to->set_payload(*from.payload);
+  };
+  copy(*copies.messages[0], &result->message);
+  result->more.resize(copies.messages.size() - 1);
+  for (size_t i = 1; i < copies.messages.size(); ++i) {
+    copy(*copies.messages[i], &result->more[i - 1]);
+  }
+  // Release: the copies are made before the unit can end.
+  copies.unit->copying.fetch_sub(1, std::memory_order_release);
+}
+
 absl::Status Engine::GetLocked(const GetOptions& options, absl::Time now, log::Lsn* commit_lsn,
-                               log::Lsn* get_lsn, Payloads* payloads, Consumed* consumed,
+                               log::Lsn* get_lsn, Copies* copies, Consumed* consumed,
                                GetResult* out) {
   GetResult& result = *out;
   int64_t now_us = absl::ToUnixMicros(now);
@@ -1047,14 +1062,13 @@ absl::Status Engine::GetLocked(const GetOptions& options, absl::Time now, log::L
       return s;
     }
     result.uow = uow;
-    result.message = message->m;
-    payloads->push_back(message->payload);
+    copies->messages.push_back(message);
     // The rest only as available now, under the same latch hold: a limit
     // (the unit's, the answer's size) or a failure ends the batch early
     // rather than failing it, since the first is taken. A Get of one (most)
     // does not size its message under the latch.
     uint64_t bytes =
-        options.max_messages > 1 ? result.message.ByteSizeLong() + message->payload->size() : 0;
+        options.max_messages > 1 ? message->m.ByteSizeLong() + message->payload->size() : 0;
     for (uint32_t n = 1; n < options.max_messages; ++n) {
       if (unit->messages() >= options_.unit_messages_max) break;
       message = TakeNext(queue, now_us);
@@ -1063,9 +1077,10 @@ absl::Status Engine::GetLocked(const GetOptions& options, absl::Time now, log::L
       bytes += message->m.ByteSizeLong() + message->payload->size();
       if (bytes > options.max_bytes) break;
       if (!TakeInto(*unit, *queue, message, now_us, get_lsn).ok()) break;
-      result.more.push_back(message->m);
-      payloads->push_back(message->payload);
+      copies->messages.push_back(message);
     }
+    copies->unit = unit;
+    unit->copying.fetch_add(1, std::memory_order_relaxed);
   }
   return absl::OkStatus();
 }
@@ -1098,6 +1113,7 @@ absl::Status Engine::TakeInto(Unit& unit, Queue& queue, Message* message, int64_
   }
   unit.record_bytes += cost;
   message->taken_by = unit.id;
+  message->taken_from = &queue;
   MarkChanged(message);
   ++queue.traffic_of(*message).got;
   unit.taken.push_back(std::move(queue.visible.front()));
@@ -1145,9 +1161,9 @@ absl::Status Engine::Insert(UowId uow, MessageSpec spec) {
 }
 
 absl::Status Engine::CheckNotWaiting(const Unit& unit) const {
-  if (unit.busy == 0) return absl::OkStatus();
-  return absl::FailedPreconditionError(
-      absl::StrCat("unit of work ", unit.id, " has a Get waiting for a message; end it after"));
+  if (!unit.in_use()) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "unit of work ", unit.id, " has a Get waiting for a message (or answering); end it after"));
 }
 
 absl::Status Engine::CheckUnitBytes(const Unit& unit, uint64_t more) const {
@@ -1255,10 +1271,10 @@ void Engine::ApplyCommit(Unit* unit, log::Lsn lsn,
     MakeVisible(queue, std::move(message), /*at_head=*/false);
   }
   for (auto& message : unit->taken) {
-    auto it = queues_.find(message->m.queue());
-    assert(it != queues_.end() && "a queue with taken messages is never deleted");
-    --it->second->taken;
-    ++it->second->traffic_of(*message).committed;
+    Queue* queue = message->taken_from;
+    assert(queue != nullptr && "a queue with taken messages is never deleted");
+    --queue->taken;
+    ++queue->traffic_of(*message).committed;
     Retire(*message);
     // Freed by the caller after the latch is released.
     message->Uncharge();
@@ -1330,7 +1346,8 @@ void Engine::BackoutLocked(Unit* unit, qmgr::v1::BackoutReason reason) {
 
   std::vector<std::unique_ptr<Message>> returning;
   for (auto& message : unit->taken) {
-    Queue* queue = queues_.at(message->m.queue()).get();
+    Queue* queue = message->taken_from;
+    assert(queue != nullptr && "a queue with taken messages is never deleted");
     --queue->taken;
     ++queue->traffic_of(*message).backed_out;
     const uint32_t threshold = queue->attributes.backout_threshold();
@@ -1354,7 +1371,7 @@ void Engine::BackoutLocked(Unit* unit, qmgr::v1::BackoutReason reason) {
   }
   // Back to the head of their queues, in the order they were taken.
   for (auto it = returning.rbegin(); it != returning.rend(); ++it) {
-    Queue* queue = queues_.at((*it)->m.queue()).get();
+    Queue* queue = (*it)->taken_from;
     MakeVisible(queue, std::move(*it), /*at_head=*/true);
   }
   EndUnit(unit->id);
@@ -1375,7 +1392,7 @@ int Engine::ReapIdleUnits() {
   const absl::Time now = options_.clock->Now();
   std::vector<Unit*> idle;
   for (const auto& [id, unit] : units_) {
-    if (unit->busy == 0 && !unit->exempt && now - unit->last_used > options_.unit_idle_timeout) {
+    if (!unit->in_use() && !unit->exempt && now - unit->last_used > options_.unit_idle_timeout) {
       idle.push_back(unit.get());
     }
   }
@@ -1404,7 +1421,7 @@ absl::Status Engine::CheckOpen() const {
 
 bool Engine::NoGetWaiting() const {
   return receivers_waiting_ == 0 && std::all_of(units_.begin(), units_.end(), [](const auto& unit) {
-           return unit.second->busy == 0;
+           return !unit.second->in_use();
          });
 }
 
@@ -1416,7 +1433,11 @@ int Engine::Quiesce(qmgr::v1::BackoutReason reason) {
     stopping_ = true;
     CloseIdleSessions();
     for (const auto& [name, queue] : queues_) queue->available.SignalAll();
-    mu_.Await(absl::Condition(this, &Engine::NoGetWaiting));
+    // Answers being copied end without the latch, which is what wakes an
+    // Await: look again every millisecond.
+    while (!mu_.AwaitWithTimeout(absl::Condition(this, &Engine::NoGetWaiting),
+                                 absl::Milliseconds(1))) {
+    }
     std::vector<Unit*> open;
     for (const auto& [id, unit] : units_) {
       if (!unit->in_doubt()) open.push_back(unit.get());  // in doubt: kept for its coordinator
@@ -1500,6 +1521,7 @@ void Engine::Restore(RestoredState restored) {
       if (taken_by != 0) {
         // Held by a unit in doubt (restored below).
         message->taken_by = taken_by;
+        message->taken_from = queue.get();
         ++queue->taken;
         held[taken_by].push_back(std::move(message));
         continue;
@@ -1542,7 +1564,10 @@ void Engine::Restore(RestoredState restored) {
       message->m.clear_payload();
       message->taken_by = unit->id;
       message->Charge(&payload_bytes_);
-      if (auto q = queues_.find(m.queue()); q != queues_.end()) ++q->second->taken;
+      if (auto q = queues_.find(m.queue()); q != queues_.end()) {
+        ++q->second->taken;
+        message->taken_from = q->second.get();
+      }
       unit->taken.push_back(std::move(message));
     }
     unit->prepared = std::make_shared<const qmgr::v1::PrepareRecord>(std::move(prepared));

@@ -24,6 +24,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -107,6 +108,9 @@ struct EngineOptions {
   // Account the CPU that calling threads spend waiting for durability
   // (wait_cpu_nanos): two thread-CPU clock reads per wait, so off by default.
   bool measure_wait_cpu = false;
+  // Tests: runs after a Get has released the latch, before it copies its
+  // answer out of the messages it took (Engine::CopyOut).
+  std::function<void(UowId)> before_answer_copy;
 };
 
 struct MemoryStatus {
@@ -616,16 +620,22 @@ class Engine {
                              absl::Span<std::unique_ptr<Message>> messages,
                              absl::Span<EnqueueResult> results, log::Lsn* wait_lsn,
                              log::Lsn* hardened_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Get under the latch; sets the LSNs the caller must wait for.
-  // The payloads (the first message's, then those of result.more) are
-  // returned apart, to be copied after the latch is released; inline room
-  // for one, so a Get of one message allocates nothing for them.
-  using Payloads = absl::InlinedVector<std::shared_ptr<const std::string>, 1>;
-  // Fills the caller's `result`, so that no GetResult is moved or destroyed
-  // while the latch is held.
+  // The messages a Get took (the first, then those of result.more), to be
+  // copied into its answer after the latch is released. Their unit's
+  // `copying` count, raised when `unit` is set, keeps them unchanged until
+  // CopyOut lowers it. Inline room for one: a Get of one allocates nothing.
+  struct Copies {
+    Unit* unit = nullptr;
+    absl::InlinedVector<const Message*, 1> messages;
+  };
+  // Get under the latch; sets the LSNs the caller must wait for. Fills the
+  // caller's `result` (its unit), so that no GetResult is moved or
+  // destroyed while the latch is held.
   absl::Status GetLocked(const GetOptions& options, absl::Time now, log::Lsn* commit_lsn,
-                         log::Lsn* get_lsn, Payloads* payloads, Consumed* consumed,
+                         log::Lsn* get_lsn, Copies* copies, Consumed* consumed,
                          GetResult* result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Outside the latch: the messages into `result`, then lets their unit end.
+  static void CopyOut(Copies& copies, GetResult* result);
   // A record reused under the latch for one record type (ENQUEUE, GET,
   // SYNCPOINT): emptied, with its allocations kept, saving a dozen
   // allocations and frees per message while the latch is held.
@@ -638,7 +648,8 @@ class Engine {
   // to that record for a redelivered message. On an error it stays queued.
   absl::Status TakeInto(Unit& unit, Queue& queue, Message* message, int64_t now_us,
                         log::Lsn* get_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Ending a unit while a Get of it waits would pull the unit from under it.
+  // Ending a unit while a Get of it waits (or copies its answer) would pull
+  // the unit from under it.
   absl::Status CheckNotWaiting(const Unit& unit) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static uint64_t TakenFrom(const Unit& unit, const std::string& queue);
   void ForgetDeferredInput(const Message& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

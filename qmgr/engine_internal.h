@@ -4,6 +4,7 @@
 #define QMGR_QMGR_ENGINE_INTERNAL_H_
 
 #include <array>
+#include <atomic>
 #include <cassert>
 #include <deque>
 #include <memory>
@@ -45,6 +46,9 @@ struct Engine::Message {
   bool in_store = false;
   int64_t position = 0;           // order within its queue (StoredMessage.position)
   UowId taken_by = 0;             // the open unit holding it
+  // Its queue while a unit holds it: a queue with taken messages is never
+  // deleted, so commit and backout need not look it up by name.
+  Queue* taken_from = nullptr;
   bool stored = false;            // a checkpoint wrote (or is writing) its image
   bool payload_in_store = false;  // ... and its payload
   // The engine's count of payload bytes in memory, charged while this holds
@@ -149,6 +153,11 @@ struct Engine::Unit {
   absl::Time begun;
   absl::Time last_used;
   int busy = 0;         // calls inside the engine now (a waiting Get): never idle
+  // Gets copying messages of this unit into their answers after releasing
+  // the latch. Until they are done the unit does not end, so those messages
+  // neither change (backout counts, queue) nor are freed. Raised under the
+  // latch, lowered outside it.
+  std::atomic<int> copying{0};
   bool exempt = false;  // from the idle timeout (ExemptFromIdleTimeout)
 
   // A coordinated unit: its key (CoordinatedStoreKey), and once prepared
@@ -158,6 +167,8 @@ struct Engine::Unit {
   int64_t prepared_time_us = 0;
 
   uint64_t messages() const { return taken.size() + inserted.size(); }
+  // A call still works on it: it must not end, nor be idle.
+  bool in_use() const { return busy > 0 || copying.load(std::memory_order_acquire) > 0; }
   bool in_doubt() const { return prepared != nullptr; }
 };
 

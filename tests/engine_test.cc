@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "log/log.h"
@@ -49,6 +50,7 @@ class EngineTest : public ::testing::Test {
     options.memory_budget_bytes = memory_budget_bytes;
     options.spill = spill;
     options.spill_limit_bytes = spill_limit_bytes;
+    options.before_answer_copy = before_answer_copy_;
     engine_ = std::make_unique<Engine>(log_.get(), options);
   }
 
@@ -147,6 +149,7 @@ class EngineTest : public ::testing::Test {
   }
 
   uint64_t unit_bytes_max_ = 8u << 20;
+  std::function<void(UowId)> before_answer_copy_;
   FaultFileSystem fs_;
   ManualClock clock_;
   std::unique_ptr<log::Log> log_;
@@ -656,6 +659,44 @@ TEST_F(EngineTest, ConcurrentProducersAndConsumers) {
     EXPECT_EQ(engine_->DisplayQueue("Q")->depth, 0u);
     EXPECT_EQ(engine_->DisplayQueue("Q")->taken, 0u);
   }
+}
+
+// A Get copies its answer out of the messages it took after releasing the
+// latch. Until it has, their unit must not end (a misbehaving client's
+// racing call, the idle reaper), which would change the messages (backout
+// count, queue) or free them mid-copy.
+TEST_F(EngineTest, AUnitDoesNotEndWhileAGetCopiesItsAnswer) {
+  Stop();
+  absl::Notification reached;
+  absl::Notification go;
+  std::atomic<UowId> copying{0};
+  before_answer_copy_ = [&](UowId uow) {
+    copying.store(uow);
+    reached.Notify();
+    go.WaitForNotification();
+  };
+  Start();
+  Define("Q");
+  ASSERT_TRUE(engine_->Enqueue(Spec("Q", "whole", qmgr::v1::IRRECOVERABLE)).ok());
+  GetResult got;
+  std::thread getter([&] { got = MustGet("Q"); });
+  reached.WaitForNotification();
+  const UowId uow = copying.load();
+  for (const absl::Status& s :
+       {engine_->Backout(uow), engine_->SyncPoint(uow).status(),
+        engine_->Get({uow, "Q", absl::ZeroDuration(), /*commit_previous=*/true}).status()}) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_NE(s.message().find("answering"), std::string::npos) << s;
+  }
+  clock_.Advance(absl::Hours(1));
+  EXPECT_EQ(engine_->ReapIdleUnits(), 0) << "not idle while answering";
+  go.Notify();
+  getter.join();
+  EXPECT_EQ(got.uow, uow);
+  EXPECT_EQ(got.message.payload(), "whole");
+  EXPECT_EQ(got.message.backout_count(), 0u);
+  // Answered: the unit ends as usual.
+  EXPECT_TRUE(engine_->SyncPoint(uow).ok());
 }
 
 // An expired message is discarded at Get, counted, and logged as consumed so
