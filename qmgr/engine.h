@@ -632,8 +632,8 @@ class Engine {
   // caller's `result` (its unit), so that no GetResult is moved or
   // destroyed while the latch is held.
   absl::Status GetLocked(const GetOptions& options, absl::Time now, log::Lsn* commit_lsn,
-                         log::Lsn* get_lsn, Copies* copies, Consumed* consumed,
-                         GetResult* result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                         log::Lsn* get_lsn, Copies* copies, Consumed* consumed, GetResult* result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Outside the latch: the messages into `result`, then lets their unit end.
   static void CopyOut(Copies& copies, GetResult* result);
   // A record reused under the latch for one record type (ENQUEUE, GET,

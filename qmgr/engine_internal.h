@@ -44,8 +44,8 @@ struct Engine::Message {
   bool spilled = false;  // the payload is in the spill store
   // The payload is only in the checkpoint store (restored lazily).
   bool in_store = false;
-  int64_t position = 0;           // order within its queue (StoredMessage.position)
-  UowId taken_by = 0;             // the open unit holding it
+  int64_t position = 0;  // order within its queue (StoredMessage.position)
+  UowId taken_by = 0;    // the open unit holding it
   // Its queue while a unit holds it: a queue with taken messages is never
   // deleted, so commit and backout need not look it up by name.
   Queue* taken_from = nullptr;
@@ -152,7 +152,7 @@ struct Engine::Unit {
   log::Lsn first_lsn = log::kNoLsn;
   absl::Time begun;
   absl::Time last_used;
-  int busy = 0;         // calls inside the engine now (a waiting Get): never idle
+  int busy = 0;  // calls inside the engine now (a waiting Get): never idle
   // Gets copying messages of this unit into their answers after releasing
   // the latch. Until they are done the unit does not end, so those messages
   // neither change (backout counts, queue) nor are freed. Raised under the
