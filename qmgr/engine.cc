@@ -801,32 +801,35 @@ absl::StatusOr<log::Lsn> Engine::AppendScratch(LogRecord& record) {
 // ---- Units of work -----------------------------------------------------------
 
 Engine::Unit* Engine::NewUnit(absl::Time now) {
-  std::unique_ptr<Unit> unit;
+  const UowId id = next_uow_++;
+  assert(units_.empty() || units_.rbegin()->first < id);
+  UnitMap::iterator it;
   if (free_units_.empty()) {
-    unit = std::make_unique<Unit>();
+    it = units_.emplace_hint(units_.end(), id, std::make_unique<Unit>());
   } else {
-    unit = std::move(free_units_.back());
+    UnitMap::node_type node = std::move(free_units_.back());
     free_units_.pop_back();
+    node.key() = id;
+    it = units_.insert(units_.end(), std::move(node));
   }
-  unit->id = next_uow_++;
+  Unit* unit = it->second.get();
+  unit->id = id;
   unit->begun = now;
   unit->last_used = now;
-  Unit* raw = unit.get();
-  units_[raw->id] = std::move(unit);
-  return raw;
+  return unit;
 }
 
 void Engine::EndUnit(UowId uow) {
   auto it = units_.find(uow);
   assert(it != units_.end());
-  std::unique_ptr<Unit> unit = std::move(it->second);
+  UnitMap::node_type node = units_.extract(it);
+  Unit* unit = node.mapped().get();
   assert(unit->copying.load(std::memory_order_relaxed) == 0);
-  units_.erase(it);
   if (!unit->coordinated_key.empty()) {
     coordinated_.erase(unit->coordinated_key);
     unit->coordinated_key.clear();
   }
-  // Units are reused (one per message in single mode): keep a few, emptied.
+  // Keep a few, emptied; a unit that grew large is freed.
   constexpr size_t kFreeUnitsMax = 256;
   if (free_units_.size() < kFreeUnitsMax && unit->taken.capacity() <= 64) {
     unit->taken.clear();
@@ -838,7 +841,7 @@ void Engine::EndUnit(UowId uow) {
     unit->exempt = false;
     unit->prepared.reset();
     unit->prepared_time_us = 0;
-    free_units_.push_back(std::move(unit));
+    free_units_.push_back(std::move(node));
   }
 }
 
@@ -1390,16 +1393,15 @@ absl::Status Engine::Backout(UowId uow, qmgr::v1::BackoutReason reason) {
 int Engine::ReapIdleUnits() {
   absl::MutexLock lock(&mu_);
   const absl::Time now = options_.clock->Now();
+  // Oldest first (units_ is in id order): the messages of units reaped
+  // together return to the heads of their queues in an order that one run
+  // repeats.
   std::vector<Unit*> idle;
   for (const auto& [id, unit] : units_) {
     if (!unit->in_use() && !unit->exempt && now - unit->last_used > options_.unit_idle_timeout) {
       idle.push_back(unit.get());
     }
   }
-  // Oldest first, not in the hash map's order (which varies from run to
-  // run): the messages of units reaped together return to the heads of
-  // their queues in an order that one run repeats.
-  std::sort(idle.begin(), idle.end(), [](const Unit* a, const Unit* b) { return a->id < b->id; });
   for (Unit* unit : idle) BackoutLocked(unit, qmgr::v1::BACKOUT_IDLE_TIMEOUT);
   return static_cast<int>(idle.size());
 }
