@@ -824,7 +824,7 @@ void Engine::EndUnit(UowId uow) {
   assert(it != units_.end());
   UnitMap::node_type node = units_.extract(it);
   Unit* unit = node.mapped().get();
-  assert(unit->copying.load(std::memory_order_relaxed) == 0);
+  assert(unit->busy.load(std::memory_order_relaxed) == 0);
   if (!unit->coordinated_key.empty()) {
     coordinated_.erase(unit->coordinated_key);
     unit->coordinated_key.clear();
@@ -837,7 +837,6 @@ void Engine::EndUnit(UowId uow) {
     unit->record_bytes = 0;
     unit->reserve_lsn = log::kNoLsn;
     unit->first_lsn = log::kNoLsn;
-    unit->busy = 0;
     unit->exempt = false;
     unit->prepared.reset();
     unit->prepared_time_us = 0;
@@ -952,7 +951,7 @@ void Engine::CopyOut(Copies& copies, GetResult* result) {
     copy(*copies.messages[i], &result->more[i - 1]);
   }
   // Release: the copies are made before the unit can end.
-  copies.unit->copying.fetch_sub(1, std::memory_order_release);
+  copies.unit->busy.fetch_sub(1, std::memory_order_release);
 }
 
 absl::Status Engine::GetLocked(const GetOptions& options, absl::Time now, log::Lsn* commit_lsn,
@@ -1083,7 +1082,7 @@ absl::Status Engine::GetLocked(const GetOptions& options, absl::Time now, log::L
       copies->messages.push_back(message);
     }
     copies->unit = unit;
-    unit->copying.fetch_add(1, std::memory_order_relaxed);
+    unit->busy.fetch_add(1, std::memory_order_relaxed);
   }
   return absl::OkStatus();
 }

@@ -622,7 +622,7 @@ class Engine {
                              log::Lsn* hardened_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The messages a Get took (the first, then those of result.more), to be
   // copied into its answer after the latch is released. Their unit's
-  // `copying` count, raised when `unit` is set, keeps them unchanged until
+  // `busy` count, raised when `unit` is set, keeps them unchanged until
   // CopyOut lowers it. Inline room for one: a Get of one allocates nothing.
   struct Copies {
     Unit* unit = nullptr;

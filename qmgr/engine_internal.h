@@ -152,12 +152,12 @@ struct Engine::Unit {
   log::Lsn first_lsn = log::kNoLsn;
   absl::Time begun;
   absl::Time last_used;
-  int busy = 0;  // calls inside the engine now (a waiting Get): never idle
-  // Gets copying messages of this unit into their answers after releasing
-  // the latch. Until they are done the unit does not end, so those messages
-  // neither change (backout counts, queue) nor are freed. Raised under the
-  // latch, lowered outside it.
-  std::atomic<int> copying{0};
+  // Calls working on it now: a Get waiting for a message, or one copying
+  // messages of it into its answer after releasing the latch. While any
+  // does, the unit neither ends nor is idle, so those messages neither change
+  // (backout counts, queue) nor are freed. Raised under the latch; a copy
+  // lowers it outside.
+  std::atomic<int> busy{0};
   bool exempt = false;  // from the idle timeout (ExemptFromIdleTimeout)
 
   // A coordinated unit: its key (CoordinatedStoreKey), and once prepared
@@ -168,7 +168,7 @@ struct Engine::Unit {
 
   uint64_t messages() const { return taken.size() + inserted.size(); }
   // A call still works on it: it must not end, nor be idle.
-  bool in_use() const { return busy > 0 || copying.load(std::memory_order_acquire) > 0; }
+  bool in_use() const { return busy.load(std::memory_order_acquire) > 0; }
   bool in_doubt() const { return prepared != nullptr; }
 };
 
