@@ -61,6 +61,32 @@ std::string FsTypeName(const std::string& dir) {
   }
 }
 
+MachineCpu ReadMachineCpu() {
+  MachineCpu cpu;
+  std::FILE* f = std::fopen("/proc/stat", "r");
+  if (f == nullptr) return cpu;
+  // cpu  user nice system idle iowait irq softirq steal [guest guest_nice]:
+  // guest time is already inside user and nice, so it is not added again.
+  unsigned long long v[8] = {};
+  const int read = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+                               &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
+  std::fclose(f);
+  if (read != 8) return cpu;
+  for (unsigned long long x : v) cpu.total += x;
+  cpu.idle = v[3] + v[4];
+  cpu.steal = v[7];
+  return cpu;
+}
+
+MachineShares SharesBetween(const MachineCpu& from, const MachineCpu& to) {
+  MachineShares shares;
+  if (to.total <= from.total) return shares;
+  const double total = static_cast<double>(to.total - from.total);
+  shares.idle = static_cast<double>(to.idle - from.idle) / total;
+  shares.steal = static_cast<double>(to.steal - from.steal) / total;
+  return shares;
+}
+
 Machine DescribeMachine(const std::string& dir) {
   Machine m;
   m.nproc = std::thread::hardware_concurrency();

@@ -4,6 +4,7 @@
 #define QMGR_BENCH_BENCH_SUPPORT_H_
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,25 @@ std::string FsTypeName(const std::string& dir);
 Machine DescribeMachine(const std::string& dir);
 // {"nproc": ..., "kernel": ..., "fs_type": ..., "date": ...}
 std::string MachineJson(const Machine& m);
+
+// The whole machine's CPU time, all CPUs summed, in clock ticks, from the
+// "cpu" line of /proc/stat. Compared over a measuring window it says whether
+// the benchmark had the machine: a figure taken while the hypervisor stole a
+// fifth of the CPU time is not the engine's.
+struct MachineCpu {
+  uint64_t total = 0;
+  uint64_t idle = 0;   // idle and iowait: the kernel had nothing to run
+  uint64_t steal = 0;  // the hypervisor ran something else on a virtual CPU
+};
+// All zero when /proc/stat cannot be read; the shares are then 0 too.
+MachineCpu ReadMachineCpu();
+
+// Idle and steal as fractions of the machine's CPU time between two reads.
+struct MachineShares {
+  double idle = 0;
+  double steal = 0;
+};
+MachineShares SharesBetween(const MachineCpu& from, const MachineCpu& to);
 
 // `s` as a JSON string literal, quotes included.
 std::string JsonString(absl::string_view s);

@@ -33,14 +33,18 @@ done
 echo "machine: nproc=$(nproc) kernel=$(uname -r) date=$(date -u +%FT%TZ) load=$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "each run: engine_bench --seconds $SECONDS_PER_RUN --classes IRRECOVERABLE --no-reference ${EXTRA[*]}"
 declare -A RATES
+STEALS=""
 for ((i = 1; i <= RUNS; i++)); do
   for b in "${BINARIES[@]}"; do
     row=$("$b" --seconds "$SECONDS_PER_RUN" --classes IRRECOVERABLE --no-reference "${EXTRA[@]}" 2>&1 |
       grep -A1 '^class' | tail -1)
-    # Columns: class W p+c enq/s cons/s cpu cpu-us/m ...
-    read -r _ _ _ _ cons cores cpu_us _ <<<"$row"
-    echo "run $i $b: $cons msgs/s consumed, $cores cores, $cpu_us CPU us/msg"
+    # Columns: class W p+c enq/s cons/s cpu cpu-us/m (12 more) idle% steal%;
+    # binaries older than the idle% and steal% columns leave those empty.
+    read -r _ _ _ _ cons cores cpu_us _ _ _ _ _ _ _ _ _ _ _ _ idle steal _ <<<"$row"
+    echo "run $i $b: $cons msgs/s consumed, $cores cores, $cpu_us CPU us/msg," \
+      "machine idle ${idle:-?}%, steal ${steal:-?}%"
     RATES[$b]="${RATES[$b]:-} $cons"
+    [ -n "${steal:-}" ] && STEALS+=" $steal"
   done
 done
 for b in "${BINARIES[@]}"; do
@@ -49,3 +53,9 @@ for b in "${BINARIES[@]}"; do
       END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2;
             printf "%s: median %d, mean %d, min %d, max %d msgs/s over %d runs\n", b, m, s / NR, v[1], v[NR], NR }'
 done
+# Steal above a few percent means the hypervisor took CPU the runs needed:
+# compare binaries within such a window, not across windows.
+if [ -n "$STEALS" ]; then
+  echo "$STEALS" | tr ' ' '\n' | grep . | sort -n |
+    awk '{ v[NR] = $1 } END { printf "machine steal over the runs: median %d%%, min %d%%, max %d%%\n", v[int((NR + 1) / 2)], v[1], v[NR] }'
+fi

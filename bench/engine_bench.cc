@@ -114,11 +114,19 @@ LogDelta Delta(const LogStats& a, const LogStats& b) {
           b.written_bytes - a.written_bytes};
 }
 
+// What a measuring window took: the process's CPU, the log's work, and the
+// machine's idle and steal shares over the same interval.
+struct Window {
+  double cpu_seconds = 0;
+  LogDelta log;
+  MachineShares machine;
+};
+
 // Starts `n` workers, releases them together, sleeps until the deadline and
 // samples CPU and log statistics there, then joins. A worker runs
 // body(index, deadline) and must stop counting work that completes after it.
 template <typename Body>
-void RunWindow(int n, double seconds, Log& log, Body body, double* cpu_seconds, LogDelta* delta) {
+Window RunWindow(int n, double seconds, Log& log, Body body) {
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
   Clock::time_point deadline;
@@ -133,14 +141,18 @@ void RunWindow(int n, double seconds, Log& log, Body body, double* cpu_seconds, 
   while (ready.load() < n) std::this_thread::yield();
   const LogStats s0 = log.stats();
   const double cpu0 = ProcessCpuSeconds();
+  const MachineCpu machine0 = ReadMachineCpu();
   const Clock::time_point start = Clock::now();
   deadline =
       start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
   go.store(true, std::memory_order_release);
   std::this_thread::sleep_until(deadline);
-  *cpu_seconds = ProcessCpuSeconds() - cpu0;
-  *delta = Delta(s0, log.stats());
+  Window window;
+  window.cpu_seconds = ProcessCpuSeconds() - cpu0;
+  window.machine = SharesBetween(machine0, ReadMachineCpu());
+  window.log = Delta(s0, log.stats());
   for (std::thread& w : workers) w.join();
+  return window;
 }
 
 // --- 0. The reference: durable appends ------------------------------------
@@ -151,6 +163,7 @@ struct ReferenceResult {
   double syncs_per_s = 0;
   double records_per_sync = 0;
   double cpu_us_per_record = 0;
+  MachineShares machine;
 };
 
 // The record an engine writes for one RECOVERABLE Enqueue (near enough: no
@@ -172,11 +185,8 @@ ReferenceResult MeasureReference(const std::string& dir, double seconds,
   std::unique_ptr<Log> log = OpenFreshLog(dir);
   const qmgr::v1::LogRecord record = EnqueueRecord(payload);
   std::vector<uint64_t> counts(kReferenceAppenders);
-  double cpu = 0;
-  LogDelta delta;
-  RunWindow(
-      kReferenceAppenders, seconds, *log,
-      [&](int t, Clock::time_point deadline) {
+  const Window window =
+      RunWindow(kReferenceAppenders, seconds, *log, [&](int t, Clock::time_point deadline) {
         uint64_t n = 0;
         while (true) {
           absl::StatusOr<Lsn> lsn = log->Append(record);
@@ -188,8 +198,8 @@ ReferenceResult MeasureReference(const std::string& dir, double seconds,
           ++n;
         }
         counts[t] = n;
-      },
-      &cpu, &delta);
+      });
+  const LogDelta& delta = window.log;
   CloseLog(std::move(log), dir);
   ReferenceResult r;
   for (uint64_t c : counts) r.records += c;
@@ -199,7 +209,10 @@ ReferenceResult MeasureReference(const std::string& dir, double seconds,
     r.records_per_sync =
         static_cast<double>(delta.appends) / static_cast<double>(delta.commit_syncs);
   }
-  if (r.records > 0) r.cpu_us_per_record = cpu * 1e6 / static_cast<double>(r.records);
+  if (r.records > 0) {
+    r.cpu_us_per_record = window.cpu_seconds * 1e6 / static_cast<double>(r.records);
+  }
+  r.machine = window.machine;
   return r;
 }
 
@@ -236,6 +249,7 @@ struct ScenarioResult {
   uint64_t throttled = 0;     // producer pauses because the backlog was at --max-backlog
   uint64_t backoffs = 0;      // FASTPATH: producer sleeps after a whole round of refusals
   uint64_t backlog_end = 0;   // enqueued - consumed at the deadline
+  MachineShares machine;      // the whole machine's idle and steal over the window
 };
 
 struct ScenarioConfig {
@@ -462,22 +476,20 @@ ScenarioResult MeasureScenario(const std::string& dir, double seconds, const std
       }
     };
 
-    double cpu = 0;
-    LogDelta delta;
-    RunWindow(
-        n, seconds, *log,
-        [&](int i, Clock::time_point deadline) {
-          const double cpu0 = ThreadCpuSeconds();
-          const double user0 = ThreadUserSeconds();
-          if (i < config.producers) {
-            producer(i, deadline);
-          } else {
-            consumer(i - config.producers, deadline);
-          }
-          stats[i].thread_cpu_s = ThreadCpuSeconds() - cpu0;
-          stats[i].thread_user_s = ThreadUserSeconds() - user0;
-        },
-        &cpu, &delta);
+    const Window window = RunWindow(n, seconds, *log, [&](int i, Clock::time_point deadline) {
+      const double cpu0 = ThreadCpuSeconds();
+      const double user0 = ThreadUserSeconds();
+      if (i < config.producers) {
+        producer(i, deadline);
+      } else {
+        consumer(i - config.producers, deadline);
+      }
+      stats[i].thread_cpu_s = ThreadCpuSeconds() - cpu0;
+      stats[i].thread_user_s = ThreadUserSeconds() - user0;
+    });
+    const double cpu = window.cpu_seconds;
+    const LogDelta& delta = window.log;
+    r.machine = window.machine;
     std::vector<Clock::duration> enq_lat;
     std::vector<Clock::duration> get_lat;
     for (int i = 0; i < n; ++i) {
@@ -537,6 +549,8 @@ struct Goals {
   bool recoverable_pass = false;
   double irrecoverable_rate = 0;
   bool irrecoverable_pass = false;
+  double irrecoverable_idle = 0;  // the machine's shares over that window
+  double irrecoverable_steal = 0;
   double cpu_us = 0;
   bool cpu_pass = false;
   // Goal (c) again with pipelined callers (the largest --pipeline W), as
@@ -586,6 +600,8 @@ Goals ComputeGoals(const ReferenceResult& ref, const std::vector<ScenarioResult>
     g.have_irrecoverable = true;
     g.irrecoverable_rate = r->cons_per_s;
     g.irrecoverable_pass = g.irrecoverable_rate >= kGoalIrrecoverableRate;
+    g.irrecoverable_idle = r->machine.idle;
+    g.irrecoverable_steal = r->machine.steal;
   }
   return g;
 }
@@ -603,26 +619,31 @@ std::string Table(const std::string& dir, double seconds, uint64_t max_backlog, 
                         "WaitDurable per call, fresh log\n",
                         kReferenceAppenders, kPayloadBytes);
   absl::StrAppendFormat(
-      &out, "  %.0f records/s, %.0f syncs/s, %.2f records/sync, %.2f CPU us/rec\n\n",
-      ref.records_per_s, ref.syncs_per_s, ref.records_per_sync, ref.cpu_us_per_record);
+      &out,
+      "  %.0f records/s, %.0f syncs/s, %.2f records/sync, %.2f CPU us/rec; machine idle %.0f%%, "
+      "steal %.0f%%\n\n",
+      ref.records_per_s, ref.syncs_per_s, ref.records_per_sync, ref.cpu_us_per_record,
+      100 * ref.machine.idle, 100 * ref.machine.steal);
   out +=
       "Engine: producers loop Enqueue, consumers loop Get(commit_previous), queue BENCH, fresh log "
       "per row;\n W > 1: EnqueueBatchNoWait / GetNoWait with up to W answers pending per caller\n";
   absl::StrAppendFormat(
-      &out, "%-13s %3s %5s %9s %9s %5s %8s %9s %9s %9s %8s %9s %8s %8s %8s %8s %8s %6s %9s\n",
+      &out,
+      "%-13s %3s %5s %9s %9s %5s %8s %9s %9s %9s %8s %9s %8s %8s %8s %8s %8s %6s %9s %5s %5s\n",
       "class", "W", "p+c", "enq/s", "cons/s", "cpu", "cpu us/m", "call us/m", "work us/m",
       "user us/m", "syncs/s", "syncs/msg", "rec/sync", "enq p50", "enq p99", "get p50", "get p99",
-      "get to", "refusals");
+      "get to", "refusals", "idle%", "steal%");
   for (const ScenarioResult& r : rs) {
     absl::StrAppendFormat(&out,
                           "%-13s %3d %2d+%-2d %9.0f %9.0f %5.2f %8.2f %9.2f %9.2f %9.2f %8.0f "
                           "%9.3f %8.2f %8.1f %8.1f "
-                          "%8.1f %8.1f %6d %9d\n",
+                          "%8.1f %8.1f %6d %9d %5.0f %5.0f\n",
                           r.name, r.pipeline, r.producers, r.consumers, r.enq_per_s, r.cons_per_s,
                           r.cpu_cores, r.cpu_us_per_msg, r.caller_cpu_us_per_msg,
                           r.work_cpu_us_per_msg, r.caller_user_us_per_msg, r.syncs_per_s,
                           r.syncs_per_msg, r.records_per_sync, r.enq_p50_us, r.enq_p99_us,
-                          r.get_p50_us, r.get_p99_us, r.get_timeouts, r.refusals);
+                          r.get_p50_us, r.get_p99_us, r.get_timeouts, r.refusals,
+                          100 * r.machine.idle, 100 * r.machine.steal);
   }
   out +=
       "(cpu = process CPU seconds per wall second; cpu us/m = process CPU (all threads: "
@@ -636,7 +657,8 @@ std::string Table(const std::string& dir, double seconds, uint64_t max_backlog, 
       " the durable wait of the previous unit's SYNCPOINT (W > 1: from the call until the caller\n"
       " saw the ENQUEUE, or the commit of the unit that got the message, durable); get to = Gets\n"
       " that found the queue empty for the whole wait; refusals = FASTPATH Enqueues refused\n"
-      " RESPONSE_OUTSTANDING)\n";
+      " RESPONSE_OUTSTANDING; idle%, steal% = the whole machine's CPU time over the window\n"
+      " that was idle (nothing to run) or stolen by the hypervisor, from /proc/stat)\n";
   for (const ScenarioResult& r : rs) {
     if (r.throttled > 0 || r.backoffs > 0) {
       absl::StrAppendFormat(&out,
@@ -652,8 +674,11 @@ std::string Table(const std::string& dir, double seconds, uint64_t max_backlog, 
                         kReferenceAppenders, g.recoverable_ratio * ref.records_per_s,
                         ref.records_per_s, g.recoverable_ratio, kGoalRecoverableRatio,
                         Verdict(g.have_recoverable, g.recoverable_pass));
-  absl::StrAppendFormat(&out, "Goal (b) IRRECOVERABLE cons/s = %.0f (goal >= %.0f): %s\n",
-                        g.irrecoverable_rate, kGoalIrrecoverableRate,
+  absl::StrAppendFormat(&out,
+                        "Goal (b) IRRECOVERABLE cons/s = %.0f (goal >= %.0f; machine idle %.0f%%, "
+                        "steal %.0f%%): %s\n",
+                        g.irrecoverable_rate, kGoalIrrecoverableRate, 100 * g.irrecoverable_idle,
+                        100 * g.irrecoverable_steal,
                         Verdict(g.have_irrecoverable, g.irrecoverable_pass));
   absl::StrAppendFormat(&out,
                         "Goal (c) CPU per RECOVERABLE message = %.2f us (goal < %.1f us; CPU of "
@@ -680,12 +705,13 @@ std::string Json(const std::string& dir, double seconds, uint64_t max_backlog, c
                         "  \"config\": {\"dir\": %s, \"seconds\": %g, \"payload_bytes\": %d, "
                         "\"max_backlog\": %d},\n",
                         JsonString(dir), seconds, kPayloadBytes, max_backlog);
-  absl::StrAppendFormat(&out,
-                        "  \"reference\": {\"threads\": %d, \"records\": %d, \"records_per_s\": "
-                        "%.1f, \"syncs_per_s\": %.1f, \"records_per_sync\": %.3f, "
-                        "\"cpu_us_per_record\": %.3f},\n",
-                        kReferenceAppenders, ref.records, ref.records_per_s, ref.syncs_per_s,
-                        ref.records_per_sync, ref.cpu_us_per_record);
+  absl::StrAppendFormat(
+      &out,
+      "  \"reference\": {\"threads\": %d, \"records\": %d, \"records_per_s\": "
+      "%.1f, \"syncs_per_s\": %.1f, \"records_per_sync\": %.3f, "
+      "\"cpu_us_per_record\": %.3f, \"machine_idle\": %.3f, \"machine_steal\": %.3f},\n",
+      kReferenceAppenders, ref.records, ref.records_per_s, ref.syncs_per_s, ref.records_per_sync,
+      ref.cpu_us_per_record, ref.machine.idle, ref.machine.steal);
   out += "  \"scenarios\": [\n";
   for (size_t i = 0; i < rs.size(); ++i) {
     const ScenarioResult& r = rs[i];
@@ -699,13 +725,14 @@ std::string Json(const std::string& dir, double seconds, uint64_t max_backlog, c
         "\"caller_cpu_us_per_msg\": %.3f, \"work_cpu_us_per_msg\": %.3f, "
         "\"written_bytes_per_msg\": %.1f, \"enq_p50_us\": %.1f, \"enq_p99_us\": %.1f, "
         "\"get_p50_us\": %.1f, \"get_p99_us\": %.1f, \"get_timeouts\": %d, \"refusals\": %d, "
-        "\"throttled\": %d, \"backoffs\": %d, \"backlog_end\": %d}%s\n",
+        "\"throttled\": %d, \"backoffs\": %d, \"backlog_end\": %d, \"machine_idle\": %.3f, "
+        "\"machine_steal\": %.3f}%s\n",
         JsonString(r.name), r.pipeline, r.producers, r.consumers, r.enqueued, r.consumed,
         r.enq_per_s, r.cons_per_s, r.cpu_cores, r.cpu_us_per_msg, r.log_appends, r.commit_syncs,
         r.syncs_per_s, r.syncs_per_msg, r.records_per_sync, r.caller_cpu_us_per_msg,
         r.work_cpu_us_per_msg, r.written_bytes_per_msg, r.enq_p50_us, r.enq_p99_us, r.get_p50_us,
         r.get_p99_us, r.get_timeouts, r.refusals, r.throttled, r.backoffs, r.backlog_end,
-        i + 1 < rs.size() ? "," : "");
+        r.machine.idle, r.machine.steal, i + 1 < rs.size() ? "," : "");
   }
   out += "  ],\n";
   absl::StrAppendFormat(
