@@ -164,7 +164,7 @@ absl::Status Log::ZeroRange(const std::vector<SegmentFile>& segments, Lsn from, 
       const uint64_t offset = segment.header.FileOffset(at);
       absl::StatusOr<size_t> got = (*file)->Read(offset, n, chunk.data());
       if (!got.ok()) return got.status();
-      if (std::all_of(chunk.data(), chunk.data() + *got, [](char c) { return c == 0; })) continue;
+      if (AllZero(absl::string_view(chunk.data(), *got))) continue;
       if (absl::Status s = (*file)->Write(offset, absl::string_view(zeros.data(), n)); !s.ok()) {
         return s;
       }

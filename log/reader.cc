@@ -110,7 +110,7 @@ absl::StatusOr<LogScanner::Probe> LogScanner::ReadBatch(size_t segment, Lsn lsn,
     *reason = "segment file shorter than its header says";
     return Probe::kInvalid;
   }
-  if (std::all_of(head, head + sizeof(head), [](char c) { return c == 0; })) return Probe::kZero;
+  if (AllZero(absl::string_view(head, sizeof(head)))) return Probe::kZero;
   if (GetFixed64(head + kBatchChecksumOffset) !=
       Checksum(lsn, absl::string_view(head + kBatchPrevLsnOffset,
                                       kBatchHeaderBytes - kBatchPrevLsnOffset))) {
@@ -274,7 +274,7 @@ absl::Status LogScanner::ScanBeyond(size_t first_segment, Lsn lsn) {
       for (size_t block = 0; block < *n; block += kBlockBytes) {
         const char* p = chunk.data() + block;
         const size_t len = std::min<size_t>(kBlockBytes, *n - block);
-        if (std::all_of(p, p + len, [](char c) { return c == 0; })) continue;
+        if (AllZero(absl::string_view(p, len))) continue;
         const Lsn block_lsn = at + block;
         tail_.garbage_end_lsn = std::max(tail_.garbage_end_lsn, block_lsn + kBlockBytes);
         if (len < kBatchHeaderBytes ||

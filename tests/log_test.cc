@@ -57,6 +57,21 @@ uint64_t IdOf(const LogEntry& entry) {
 
 // Records written across many segments come back in order, byte for byte,
 // also after reopening, and appending goes on where it stopped.
+// Recovery reads the preallocated tail as unwritten only where it is all zero:
+// one non-zero byte anywhere in a block (first, last, or between) counts.
+TEST(LogTest, AllZeroSeesEveryNonZeroByte) {
+  EXPECT_TRUE(AllZero(""));
+  std::string block(kBlockBytes, '\0');
+  EXPECT_TRUE(AllZero(block));
+  for (size_t at : {size_t{0}, size_t{1}, size_t{31}, kBlockBytes / 2, kBlockBytes - 1}) {
+    std::string dirty = block;
+    dirty[at] = '\x01';
+    EXPECT_FALSE(AllZero(dirty)) << "non-zero byte at " << at;
+    EXPECT_FALSE(AllZero(absl::string_view(dirty).substr(at, 1))) << at;
+  }
+  EXPECT_FALSE(AllZero(std::string(7, '\xff')));
+}
+
 TEST(LogTest, RoundTripAcrossManySegmentsAndReopen) {
   qmgr::testing::TempDir tmp;
   const std::string dir = tmp.path() + "/log";
