@@ -54,7 +54,11 @@ using qmgr::bench::Clock;
 using qmgr::bench::DescribeMachine;
 using qmgr::bench::Die;
 using qmgr::bench::Machine;
+using qmgr::bench::MachineCpu;
+using qmgr::bench::MachineShares;
 using qmgr::bench::Percentile;
+using qmgr::bench::ReadMachineCpu;
+using qmgr::bench::SharesBetween;
 namespace v1 = qmgr::v1;
 
 struct Config {
@@ -375,6 +379,7 @@ struct Result {
   std::string first_error;
   double enq_p50 = 0, enq_p99 = 0, enq_p999 = 0;
   double get_p50 = 0, get_p99 = 0, get_p999 = 0;
+  MachineShares machine;  // the whole machine's idle and steal over the run
 };
 
 template <typename Service>
@@ -393,6 +398,7 @@ Result RunAgainst(const std::string& name, const std::string& target, const Conf
   }
   std::vector<std::unique_ptr<Stats>> producer_stats, consumer_stats;
   std::vector<std::thread> threads;
+  const MachineCpu machine0 = ReadMachineCpu();
   const Clock::time_point start = Clock::now();
   run.counted = c.messages >= 0;
   run.to_enqueue = c.messages;
@@ -442,6 +448,7 @@ Result RunAgainst(const std::string& name, const std::string& target, const Conf
   progress.join();
 
   Result r;
+  r.machine = SharesBetween(machine0, ReadMachineCpu());
   r.server = name;
   r.seconds = run.counted ? std::chrono::duration<double>(Clock::now() - start).count() : c.seconds;
   std::vector<Clock::duration> enq_lat, get_lat;
@@ -681,10 +688,11 @@ std::pair<pid_t, std::string> SpawnNoOp(const char* self, size_t size) {
 
 void PrintResult(const Result& r, const Config& c) {
   std::cout << absl::StrFormat(
-      "| %-6s | %9.0f | %9.0f | %9.0f | %7.0f / %7.0f / %7.0f | %7.0f / %7.0f / %7.0f | %llu |\n",
+      "| %-6s | %9.0f | %9.0f | %9.0f | %7.0f / %7.0f / %7.0f | %7.0f / %7.0f / %7.0f | %llu | "
+      "%3.0f / %3.0f |\n",
       r.server, r.enqueued / r.seconds, r.consumed / r.seconds, r.calls / r.seconds, r.enq_p50,
       r.enq_p99, r.enq_p999, r.get_p50, r.get_p99, r.get_p999,
-      static_cast<unsigned long long>(r.errors));
+      static_cast<unsigned long long>(r.errors), 100 * r.machine.idle, 100 * r.machine.steal);
   if (r.errors > 0) std::cout << "  first error (" << r.server << "): " << r.first_error << "\n";
   // The line bench/peers/run.sh collects (qmgr-peer-bench prints the same).
   std::cout << absl::StrFormat("RESULT,%s,%d,%d,%d,%.0f,%.0f,%.0f,%.0f,%.0f,%.0f,%d,%d\n", r.server,
@@ -779,7 +787,7 @@ int main(int argc, char** argv) {
     ::waitpid(pid, nullptr, 0);
   }
   std::cout << "| server | enq msg/s | get msg/s |   calls/s | enqueue call p50 / p99 / p999 µs | "
-               "consumer call p50 / p99 / p999 µs | errors |\n";
+               "consumer call p50 / p99 / p999 µs | errors | machine idle / steal % |\n";
   PrintResult(q, c);
   if (n) {
     PrintResult(*n, c);
